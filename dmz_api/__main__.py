@@ -1,0 +1,64 @@
+"""``python -m dmz_api --config FILE``: run the enabled roles until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from .app import init_app
+from .config import ConfigError, load_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m dmz_api",
+        description=(
+            "Bastion's DMZ service: the registrar (registration tokens, guest onboarding "
+            "page, guest accounts) and/or the gateway (rule pipeline and enforcement), "
+            "as the config file enables them."
+        ),
+        epilog="Every key is documented in dmz_api/example-config.yaml.",
+    )
+    parser.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the YAML config file"
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config file and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"dmz_api {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"dmz_api: invalid config: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("config OK")
+        return 0
+    logging.basicConfig(
+        level=config.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # The access log would carry onboarding URLs, whose query string is a secret token.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    app = init_app(config)
+    web.run_app(
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        access_log=None,
+        print=lambda line: logging.getLogger("dmz_api").info(line.strip()),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

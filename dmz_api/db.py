@@ -1,0 +1,60 @@
+"""The service database: SQLite by default, PostgreSQL by URL, one migration table per role.
+
+Each role keeps its own ``UpgradeTable`` (and version table) so the roles evolve their
+schemas independently while sharing one database and one connection pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mautrix.util.async_db import Database, UpgradeTable
+from mautrix.util.logging import TraceLogger
+
+log = logging.getLogger("dmz_api.db")
+
+
+def create_database(url: str, db_args: Mapping[str, Any] | None = None) -> Database:
+    args = dict(db_args or {})
+    if url.startswith(("sqlite:", "sqlite3:")):
+        # Several connections let concurrent reads proceed; writes serialise in SQLite itself
+        # (mautrix adds WAL and busy_timeout pragmas).
+        args.setdefault("min_size", 4)
+    return Database.create(
+        url,
+        db_args=args,
+        upgrade_table=UpgradeTable(),
+        log=logging.getLogger("dmz_api.db"),
+    )
+
+
+async def upgrade(db: Database, tables: Sequence[UpgradeTable]) -> None:
+    for table in tables:
+        await table.upgrade(db)
+
+
+@asynccontextmanager
+async def open_database(
+    url: str, tables: Sequence[UpgradeTable], db_args: Mapping[str, Any] | None = None
+) -> AsyncIterator[Database]:
+    db = create_database(url, db_args)
+    await db.start()
+    try:
+        await upgrade(db, tables)
+        yield db
+    finally:
+        await db.stop()
+
+
+def role_upgrade_table(role: str) -> UpgradeTable:
+    return UpgradeTable(
+        version_table_name=f"{role}_version",
+        database_name=f"dmz_api {role}",
+        log=logging.getLogger(f"dmz_api.db.{role}"),
+    )
+
+
+__all__ = ["Database", "TraceLogger", "create_database", "open_database", "role_upgrade_table"]
