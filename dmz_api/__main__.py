@@ -26,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-c", "--config", required=True, metavar="FILE", help="the YAML config file"
     )
-    parser.add_argument(
-        "--check", action="store_true", help="validate the config file and exit"
-    )
+    parser.add_argument("--check", action="store_true", help="validate the config file and exit")
     parser.add_argument("--version", action="version", version=f"dmz_api {__version__}")
     return parser
 

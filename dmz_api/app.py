@@ -21,7 +21,7 @@ from .openapi import openapi_handler
 
 log = logging.getLogger("dmz_api")
 
-ENABLED_ROLES: web.AppKey[tuple[str, ...]] = web.AppKey("enabled_roles", tuple)
+ENABLED_ROLES = web.AppKey("enabled_roles", tuple[str, ...])
 
 
 def enabled_roles(config: Config) -> list[tuple[str, ModuleType]]:
@@ -38,7 +38,8 @@ def enabled_roles(config: Config) -> list[tuple[str, ModuleType]]:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "roles": list(request.app[ENABLED_ROLES])})
+    roles: tuple[str, ...] = request.app[ENABLED_ROLES]
+    return web.json_response({"status": "ok", "roles": [*roles]})
 
 
 def init_app(config: Config) -> web.Application:

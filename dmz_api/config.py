@@ -6,6 +6,7 @@ An invalid file stops start-up with one line naming the key and the problem
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,21 +35,23 @@ _MISSING: Any = object()
 class Section:
     """A typed reader over one mapping of the config that knows its own key path."""
 
-    def __init__(self, data: Mapping[str, Any], path: str = "", base_dir: Path | None = None):
+    def __init__(
+        self, data: Mapping[str, Any], path: builtins.str = "", base_dir: Path | None = None
+    ) -> None:
         self.data = data
         self.path = path
         self.base_dir = base_dir or Path.cwd()
 
-    def key(self, name: str) -> str:
+    def key(self, name: builtins.str) -> builtins.str:
         return f"{self.path}.{name}" if self.path else name
 
-    def error(self, name: str, problem: str) -> ConfigError:
+    def error(self, name: builtins.str, problem: builtins.str) -> ConfigError:
         return ConfigError(f"{self.key(name)}: {problem}")
 
-    def has(self, name: str) -> bool:
+    def has(self, name: builtins.str) -> builtins.bool:
         return self.data.get(name) is not None
 
-    def raw(self, name: str, default: Any = _MISSING) -> Any:
+    def raw(self, name: builtins.str, default: Any = _MISSING) -> Any:
         value = self.data.get(name)
         if value is None:
             if default is _MISSING:
@@ -56,7 +59,7 @@ class Section:
             return default
         return value
 
-    def section(self, name: str, *, required: bool = True) -> Section | None:
+    def section(self, name: builtins.str, *, required: builtins.bool = True) -> Section | None:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -66,56 +69,67 @@ class Section:
             raise self.error(name, "must be a mapping")
         return Section(value, self.key(name), self.base_dir)
 
-    def str(self, name: str, default: Any = _MISSING) -> str:
+    def str(self, name: builtins.str, default: Any = _MISSING) -> builtins.str:
         value = self.raw(name, default)
         if not isinstance(value, str) or not value.strip():
             raise self.error(name, "must be a non-empty string")
         return value
 
-    def int(self, name: str, default: Any = _MISSING, *, low: int = 0, high: int = 2**31) -> int:
+    def int(
+        self,
+        name: builtins.str,
+        default: Any = _MISSING,
+        *,
+        low: builtins.int = 0,
+        high: builtins.int = 2**31,
+    ) -> builtins.int:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.error(name, f"must be a whole number from {low} to {high}")
         return value
 
-    def float(self, name: str, default: Any = _MISSING, *, low: float = 0.0) -> float:
+    def float(
+        self, name: builtins.str, default: Any = _MISSING, *, low: builtins.float = 0.0
+    ) -> builtins.float:
         value = self.raw(name, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= low:
             raise self.error(name, f"must be a number above {low}")
         return float(value)
 
-    def bool(self, name: str, default: Any = _MISSING) -> bool:
+    def bool(self, name: builtins.str, default: Any = _MISSING) -> builtins.bool:
         value = self.raw(name, default)
         if not isinstance(value, bool):
             raise self.error(name, "must be true or false")
         return value
 
-    def duration(self, name: str, default: Any = _MISSING) -> int:
+    def duration(self, name: builtins.str, default: Any = _MISSING) -> builtins.int:
         try:
             return parse_duration(self.raw(name, default))
         except ValueError as e:
             raise self.error(name, str(e)) from None
 
-    def url(self, name: str, default: Any = _MISSING) -> str:
+    def url(self, name: builtins.str, default: Any = _MISSING) -> builtins.str:
         value = self.str(name, default)
         parsed = URL(value)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise self.error(name, "must be an http(s) URL")
         return value.rstrip("/")
 
-    def list(self, name: str, default: Any = _MISSING) -> list[Any]:
+    def list(self, name: builtins.str, default: Any = _MISSING) -> builtins.list[Any]:
         value = self.raw(name, default)
         if not isinstance(value, list):
             raise self.error(name, "must be a list")
         return value
 
-    def choice(self, name: str, options: tuple[str, ...], default: Any = _MISSING) -> str:
+    def choice(
+        self, name: builtins.str, options: tuple[builtins.str, ...], default: Any = _MISSING
+    ) -> builtins.str:
         value = self.raw(name, default)
         if value not in options:
             raise self.error(name, f"must be one of {', '.join(options)}")
         return str(value)
 
-    def secret(self, name: str, *, required: bool = True) -> str | None:
+    def secret(self, name: builtins.str, *, required: builtins.bool = True) -> builtins.str | None:
         """A secret given inline (``name``) or in a file (``name_file``); never echoed back."""
         inline, file_key = self.data.get(name), f"{name}_file"
         if inline is not None and self.data.get(file_key) is not None:

@@ -29,7 +29,7 @@ _STATUS_ERRCODES = {
 
 
 def request_id(request: web.Request) -> str:
-    return request.get(REQUEST_ID, "-")
+    return str(request.get(REQUEST_ID, "-"))
 
 
 @web.middleware
@@ -60,7 +60,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         message = e.reason if e.status != 404 else "Unrecognized request"
         response = json_error(e.status, errcode, message)
     except Exception:
-        log.exception("Unhandled error in %s %s [%s]", request.method, route_name, request_id(request))
+        log.exception(
+            "Unhandled error in %s %s [%s]", request.method, route_name, request_id(request)
+        )
         response = json_error(500, "M_UNKNOWN", "Internal server error")
     metrics.requests.labels(route_name, str(response.status)).inc()
     return response
