@@ -1,0 +1,316 @@
+"""Rules: the model, the kinds and their parameters, validation and presets.
+
+The exact semantics of each kind are written down in ``docs/rules.md``; this module only
+checks and normalises what a rule may contain.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from ..errors import InvalidParam
+from .model import Mode
+
+
+class Kind(StrEnum):
+    SERVER_ALLOW = "server_allow"
+    SERVER_BLOCK = "server_block"
+    CLIENT_ALLOW = "client_allow"
+    EVENT_TYPE_BLOCK = "event_type_block"
+    PARTNER_SCOPE = "partner_scope"
+
+
+class Scope(StrEnum):
+    CLIENT = "client"
+    FEDERATION = "federation"
+    BOTH = "both"
+
+
+RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+DEFAULT_PRIORITY = 100
+MAX_PRIORITY = 1_000_000
+MAX_LIST = 1000
+MAX_NOTE = 500
+
+# Server globs: lower-case host name characters, IPv6 brackets, an optional :port, and the
+# wildcards * (any run of characters) and ? (one character), as in m.room.server_acl.
+_SERVER_GLOB = re.compile(r"^[a-z0-9.\-*?\[\]:]{1,255}$")
+_PORT_GLOB = re.compile(r"^(\d{1,5}|\*)$")
+# Event types are matched exactly; printable ASCII without quotes, backslashes or spaces.
+_EVENT_TYPE = re.compile(r"^[!#-\[\]-~]{1,255}$")
+_ROOM_ID = re.compile(r"^![!-~]{1,254}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    kind: Kind
+    params: Mapping[str, Any]
+    mode: Mode
+    enabled: bool
+    priority: int
+    note: str
+    author: str | None
+    created: int
+    updated: int
+
+    @property
+    def sort_key(self) -> tuple[int, str]:
+        """Pipeline order: lower priority numbers first, then the id."""
+        return (self.priority, self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "params": dict(self.params),
+            "mode": self.mode.value,
+            "enabled": self.enabled,
+            "priority": self.priority,
+            "note": self.note,
+            "author": self.author,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Rule:
+        """A rule as stored (trusted input, but re-validated so a bad row fails loudly)."""
+        kind = Kind(data["kind"])
+        return cls(
+            id=str(data["id"]),
+            kind=kind,
+            params=validate_params(kind, data["params"]),
+            mode=Mode(data["mode"]),
+            enabled=bool(data["enabled"]),
+            priority=int(data["priority"]),
+            note=str(data.get("note") or ""),
+            author=data.get("author"),
+            created=int(data["created"]),
+            updated=int(data["updated"]),
+        )
+
+
+def split_server(name: str) -> tuple[str, str | None]:
+    """``host:port`` → (host, port); IPv6 literals keep their brackets."""
+    if name.endswith("]") or ":" not in name:
+        return name, None
+    host, _, port = name.rpartition(":")
+    return host, port
+
+
+def _str_list(params: Mapping[str, Any], key: str, *, required: bool) -> list[str]:
+    value = params.get(key)
+    if value is None:
+        if required:
+            raise InvalidParam(f"params.{key} is required")
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParam(f"params.{key} must be a list of strings")
+    if len(value) > MAX_LIST:
+        raise InvalidParam(f"params.{key} may hold at most {MAX_LIST} entries")
+    seen: dict[str, None] = {}
+    for item in value:
+        seen.setdefault(item.strip(), None)
+    return [item for item in seen if item]
+
+
+def _servers(params: Mapping[str, Any]) -> list[str]:
+    servers = [s.lower() for s in _str_list(params, "servers", required=True)]
+    if not servers:
+        raise InvalidParam("params.servers must list at least one server name or glob")
+    for server in servers:
+        host, port = split_server(server)
+        if not _SERVER_GLOB.match(server) or not host or (port is not None and not _PORT_GLOB.match(port)):
+            raise InvalidParam(
+                f"params.servers: {server[:80]!r} is not a server name or glob"
+                " (such as partner.example, *.example.org or localhost:8448)"
+            )
+    return list(dict.fromkeys(servers))
+
+
+def _event_types(params: Mapping[str, Any], *, required: bool) -> list[str]:
+    types = _str_list(params, "event_types", required=required)
+    for event_type in types:
+        if not _EVENT_TYPE.match(event_type):
+            raise InvalidParam(f"params.event_types: {event_type[:80]!r} is not an event type")
+    return types
+
+
+def _check_keys(params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise InvalidParam(
+            f"params: unknown key {unknown[0]!r} (this kind takes {', '.join(allowed)})"
+        )
+
+
+def validate_params(kind: Kind, params: Any) -> dict[str, Any]:
+    """The normalised parameters of a rule of ``kind``; raises InvalidParam."""
+    if not isinstance(params, Mapping):
+        raise InvalidParam("params must be an object")
+    if kind in (Kind.SERVER_ALLOW, Kind.SERVER_BLOCK):
+        _check_keys(params, ("servers",))
+        return {"servers": _servers(params)}
+    if kind is Kind.CLIENT_ALLOW:
+        _check_keys(params, ("user_agents", "networks"))
+        agents = _str_list(params, "user_agents", required=False)
+        for pattern in agents:
+            if len(pattern) > 500:
+                raise InvalidParam("params.user_agents: a pattern may be at most 500 characters")
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise InvalidParam(f"params.user_agents: {pattern[:80]!r} is not a regex ({e})") from None
+        networks: list[str] = []
+        for item in _str_list(params, "networks", required=False):
+            try:
+                networks.append(str(ipaddress.ip_network(item, strict=False)))
+            except ValueError:
+                raise InvalidParam(f"params.networks: {item[:80]!r} is not a CIDR network") from None
+        if not agents and not networks:
+            raise InvalidParam("params: give user_agents (regexes) and/or networks (CIDR)")
+        result: dict[str, Any] = {}
+        if agents:
+            result["user_agents"] = agents
+        if networks:
+            result["networks"] = list(dict.fromkeys(networks))
+        return result
+    if kind is Kind.EVENT_TYPE_BLOCK:
+        _check_keys(params, ("event_types", "scope"))
+        types = _event_types(params, required=True)
+        if not types:
+            raise InvalidParam("params.event_types must list at least one event type")
+        scope = params.get("scope", Scope.BOTH.value)
+        if scope not in {s.value for s in Scope}:
+            raise InvalidParam("params.scope must be client, federation or both")
+        return {"event_types": types, "scope": str(scope)}
+    if kind is Kind.PARTNER_SCOPE:
+        _check_keys(params, ("servers", "rooms", "event_types"))
+        servers = _servers(params)
+        rooms = _str_list(params, "rooms", required=False)
+        for room in rooms:
+            if not _ROOM_ID.match(room):
+                raise InvalidParam(f"params.rooms: {room[:80]!r} is not a room ID (!...)")
+        types = _event_types(params, required=False)
+        if not rooms and not types:
+            raise InvalidParam("params: give rooms and/or event_types the servers may reach")
+        result = {"servers": servers}
+        if rooms:
+            result["rooms"] = rooms
+        if types:
+            result["event_types"] = types
+        return result
+    raise InvalidParam(f"kind must be one of {', '.join(k.value for k in Kind)}")
+
+
+def parse_kind(value: Any) -> Kind:
+    try:
+        return Kind(value)
+    except ValueError:
+        raise InvalidParam(f"kind must be one of {', '.join(k.value for k in Kind)}") from None
+
+
+def parse_mode(value: Any) -> Mode:
+    try:
+        return Mode(value)
+    except ValueError:
+        raise InvalidParam("mode must be audit or enforce") from None
+
+
+def parse_priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PRIORITY:
+        raise InvalidParam(f"priority must be a whole number from 0 to {MAX_PRIORITY}")
+    return value
+
+
+def parse_enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParam("enabled must be true or false")
+    return value
+
+
+def parse_note(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_NOTE:
+        raise InvalidParam(f"note must be a string of at most {MAX_NOTE} characters")
+    return value.strip()
+
+
+def parse_rule_id(value: Any) -> str:
+    if not isinstance(value, str) or not RULE_ID.match(value):
+        raise InvalidParam(
+            "id must be 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def new_rule(
+    spec: Mapping[str, Any], *, rule_id: str, author: str | None, now: int
+) -> Rule:
+    """A rule from a create request body (``kind``, ``params``, optional fields)."""
+    unknown = sorted(set(spec) - {"id", "kind", "params", "mode", "enabled", "priority", "note", "reason"})
+    if unknown:
+        raise InvalidParam(f"unknown field {unknown[0]!r}")
+    kind = parse_kind(spec.get("kind"))
+    return Rule(
+        id=rule_id,
+        kind=kind,
+        params=validate_params(kind, spec.get("params", {})),
+        mode=parse_mode(spec.get("mode", Mode.ENFORCE.value)),
+        enabled=parse_enabled(spec.get("enabled", True)),
+        priority=parse_priority(spec.get("priority", DEFAULT_PRIORITY)),
+        note=parse_note(spec.get("note", "")),
+        author=author,
+        created=now,
+        updated=now,
+    )
+
+
+def patch_rule(rule: Rule, patch: Mapping[str, Any], *, now: int) -> Rule:
+    """``rule`` with the fields of a PATCH body changed (the kind and id never change)."""
+    allowed = {"params", "mode", "enabled", "priority", "note", "reason"}
+    unknown = sorted(set(patch) - allowed)
+    if unknown:
+        what = "cannot be changed" if unknown[0] in ("id", "kind") else "is not a rule field"
+        raise InvalidParam(f"{unknown[0]!r} {what}")
+    changes: dict[str, Any] = {}
+    if "params" in patch:
+        changes["params"] = validate_params(rule.kind, patch["params"])
+    if "mode" in patch:
+        changes["mode"] = parse_mode(patch["mode"])
+    if "enabled" in patch:
+        changes["enabled"] = parse_enabled(patch["enabled"])
+    if "priority" in patch:
+        changes["priority"] = parse_priority(patch["priority"])
+    if "note" in patch:
+        changes["note"] = parse_note(patch["note"])
+    if not changes:
+        raise InvalidParam("nothing to change: give params, mode, enabled, priority or note")
+    return replace(rule, updated=now, **changes)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    rule_id: str
+    kind: Kind
+    params: Mapping[str, Any]
+    note: str
+
+
+PRESETS: dict[str, Preset] = {
+    "compliance-ledger": Preset(
+        name="compliance-ledger",
+        rule_id="compliance-ledger",
+        kind=Kind.EVENT_TYPE_BLOCK,
+        params={"event_types": ["m.room.encryption", "m.room.redaction"], "scope": "both"},
+        note="preset compliance-ledger: no encryption, no redaction (immutable, auditable history)",
+    ),
+}

@@ -1,0 +1,353 @@
+"""Homeserver adapters: where tokens live and how a guest account is created.
+
+* ``SynapseAdapter``: every token is a native Synapse registration token (admin API), so a
+  guest may also register from any Matrix client; the page registers through the
+  client-server ``/register`` flow with that token.
+* ``MatrixAdapter``: the homeserver knows one static registration token that only
+  dmz_api holds; dmz_api keeps the single-use tokens itself and registers with the static
+  one. Deactivation needs an admin token and a homeserver serving Synapse's admin API.
+
+Both create accounts only through ``/register``, which fails with ``M_USER_IN_USE`` for an
+existing name: nothing here can modify an existing account. Homeserver error texts are
+never passed on (Synapse echoes tokens in some of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+import aiohttp
+from yarl import URL
+
+from .config import HomeserverConfig
+
+log = logging.getLogger("dmz_api.registrar.homeserver")
+
+RefusalReason = Literal["username_taken", "username_invalid", "password_weak", "token_rejected"]
+
+_REFUSALS: dict[str, RefusalReason] = {
+    "M_USER_IN_USE": "username_taken",
+    "M_EXCLUSIVE": "username_taken",
+    "M_INVALID_USERNAME": "username_invalid",
+    "M_WEAK_PASSWORD": "password_weak",
+}
+
+TOKEN_STAGE = "m.login.registration_token"
+DUMMY_STAGE = "m.login.dummy"
+
+
+class HomeserverError(Exception):
+    pass
+
+
+class HomeserverUnavailable(HomeserverError):
+    """No usable answer (network, timeout, 5xx, rate limit, misconfiguration)."""
+
+
+class OutcomeUnknown(HomeserverUnavailable):
+    """The request that creates the account got no answer: it may or may not have happened."""
+
+
+class RegistrationRefused(HomeserverError):
+    def __init__(self, reason: RefusalReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeactivationUnsupported(HomeserverError):
+    pass
+
+
+class TokenExists(HomeserverError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NativeToken:
+    token: str
+    uses_allowed: int | None
+    pending: int
+    completed: int
+    expiry_time: int | None
+
+
+class HomeserverAdapter(Protocol):
+    kind: str
+    # True when tokens exist on the homeserver itself (guests may use any client).
+    native_tokens: bool
+
+    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None: ...
+
+    async def list_tokens(self) -> list[NativeToken]: ...
+
+    async def delete_token(self, token: str) -> None: ...
+
+    async def check_username(self, localpart: str) -> None: ...
+
+    async def register(
+        self, localpart: str, password: str, token: str, display_name: str | None
+    ) -> str: ...
+
+    async def deactivate(self, user_id: str) -> None: ...
+
+
+class _Http:
+    """JSON calls on one homeserver; every failure becomes a homeserver exception."""
+
+    def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.session = session
+        self.base = config.url
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        body: Any = None,
+        token: str | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        url = URL(self.base + path, encoded=True)
+        try:
+            async with self.session.request(
+                method, url, json=body, headers=headers, params=params
+            ) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except ValueError:
+                    data = None
+                return resp.status, data if isinstance(data, dict) else {}
+        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as e:
+            # The exception text can hold the URL, and the URL can hold a token.
+            log.warning("Homeserver call %s failed: %s", what, type(e).__name__)
+            raise HomeserverUnavailable(what) from None
+
+    @staticmethod
+    def unexpected(what: str, status: int, data: dict[str, Any]) -> HomeserverUnavailable:
+        log.warning(
+            "Homeserver call %s answered HTTP %d %s", what, status, data.get("errcode", "-")
+        )
+        return HomeserverUnavailable(what)
+
+
+class _ClientServerAdapter:
+    kind = "matrix"
+    native_tokens = False
+
+    def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
+        self.config = config
+        self.http = _Http(config, session)
+
+    def _stage_token(self, token: str) -> str:
+        raise NotImplementedError
+
+    async def check_username(self, localpart: str) -> None:
+        status, data = await self.http.call(
+            "GET",
+            "/_matrix/client/v3/register/available",
+            "username check",
+            params={"username": localpart},
+        )
+        if status == 200 and data.get("available") is True:
+            return
+        if (reason := _REFUSALS.get(str(data.get("errcode")))) is not None:
+            raise RegistrationRefused(reason)
+        raise self.http.unexpected("username check", status, data)
+
+    async def _register_step(
+        self, request: dict[str, Any], what: str
+    ) -> tuple[int, dict[str, Any]]:
+        status, data = await self.http.call(
+            "POST", "/_matrix/client/v3/register", what, body=request
+        )
+        if status in (400, 403) and (reason := _REFUSALS.get(str(data.get("errcode")))):
+            raise RegistrationRefused(reason)
+        if status not in (200, 401):
+            raise self.http.unexpected(what, status, data)
+        return status, data
+
+    async def register(
+        self, localpart: str, password: str, token: str, display_name: str | None
+    ) -> str:
+        """Create the account through the UIA flow: registration token, then dummy."""
+        request: dict[str, Any] = {
+            "username": localpart,
+            "password": password,
+            "initial_device_display_name": "Guest onboarding page",
+            "inhibit_login": display_name is None,
+        }
+        status, data = await self._register_step(request, "register (start)")
+        if status == 401:
+            session = data.get("session")
+            flows = data.get("flows") or []
+            if not isinstance(session, str) or not any(
+                TOKEN_STAGE in (flow.get("stages") or []) for flow in flows if isinstance(flow, dict)
+            ):
+                log.error("The homeserver does not offer %s registration", TOKEN_STAGE)
+                raise HomeserverUnavailable("register (no token flow)")
+            auth = {"type": TOKEN_STAGE, "token": self._stage_token(token), "session": session}
+            status, data = await self._register_step(
+                {**request, "auth": auth}, "register (token stage)"
+            )
+            if status == 401:
+                if TOKEN_STAGE not in (data.get("completed") or []):
+                    raise RegistrationRefused("token_rejected")
+                try:
+                    status, data = await self._register_step(
+                        {**request, "auth": {"type": DUMMY_STAGE, "session": session}},
+                        "register (dummy stage)",
+                    )
+                except RegistrationRefused:
+                    raise
+                except HomeserverUnavailable:
+                    raise OutcomeUnknown("register (dummy stage)") from None
+                if status != 200:
+                    raise self.http.unexpected("register (dummy stage)", status, data)
+        user_id = data.get("user_id")
+        if not isinstance(user_id, str):
+            raise self.http.unexpected("register (result)", status, data)
+        access_token = data.get("access_token")
+        if display_name is not None and isinstance(access_token, str):
+            await self._set_display_name(user_id, display_name, access_token)
+        return user_id
+
+    async def _set_display_name(self, user_id: str, display_name: str, access_token: str) -> None:
+        try:
+            status, data = await self.http.call(
+                "PUT",
+                f"/_matrix/client/v3/profile/{quote(user_id, safe='')}/displayname",
+                "set display name",
+                body={"displayname": display_name},
+                token=access_token,
+            )
+            if status != 200:
+                self.http.unexpected("set display name", status, data)
+        except HomeserverUnavailable:
+            pass  # The account exists; a missing display name is not worth failing for.
+        finally:
+            # The page's session is not the guest's: end it so no stray device remains.
+            try:
+                await self.http.call("POST", "/_matrix/client/v3/logout", "logout", body={},
+                                     token=access_token)  # fmt: skip
+            except HomeserverUnavailable:
+                pass
+
+    async def _admin_deactivate(self, user_id: str, admin_token: str) -> None:
+        status, data = await self.http.call(
+            "POST",
+            f"/_synapse/admin/v1/deactivate/{quote(user_id, safe='')}",
+            "deactivate",
+            body={"erase": False},
+            token=admin_token,
+        )
+        if status == 200:
+            return
+        if status == 404 and data.get("errcode") == "M_NOT_FOUND":
+            log.warning("Guest %s no longer exists on the homeserver", user_id)
+            return
+        if status in (400, 404, 405, 501) and data.get("errcode") in (None, "M_UNRECOGNIZED"):
+            raise DeactivationUnsupported("deactivate")
+        raise self.http.unexpected("deactivate", status, data)
+
+
+class SynapseAdapter(_ClientServerAdapter):
+    kind = "synapse"
+    native_tokens = True
+
+    def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(config, session)
+        assert config.admin_token is not None
+        self.admin_token = config.admin_token
+
+    def _stage_token(self, token: str) -> str:
+        return token
+
+    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None:
+        status, data = await self.http.call(
+            "POST",
+            "/_synapse/admin/v1/registration_tokens/new",
+            "create token",
+            body={"token": token, "uses_allowed": uses_allowed, "expiry_time": expires_at_ms},
+            token=self.admin_token,
+        )
+        if status == 200:
+            return
+        if status == 400 and "exists" in str(data.get("error", "")):
+            raise TokenExists("create token")
+        raise self.http.unexpected("create token", status, data)
+
+    async def list_tokens(self) -> list[NativeToken]:
+        status, data = await self.http.call(
+            "GET", "/_synapse/admin/v1/registration_tokens", "list tokens", token=self.admin_token
+        )
+        items = data.get("registration_tokens")
+        if status != 200 or not isinstance(items, list):
+            raise self.http.unexpected("list tokens", status, data)
+        tokens = []
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("token"), str):
+                tokens.append(
+                    NativeToken(
+                        token=item["token"],
+                        uses_allowed=item.get("uses_allowed"),
+                        pending=int(item.get("pending") or 0),
+                        completed=int(item.get("completed") or 0),
+                        expiry_time=item.get("expiry_time"),
+                    )
+                )
+        return tokens
+
+    async def delete_token(self, token: str) -> None:
+        status, data = await self.http.call(
+            "DELETE",
+            f"/_synapse/admin/v1/registration_tokens/{quote(token, safe='')}",
+            "delete token",
+            token=self.admin_token,
+        )
+        if status not in (200, 404):
+            raise self.http.unexpected("delete token", status, data)
+
+    async def deactivate(self, user_id: str) -> None:
+        await self._admin_deactivate(user_id, self.admin_token)
+
+
+class MatrixAdapter(_ClientServerAdapter):
+    kind = "matrix"
+    native_tokens = False
+
+    def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
+        super().__init__(config, session)
+        assert config.registration_token is not None
+        self.static_token = config.registration_token
+
+    def _stage_token(self, token: str) -> str:
+        # The guest's token was checked and claimed in our database; the homeserver only
+        # ever sees the static token.
+        return self.static_token
+
+    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None:
+        return None
+
+    async def list_tokens(self) -> list[NativeToken]:
+        return []
+
+    async def delete_token(self, token: str) -> None:
+        return None
+
+    async def deactivate(self, user_id: str) -> None:
+        if self.config.admin_token is None:
+            raise DeactivationUnsupported("no admin token")
+        await self._admin_deactivate(user_id, self.config.admin_token)
+
+
+def make_adapter(config: HomeserverConfig, session: aiohttp.ClientSession) -> HomeserverAdapter:
+    if config.kind == "synapse":
+        return SynapseAdapter(config, session)
+    return MatrixAdapter(config, session)

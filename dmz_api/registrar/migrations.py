@@ -1,0 +1,63 @@
+"""Registrar schema. Each step is frozen once shipped; add a new step for every change."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db import Connection
+
+from ..db import role_upgrade_table
+
+upgrade_table = role_upgrade_table("registrar")
+
+
+@upgrade_table.register(description="Tokens, guests and idempotent mint replies")
+async def upgrade_v1(conn: Connection) -> None:
+    # token_hash is the hex SHA-256 of the token; the plaintext is never stored.
+    # in_flight/claim_expires_at: registrations under way on the page (see store.claim).
+    # hs_state: "live"/"deleted" for native homeserver tokens, "none" when only we know it.
+    await conn.execute(
+        """CREATE TABLE registrar_tokens (
+            id               TEXT PRIMARY KEY,
+            token_hash       TEXT NOT NULL UNIQUE,
+            sponsor          TEXT NOT NULL,
+            note             TEXT NOT NULL DEFAULT '',
+            api_client       TEXT NOT NULL,
+            homeserver_kind  TEXT NOT NULL,
+            uses_allowed     INTEGER NOT NULL,
+            uses_completed   INTEGER NOT NULL DEFAULT 0,
+            pending          INTEGER NOT NULL DEFAULT 0,
+            in_flight        INTEGER NOT NULL DEFAULT 0,
+            claim_expires_at BIGINT NOT NULL DEFAULT 0,
+            created_at       BIGINT NOT NULL,
+            expires_at       BIGINT NOT NULL,
+            revoked_at       BIGINT,
+            revoked_by       TEXT,
+            hs_state         TEXT NOT NULL
+        )"""
+    )
+    await conn.execute("CREATE INDEX registrar_tokens_sponsor ON registrar_tokens (sponsor)")
+    await conn.execute("CREATE INDEX registrar_tokens_created ON registrar_tokens (created_at)")
+    await conn.execute(
+        """CREATE TABLE registrar_guests (
+            user_id        TEXT PRIMARY KEY,
+            sponsor        TEXT NOT NULL,
+            token_id       TEXT NOT NULL REFERENCES registrar_tokens (id),
+            created_at     BIGINT NOT NULL,
+            status         TEXT NOT NULL,
+            deactivated_at BIGINT,
+            deactivated_by TEXT
+        )"""
+    )
+    await conn.execute("CREATE INDEX registrar_guests_sponsor ON registrar_guests (sponsor)")
+    await conn.execute("CREATE INDEX registrar_guests_token ON registrar_guests (token_id)")
+    # sealed: the minted token encrypted (AES-GCM) so a retried mint can return it again.
+    await conn.execute(
+        """CREATE TABLE registrar_idempotency (
+            api_client   TEXT NOT NULL,
+            idem_key     TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            token_id     TEXT,
+            sealed       TEXT,
+            created_at   BIGINT NOT NULL,
+            PRIMARY KEY (api_client, idem_key)
+        )"""
+    )

@@ -1,0 +1,562 @@
+"""The registrar's behaviour, independent of HTTP: tokens, guests, registering a guest once.
+
+Exactly once: a registration first claims one use of the token in our database with a
+single conditional UPDATE, then calls the homeserver, then commits the use (success) or
+releases the claim (failure: the token is not consumed). In ``synapse`` mode the
+homeserver is the final arbiter as well, since guests may also use any Matrix client;
+its ``pending``/``completed`` counts are synced into our rows whenever tokens are read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from prometheus_client import Counter
+
+from ..errors import ApiError, Conflict, NotFound, Unavailable
+from ..metrics import Metrics
+from .config import RegistrarConfig
+from .crypto import TOKEN_PATTERN, RegistrarKeys, hash_token, new_token
+from .homeserver import (
+    DeactivationUnsupported,
+    HomeserverAdapter,
+    HomeserverUnavailable,
+    OutcomeUnknown,
+    RegistrationRefused,
+    TokenExists,
+)
+from .store import GuestRow, RegistrarStore, TokenRow, TokenStatus
+
+log = logging.getLogger("dmz_api.registrar")
+
+# A claim outlives any real registration (bounded by HTTP timeouts); older ones are dead.
+CLAIM_LEASE_MS = 5 * 60 * 1000
+# An idempotency key whose mint never finished within this time is free again.
+ABANDONED_MINT_MS = 2 * 60 * 1000
+# Page views may use homeserver counts this old; admin reads always sync.
+PAGE_SYNC_MAX_AGE = 2.0
+LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+
+PageState = Literal["active", "used", "expired", "revoked", "unknown"]
+
+
+class Unsupported(ApiError):
+    """The configured homeserver cannot do this (e.g. deactivation without an admin token)."""
+
+    status, errcode = 501, "M_UNRECOGNIZED"
+
+
+class PageError(Exception):
+    """Why the onboarding page cannot register the guest (never holds homeserver text)."""
+
+
+class TokenUnusable(PageError):
+    def __init__(self, state: PageState) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+class TokenBusy(PageError):
+    """Every remaining use is held by a registration under way."""
+
+
+class FormRejected(PageError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+class TryLater(PageError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    row: TokenRow
+    status: TokenStatus
+    used_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    view: TokenView
+    token: str
+    url: str
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SponsorRevocation:
+    tokens_revoked: int
+    guests_deactivated: int
+
+
+class RegistrarMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self.tokens_minted: Counter = metrics.counter(
+            "dmz_api_registrar_tokens_minted_total", "Registration tokens minted"
+        )
+        self.tokens_revoked: Counter = metrics.counter(
+            "dmz_api_registrar_tokens_revoked_total", "Registration tokens revoked"
+        )
+        self.registrations: Counter = metrics.counter(
+            "dmz_api_registrar_registrations_total",
+            "Guest registrations through the onboarding page, by outcome",
+            ["outcome"],
+        )
+        self.guests_deactivated: Counter = metrics.counter(
+            "dmz_api_registrar_guests_deactivated_total", "Guest accounts deactivated"
+        )
+        self.rate_limited: Counter = metrics.counter(
+            "dmz_api_registrar_rate_limited_total", "Onboarding page requests refused (rate limit)"
+        )
+
+
+def validate_localpart(username: str, server_name: str) -> str:
+    """The Matrix localpart a guest typed (``@name:server`` and upper case tolerated)."""
+    name = username.strip()
+    if name.startswith("@"):
+        name = name[1:]
+    if name.endswith(f":{server_name}"):
+        name = name[: -len(server_name) - 1]
+    name = name.lower()
+    if not name:
+        raise FormRejected("username", "Choose a username.")
+    if not LOCALPART.match(name):
+        raise FormRejected(
+            "username",
+            "Use only lower-case letters, digits and the characters . _ = - / +",
+        )
+    if name.startswith("_"):
+        raise FormRejected("username", "The username may not start with _.")
+    if len(f"@{name}:{server_name}") > 255:
+        raise FormRejected("username", "This username is too long.")
+    return name
+
+
+class RegistrarService:
+    def __init__(
+        self,
+        config: RegistrarConfig,
+        public_url: str,
+        store: RegistrarStore,
+        adapter: HomeserverAdapter,
+        keys: RegistrarKeys,
+        metrics: RegistrarMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.public_url = public_url.rstrip("/")
+        self.store = store
+        self.adapter = adapter
+        self.keys = keys
+        self.metrics = metrics
+        self.clock = clock
+        self._sync_lock = asyncio.Lock()
+        self._synced_at = -1e18
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def onboarding_url(self, token: str) -> str:
+        return f"{self.public_url}/register?token={token}"
+
+    # ---- tokens ----
+
+    async def mint(
+        self,
+        *,
+        sponsor: str,
+        api_client: str,
+        uses: int,
+        expires_in: int,
+        note: str,
+        idempotency_key: str | None = None,
+    ) -> Minted:
+        if idempotency_key is None:
+            return await self._mint(sponsor, api_client, uses, expires_in, note, None)
+        request_hash = hashlib.sha256(
+            json.dumps([sponsor, uses, expires_in, note]).encode()
+        ).hexdigest()
+        now = self.now_ms()
+        await self.store.purge_idempotency(now - self.config.idempotency_ttl * 1000)
+        for _ in range(3):
+            if await self.store.claim_idempotency_key(
+                api_client, idempotency_key, request_hash, now
+            ):
+                return await self._mint(
+                    sponsor, api_client, uses, expires_in, note, idempotency_key
+                )
+            replay = await self._replay(api_client, idempotency_key, request_hash)
+            if replay is not None:
+                return replay
+        raise Conflict("A mint with this Idempotency-Key is in progress; retry in a moment")
+
+    async def _replay(self, api_client: str, key: str, request_hash: str) -> Minted | None:
+        """The first result for ``key``, or None when the key turned out to be free."""
+        record = await self.store.get_idempotency(api_client, key)
+        if record is None:
+            return None
+        if not secrets.compare_digest(record.request_hash, request_hash):
+            raise Conflict("This Idempotency-Key was already used for a different request")
+        if record.token_id is None or record.sealed is None:
+            abandoned_before = self.now_ms() - ABANDONED_MINT_MS
+            if await self.store.drop_abandoned_idempotency_key(api_client, key, abandoned_before):
+                return None
+            raise Conflict("A mint with this Idempotency-Key is in progress; retry in a moment")
+        row = await self.store.get_token(record.token_id)
+        token = self.keys.unseal(record.sealed, f"{api_client}|{key}|{record.token_id}")
+        if row is None or token is None:
+            # Never mint a second token for a key: say what happened instead.
+            raise Conflict(
+                f"Token {record.token_id} was minted for this Idempotency-Key but can no longer"
+                " be shown (the registrar secret changed); revoke it and mint a new one"
+            )
+        return Minted(await self._view(row), token, self.onboarding_url(token), replayed=True)
+
+    async def _mint(
+        self,
+        sponsor: str,
+        api_client: str,
+        uses: int,
+        expires_in: int,
+        note: str,
+        idempotency_key: str | None,
+    ) -> Minted:
+        try:
+            now = self.now_ms()
+            expires_at = now + expires_in * 1000
+            for _ in range(3):
+                token = new_token()
+                try:
+                    await self.adapter.create_token(token, uses, expires_at)
+                    break
+                except TokenExists:
+                    continue
+            else:
+                raise Unavailable("The homeserver refused every new token; nothing was minted")
+            row = TokenRow(
+                id=secrets.token_hex(6),
+                token_hash=hash_token(token),
+                sponsor=sponsor,
+                note=note,
+                api_client=api_client,
+                homeserver_kind=self.adapter.kind,
+                uses_allowed=uses,
+                uses_completed=0,
+                pending=0,
+                in_flight=0,
+                claim_expires_at=0,
+                created_at=now,
+                expires_at=expires_at,
+                revoked_at=None,
+                revoked_by=None,
+                hs_state="live" if self.adapter.native_tokens else "none",
+            )
+            try:
+                async with self.store.transaction():
+                    await self.store.insert_token(row)
+                    if idempotency_key is not None:
+                        sealed = self.keys.seal(token, f"{api_client}|{idempotency_key}|{row.id}")
+                        await self.store.complete_idempotency(
+                            api_client, idempotency_key, row.id, sealed
+                        )
+            except BaseException:
+                if self.adapter.native_tokens:
+                    await self._forget_native(token)
+                raise
+        except HomeserverUnavailable:
+            await self._free_key(api_client, idempotency_key)
+            raise Unavailable("The homeserver did not answer; no token was minted") from None
+        except BaseException:
+            await self._free_key(api_client, idempotency_key)
+            raise
+        self.metrics.tokens_minted.inc()
+        log.info("Minted token %s for %s (%d uses)", row.id, sponsor, uses)
+        view = TokenView(row, row.status(now), ())
+        return Minted(view, token, self.onboarding_url(token), replayed=False)
+
+    async def _free_key(self, api_client: str, key: str | None) -> None:
+        if key is not None:
+            await asyncio.shield(self.store.drop_idempotency_key(api_client, key))
+
+    async def _forget_native(self, token: str) -> None:
+        try:
+            await self.adapter.delete_token(token)
+        except HomeserverUnavailable:
+            log.error("A token minted on the homeserver could not be recorded nor deleted")
+
+    async def _view(self, row: TokenRow) -> TokenView:
+        used_by = (await self.store.guests_of_tokens([row.id])).get(row.id, [])
+        return TokenView(row, row.status(self.now_ms()), tuple(used_by))
+
+    async def list_tokens(
+        self, *, status: str | None = None, sponsor: str | None = None, limit: int = 100
+    ) -> list[TokenView]:
+        await self.sync()
+        now = self.now_ms()
+        rows = await self.store.list_tokens(now, status=status, sponsor=sponsor, limit=limit)
+        used_by = await self.store.guests_of_tokens([row.id for row in rows])
+        return [TokenView(row, row.status(now), tuple(used_by.get(row.id, ()))) for row in rows]
+
+    async def get_token(self, token_id: str) -> TokenView:
+        await self.sync()
+        row = await self.store.get_token(token_id)
+        if row is None:
+            raise NotFound(f"Token {token_id} does not exist")
+        return await self._view(row)
+
+    async def revoke_token(self, token_id: str, actor: str) -> TokenView:
+        view = await self.get_token(token_id)
+        if view.status == "used":
+            raise Conflict(f"Token {token_id} is already used; there is nothing to revoke")
+        revoked = await self.store.revoke(token_id, self.now_ms(), actor)
+        if revoked is not None:
+            self.metrics.tokens_revoked.inc()
+            log.info("Revoked token %s (by %s)", token_id, actor)
+        row = revoked or view.row
+        if row.hs_state == "live":
+            if await self._delete_native([row]):
+                raise Unavailable(
+                    f"Token {token_id} is revoked here, but the homeserver did not confirm;"
+                    " repeat the request"
+                )
+        return await self._view(await self._reload(row))
+
+    async def _reload(self, row: TokenRow) -> TokenRow:
+        return await self.store.get_token(row.id) or row
+
+    async def _delete_native(self, rows: Sequence[TokenRow]) -> int:
+        """Delete revoked tokens on the homeserver; returns how many could not be."""
+        if not rows or not self.adapter.native_tokens:
+            return 0
+        try:
+            native = {hash_token(t.token): t.token for t in await self.adapter.list_tokens()}
+        except HomeserverUnavailable:
+            return len(rows)
+        failed = 0
+        for row in rows:
+            token = native.get(row.token_hash)
+            try:
+                if token is not None:
+                    await self.adapter.delete_token(token)
+                await self.store.set_hs_state(row.id, "deleted")
+            except HomeserverUnavailable:
+                failed += 1
+        return failed
+
+    async def revoke_sponsor(
+        self, sponsor: str, *, deactivate_guests: bool, actor: str
+    ) -> SponsorRevocation:
+        if deactivate_guests and not self.config.has_deactivation:
+            raise self._deactivation_unsupported()
+        revoked = await self.store.revoke_active_of_sponsor(sponsor, self.now_ms(), actor)
+        if revoked:
+            self.metrics.tokens_revoked.inc(len(revoked))
+            log.info("Revoked %d tokens of %s (by %s)", len(revoked), sponsor, actor)
+        owed = [
+            row
+            for row in await self.store.tokens_to_sync()
+            if row.sponsor == sponsor and row.revoked_at is not None
+        ]
+        failed = await self._delete_native(owed)
+        deactivated = 0
+        if deactivate_guests:
+            for guest in await self.store.list_guests(
+                sponsor=sponsor, status="active", limit=1_000_000
+            ):
+                try:
+                    if await self._deactivate(guest.user_id, actor):
+                        deactivated += 1
+                except Unavailable:
+                    failed += 1
+        if failed:
+            raise Unavailable(
+                f"Revoked {len(revoked)} tokens and deactivated {deactivated} guests of {sponsor},"
+                f" but the homeserver did not confirm {failed} changes; repeat the request"
+            )
+        return SponsorRevocation(len(revoked), deactivated)
+
+    async def sync(self, max_age: float = 0.0) -> bool:
+        """Bring native tokens' counts in line with the homeserver; False if it is unreachable."""
+        if not self.adapter.native_tokens:
+            return True
+        async with self._sync_lock:
+            if time.monotonic() - self._synced_at < max_age:
+                return True
+            rows = await self.store.tokens_to_sync()
+            if not rows:
+                self._synced_at = time.monotonic()
+                return True
+            try:
+                native = {hash_token(t.token): t for t in await self.adapter.list_tokens()}
+            except HomeserverUnavailable:
+                log.warning("Token counts not synced: the homeserver did not answer")
+                return False
+            now = self.now_ms()
+            owed: list[TokenRow] = []
+            for row in rows:
+                found = native.get(row.token_hash)
+                if row.revoked_at is not None:
+                    owed.append(row)
+                elif found is None:
+                    # Deleted on the homeserver by its admin: it can no longer be used.
+                    await self.store.revoke(row.id, now, "homeserver")
+                    await self.store.set_hs_state(row.id, "deleted")
+                elif (found.completed, found.pending) != (row.uses_completed, row.pending):
+                    await self.store.set_counts(row.id, found.completed, found.pending)
+            if owed:
+                await self._delete_native(owed)
+            self._synced_at = time.monotonic()
+            return True
+
+    # ---- guests ----
+
+    async def list_guests(
+        self, *, sponsor: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[GuestRow]:
+        return await self.store.list_guests(sponsor=sponsor, status=status, limit=limit)
+
+    async def deactivate_guest(self, user_id: str, actor: str) -> GuestRow:
+        guest = await self.store.get_guest(user_id)
+        if guest is None:
+            raise NotFound(f"{user_id} is not a guest registered through this registrar")
+        if guest.status == "active":
+            if not self.config.has_deactivation:
+                raise self._deactivation_unsupported()
+            await self._deactivate(user_id, actor)
+        return await self.store.get_guest(user_id) or guest
+
+    async def _deactivate(self, user_id: str, actor: str) -> bool:
+        try:
+            await self.adapter.deactivate(user_id)
+        except DeactivationUnsupported:
+            raise self._deactivation_unsupported() from None
+        except HomeserverUnavailable:
+            raise Unavailable(f"The homeserver did not answer; {user_id} is still active") from None
+        changed = await self.store.mark_guest_deactivated(user_id, self.now_ms(), actor)
+        if changed:
+            self.metrics.guests_deactivated.inc()
+            log.info("Deactivated guest %s (by %s)", user_id, actor)
+        return changed
+
+    def _deactivation_unsupported(self) -> Unsupported:
+        if self.adapter.kind == "matrix" and self.config.homeserver.admin_token is None:
+            return Unsupported(
+                "Guest deactivation needs registrar.homeserver.admin_token with kind matrix"
+            )
+        return Unsupported("The homeserver does not offer the Synapse deactivation admin API")
+
+    # ---- the onboarding page ----
+
+    async def page_token(self, token: str) -> tuple[TokenRow | None, PageState]:
+        """The token behind an onboarding link and what the page may do with it."""
+        if not TOKEN_PATTERN.match(token):
+            return None, "unknown"
+        token_hash = hash_token(token)
+        row = await self.store.get_token_by_hash(token_hash)
+        if row is None:
+            return None, "unknown"
+        if row.status(self.now_ms()) == "active" and row.hs_state == "live":
+            await self.sync(max_age=PAGE_SYNC_MAX_AGE)
+            row = await self.store.get_token_by_hash(token_hash) or row
+        return row, row.status(self.now_ms())
+
+    async def register_guest(
+        self, token: str, localpart: str, password: str, display_name: str | None
+    ) -> str:
+        """Create the guest's account with one use of ``token``; returns the Matrix ID."""
+        row, state = await self.page_token(token)
+        if row is None or state != "active":
+            raise TokenUnusable(state)
+        try:
+            await self.adapter.check_username(localpart)
+        except RegistrationRefused as e:
+            raise FormRejected("username", e.reason) from None
+        except HomeserverUnavailable:
+            self.metrics.registrations.labels("unavailable").inc()
+            raise TryLater() from None
+        claimed = await self.store.claim(row.id, self.now_ms(), CLAIM_LEASE_MS)
+        if claimed is None:
+            current = await self.store.get_token(row.id) or row
+            if current.status(self.now_ms()) == "active":
+                raise TokenBusy()
+            raise TokenUnusable(current.status(self.now_ms()))
+        # Shielded: a client going away must not leave the claim neither committed nor released.
+        return await asyncio.shield(
+            self._register_claimed(claimed, token, localpart, password, display_name)
+        )
+
+    async def _register_claimed(
+        self, row: TokenRow, token: str, localpart: str, password: str, display_name: str | None
+    ) -> str:
+        try:
+            user_id = await self.adapter.register(localpart, password, token, display_name)
+        except RegistrationRefused as e:
+            await self.store.release(row.id)
+            self.metrics.registrations.labels(e.reason).inc()
+            if e.reason == "token_rejected":
+                # Used up or deleted on the homeserver (e.g. from another Matrix client).
+                self._synced_at = -1e18
+                await self.sync()
+                current = await self.store.get_token(row.id) or row
+                state = current.status(self.now_ms())
+                raise TokenUnusable("used" if state == "active" else state) from None
+            field = "password" if e.reason == "password_weak" else "username"
+            raise FormRejected(field, e.reason) from None
+        except OutcomeUnknown:
+            user_id = await self._settle_unknown(row, localpart)
+        except HomeserverUnavailable:
+            await self.store.release(row.id)
+            self.metrics.registrations.labels("unavailable").inc()
+            raise TryLater() from None
+        except BaseException:
+            await self.store.release(row.id)
+            self.metrics.registrations.labels("error").inc()
+            raise
+        await self._record_guest(row, user_id)
+        return user_id
+
+    async def _settle_unknown(self, row: TokenRow, localpart: str) -> str:
+        """The account-creating call got no answer: find out whether the account exists."""
+        try:
+            await self.adapter.check_username(localpart)
+        except RegistrationRefused as e:
+            if e.reason == "username_taken":
+                log.warning("Registration outcome unknown, but the name is now taken: counted")
+                return f"@{localpart}:{self.config.homeserver.server_name}"
+            await self.store.release(row.id)
+        except HomeserverUnavailable:
+            # Cannot tell: keep the claim so no second account can appear; it lapses with
+            # its lease and the guest can then retry.
+            pass
+        else:
+            await self.store.release(row.id)
+        self.metrics.registrations.labels("unavailable").inc()
+        raise TryLater()
+
+    async def _record_guest(self, row: TokenRow, user_id: str) -> None:
+        guest = GuestRow(
+            user_id=user_id,
+            sponsor=row.sponsor,
+            token_id=row.id,
+            created_at=self.now_ms(),
+            status="active",
+            deactivated_at=None,
+            deactivated_by=None,
+        )
+        async with self.store.transaction():
+            await self.store.complete_use(row.id)
+            await self.store.insert_guest(guest)
+        self.metrics.registrations.labels("ok").inc()
+        log.info("Guest %s registered with token %s (sponsor %s)", user_id, row.id, row.sponsor)

@@ -1,0 +1,124 @@
+"""The plugin configuration (base-config.yaml) with typed, always-current accessors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mautrix.types import RoomID
+from mautrix.util.config import BaseProxyConfig, ConfigUpdateHelper
+
+from .durations import parse_duration
+
+IDENTITY_MODES = ("synapse_admin", "membership")
+GUEST_POLICIES = ("keep", "deactivate")
+ROLE_NAMES = ("operator", "gateway_admin", "auditor")
+
+
+class Config(BaseProxyConfig):
+    def do_update(self, helper: ConfigUpdateHelper) -> None:
+        helper.copy("control_rooms")
+        helper.copy("roles.operator")
+        helper.copy("roles.gateway_admin")
+        helper.copy("roles.auditor")
+        helper.copy("identity.mode")
+        helper.copy("identity.homeserver_url")
+        helper.copy("identity.admin_token")
+        helper.copy("identity.timeout")
+        helper.copy("dmz.registrar_url")
+        helper.copy("dmz.gateway_url")
+        helper.copy("dmz.api_key")
+        helper.copy("dmz.timeout")
+        helper.copy("token_defaults.uses")
+        helper.copy("token_defaults.expires")
+        helper.copy("on_staff_deactivated.revoke_tokens")
+        helper.copy("on_staff_deactivated.guests")
+        helper.copy("sweep_interval")
+        helper.copy("audit.export_key")
+
+    def problems(self) -> list[str]:
+        """Every setting that is missing or invalid, one readable line each."""
+        found: list[str] = []
+        checks: list[tuple[str, Any]] = [
+            ("identity.timeout", lambda: self.identity_timeout),
+            ("dmz.timeout", lambda: self.dmz_timeout),
+            ("token_defaults.expires", lambda: self.token_expires),
+            ("sweep_interval", lambda: self.sweep_interval),
+        ]
+        for key, read in checks:
+            try:
+                read()
+            except ValueError as e:
+                found.append(f"{key} {e}")
+        if not self.control_rooms:
+            found.append("control_rooms is empty, so every command is refused")
+        if self.identity_mode not in IDENTITY_MODES:
+            found.append(f"identity.mode must be one of {', '.join(IDENTITY_MODES)}")
+        if self.guests_on_deactivation not in GUEST_POLICIES:
+            found.append(f"on_staff_deactivated.guests must be one of {', '.join(GUEST_POLICIES)}")
+        uses = self["token_defaults.uses"]
+        if isinstance(uses, bool) or not isinstance(uses, int) or uses < 1:
+            found.append("token_defaults.uses must be a whole number of at least 1")
+        if not self.dmz_api_key:
+            found.append("dmz.api_key is empty, so every call to dmz_api will be refused")
+        return found
+
+    @property
+    def control_rooms(self) -> frozenset[RoomID]:
+        return frozenset(RoomID(str(room)) for room in self["control_rooms"] or [])
+
+    def role_patterns(self, role: str) -> list[str]:
+        return [str(pattern) for pattern in self[f"roles.{role}"] or []]
+
+    @property
+    def identity_mode(self) -> str:
+        return str(self["identity.mode"])
+
+    @property
+    def identity_homeserver_url(self) -> str:
+        return str(self["identity.homeserver_url"] or "").rstrip("/")
+
+    @property
+    def identity_admin_token(self) -> str:
+        return str(self["identity.admin_token"] or "")
+
+    @property
+    def identity_timeout(self) -> float:
+        return float(parse_duration(self["identity.timeout"]))
+
+    def dmz_url(self, role: str) -> str:
+        return str(self[f"dmz.{role}_url"] or "").rstrip("/")
+
+    @property
+    def dmz_api_key(self) -> str:
+        return str(self["dmz.api_key"] or "")
+
+    @property
+    def dmz_timeout(self) -> float:
+        return float(parse_duration(self["dmz.timeout"]))
+
+    @property
+    def token_uses(self) -> int:
+        return int(self["token_defaults.uses"])
+
+    @property
+    def token_expires(self) -> int:
+        return parse_duration(self["token_defaults.expires"])
+
+    @property
+    def revoke_tokens_on_deactivation(self) -> bool:
+        return bool(self["on_staff_deactivated.revoke_tokens"])
+
+    @property
+    def guests_on_deactivation(self) -> str:
+        return str(self["on_staff_deactivated.guests"])
+
+    @property
+    def sweep_interval(self) -> int:
+        value = self["sweep_interval"]
+        if value in (0, "0", None, ""):
+            return 0
+        return parse_duration(value)
+
+    @property
+    def audit_export_key(self) -> str:
+        return str(self["audit.export_key"] or "")

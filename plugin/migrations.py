@@ -1,0 +1,60 @@
+"""Schema of the plugin database. Shipped steps are never edited; add a new one instead."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db import Connection, Scheme, UpgradeTable
+
+upgrade_table = UpgradeTable(version_table_name="bastion_version")
+
+
+@upgrade_table.register(description="Audit trail and direct-message rooms")
+async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
+    await conn.execute(
+        """CREATE TABLE audit_log (
+            seq        BIGINT PRIMARY KEY,
+            ts         BIGINT NOT NULL,
+            room_id    TEXT   NOT NULL,
+            event_id   TEXT   NOT NULL,
+            sender     TEXT   NOT NULL,
+            command    TEXT   NOT NULL,
+            args       TEXT   NOT NULL,
+            outcome    TEXT   NOT NULL CHECK (outcome IN ('ok', 'refused', 'failed')),
+            detail     TEXT   NOT NULL,
+            request_id TEXT   NOT NULL,
+            prev_hash  TEXT   NOT NULL,
+            hash       TEXT   NOT NULL
+        )"""
+    )
+    await conn.execute("CREATE INDEX audit_log_sender_idx ON audit_log (sender, seq)")
+    await conn.execute("CREATE INDEX audit_log_ts_idx ON audit_log (ts)")
+    # The newest entry, so that removing entries from the end of the chain is noticed too.
+    await conn.execute(
+        """CREATE TABLE audit_head (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            seq  BIGINT NOT NULL,
+            hash TEXT   NOT NULL
+        )"""
+    )
+    # Append-only in the database as well: changing history takes dropping these first.
+    if scheme == Scheme.SQLITE:
+        for action in ("UPDATE", "DELETE"):
+            await conn.execute(
+                f"""CREATE TRIGGER audit_log_no_{action.lower()} BEFORE {action} ON audit_log
+                BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END"""
+            )
+    else:
+        await conn.execute(
+            """CREATE FUNCTION audit_log_append_only() RETURNS trigger AS $$
+            BEGIN RAISE EXCEPTION 'audit_log is append-only'; END;
+            $$ LANGUAGE plpgsql"""
+        )
+        await conn.execute(
+            """CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+            FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"""
+        )
+    await conn.execute(
+        """CREATE TABLE dm_room (
+            user_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL
+        )"""
+    )
