@@ -22,10 +22,6 @@ from mautrix.util.async_db import Database
 
 GENESIS = "0" * 64
 _SECRET_WORDS = ("token", "password", "secret", "key", "mac")
-_COLUMNS = (
-    "seq, ts, room_id, event_id, sender, command, args, outcome, detail, request_id, "
-    "prev_hash, hash"
-)
 
 
 class Outcome(StrEnum):
@@ -196,7 +192,8 @@ class AuditLog:
                 prev_hash=prev_hash,
             )
             await conn.execute(
-                f"INSERT INTO audit_log ({_COLUMNS}) "
+                "INSERT INTO audit_log (seq, ts, room_id, event_id, sender, command, args, "
+                "outcome, detail, request_id, prev_hash, hash) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 seq,
                 ts,
@@ -214,7 +211,9 @@ class AuditLog:
             if head:
                 await conn.execute("UPDATE audit_head SET seq=$1, hash=$2 WHERE id=1", seq, digest)
             else:
-                await conn.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)", seq, digest)
+                await conn.execute(
+                    "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)", seq, digest
+                )
         self.log.debug("audit #%d %s %s by %s", seq, command, outcome.value, sender)
         return AuditEntry(
             seq=seq,
@@ -236,7 +235,8 @@ class AuditLog:
     ) -> list[AuditEntry]:
         """The newest entries first, optionally only one sender's or only after a time."""
         rows = await self.db.fetch(
-            f"SELECT {_COLUMNS} FROM audit_log "
+            "SELECT seq, ts, room_id, event_id, sender, command, args, outcome, detail, "
+            "request_id, prev_hash, hash FROM audit_log "
             "WHERE ($1 = '' OR sender = $1) AND ts >= $2 ORDER BY seq DESC LIMIT $3",
             sender or "",
             since_ms or 0,
@@ -251,8 +251,9 @@ class AuditLog:
         last = seq
         while True:
             rows = await self.db.fetch(
-                f"SELECT {_COLUMNS} FROM audit_log WHERE seq > $1 AND ts >= $2 "
-                "ORDER BY seq LIMIT $3",
+                "SELECT seq, ts, room_id, event_id, sender, command, args, outcome, detail, "
+                "request_id, prev_hash, hash FROM audit_log "
+                "WHERE seq > $1 AND ts >= $2 ORDER BY seq LIMIT $3",
                 last,
                 since_ms,
                 page,

@@ -100,7 +100,9 @@ class DmzClient:
                 raw = await resp.read()
                 status = resp.status
         except TimeoutError:
-            self.log.warning("%s %s [%s]: no answer in %g s", method, path, acting.request_id, timeout)
+            self.log.warning(
+                "%s %s [%s]: no answer in %g s", method, path, acting.request_id, timeout
+            )
             raise DmzUnavailable(self.role, timeout, "timeout") from None
         except aiohttp.ClientError as e:
             self.log.warning("%s %s [%s]: %s", method, path, acting.request_id, type(e).__name__)
@@ -212,7 +214,9 @@ class Registrar:
         return [Token.from_json(item) for item in _items(data, "tokens")]
 
     async def token(self, acting: Acting, token_id: str) -> Token:
-        data = await self.api.request("GET", f"/v1/tokens/{quote(token_id, safe='')}", acting=acting)
+        data = await self.api.request(
+            "GET", f"/v1/tokens/{quote(token_id, safe='')}", acting=acting
+        )
         return Token.from_json(data)
 
     async def revoke(self, acting: Acting, token_id: str) -> Token | None:

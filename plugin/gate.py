@@ -46,9 +46,7 @@ def user_matches(pattern: str, user_id: str) -> bool:
     """
     pattern_local, _, pattern_server = pattern.partition(":")
     local, _, server = user_id.partition(":")
-    return fnmatch.fnmatchcase(local, pattern_local) and fnmatch.fnmatchcase(
-        server, pattern_server
-    )
+    return fnmatch.fnmatchcase(local, pattern_local) and fnmatch.fnmatchcase(server, pattern_server)
 
 
 @frozen
@@ -198,7 +196,8 @@ class Gate:
                 outcome, detail, message = Outcome.REFUSED, decision.detail, decision.message
             elif bad_syntax is not None:
                 outcome, detail = Outcome.REFUSED, f"bad syntax: {bad_syntax.message}"
-                message = f"{fmt.md(bad_syntax.message)}  \n**Usage:** {fmt.code(bad_syntax.usage)}"
+                usage = f"!{spec.name} {bad_syntax.usage}".strip()
+                message = f"{fmt.md(bad_syntax.message)}  \n**Usage:** {fmt.code(usage)}"
             else:
                 ctx = Context(
                     spec=spec,
@@ -219,9 +218,7 @@ class Gate:
             outcome, detail = Outcome.FAILED, f"internal error: {type(e).__name__}"
             message = f"Something went wrong; nothing was done (request `{request_id}`)."
         finally:
-            await self._record(
-                spec, room_id, event_id, sender, args, outcome, detail, request_id
-            )
+            await self._record(spec, room_id, event_id, sender, args, outcome, detail, request_id)
         if message:
             try:
                 await reply(message)
@@ -340,4 +337,3 @@ def gated(
 def command_spec(fn: object) -> CommandSpec | None:
     spec = getattr(fn, "__bastion_command__", None)
     return spec if isinstance(spec, CommandSpec) else None
-

@@ -102,7 +102,9 @@ class IdentityChecker:
     async def _membership_status(self, user_id: UserID, rooms: Iterable[RoomID]) -> AccountStatus:
         rooms = list(rooms)
         if not rooms:
-            return AccountStatus(AccountState.UNCONFIRMED, "no control room is configured", "membership")
+            return AccountStatus(
+                AccountState.UNCONFIRMED, "no control room is configured", "membership"
+            )
         unconfirmed = ""
         for room_id in rooms:
             try:

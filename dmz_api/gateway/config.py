@@ -80,7 +80,9 @@ def _optional(section: Section, name: str) -> Section:
 def parse_gateway_config(section: Section) -> GatewayConfig:
     server_name = section.str("server_name")
     if not _SERVER_NAME.match(server_name):
-        raise section.error("server_name", "must be a server name such as corp.example or host:8448")
+        raise section.error(
+            "server_name", "must be a server name such as corp.example or host:8448"
+        )
     listen_section = section.section("listen", required=False)
     listen = None
     if listen_section is not None:

@@ -7,6 +7,7 @@ the antispam callbacks and the dry-run API.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -40,13 +41,13 @@ class RequestInfo:
     """One request (or homeserver callback) as the rules see it.
 
     ``origin`` is the remote server involved: the ``X-Matrix`` origin of a federation
-    request, or the server of a remote invitee (antispam ``user_may_invite``). ``user`` is a
-    local user when known (antispam callbacks). ``user_agent``/``ip`` are ``None`` when the
-    enforcement point cannot know them (most antispam callbacks); an HTTP request without a
-    User-Agent header has ``user_agent=""``. ``public`` marks federation endpoints that are
-    legitimately unsigned (server keys, discovery, version). ``malformed`` names a defect
-    that makes the request unjudgeable (conflicting X-Matrix origins, dot segments): such a
-    request is always refused.
+    request, or the server of a remote invitee (antispam ``user_may_invite``). ``user`` is the
+    user when known (antispam callbacks; recorded, not judged). ``user_agent``/``ip`` are
+    ``None`` when the enforcement point cannot know them (most antispam callbacks); a request
+    without a User-Agent header has ``user_agent=""``. ``public`` marks federation endpoints
+    that are unsigned by design (server keys, discovery, version). ``malformed`` names a
+    defect that makes the request unjudgeable (conflicting X-Matrix origins, dot segments):
+    such a request is always refused.
     """
 
     request_class: RequestClass
@@ -120,3 +121,11 @@ _SAFE = frozenset(
 def safe_text(text: str, limit: int = 200) -> str:
     """``text`` reduced to characters that are safe in a header and inside a JSON string."""
     return "".join(c if c in _SAFE else "?" for c in text[:limit])
+
+
+def iso(ms: int | None) -> str | None:
+    """Milliseconds since the epoch as an ISO 8601 UTC time (``2025-01-31T12:00:00.123Z``)."""
+    if ms is None:
+        return None
+    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")

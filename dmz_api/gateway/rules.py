@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from ..errors import InvalidParam
-from .model import Mode
+from .model import Mode, iso
 
 
 class Kind(StrEnum):
@@ -74,13 +74,13 @@ class Rule:
             "priority": self.priority,
             "note": self.note,
             "author": self.author,
-            "created": self.created,
-            "updated": self.updated,
+            "created": iso(self.created),
+            "updated": iso(self.updated),
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Rule:
-        """A rule as stored (trusted input, but re-validated so a bad row fails loudly)."""
+    def from_row(cls, data: Mapping[str, Any]) -> Rule:
+        """A rule as stored (re-validated, so a bad row fails loudly instead of misjudging)."""
         kind = Kind(data["kind"])
         return cls(
             id=str(data["id"]),
@@ -128,7 +128,11 @@ def _servers(params: Mapping[str, Any]) -> list[str]:
         raise InvalidParam("params.servers must list at least one server name or glob")
     for server in servers:
         host, port = split_server(server)
-        if not _SERVER_GLOB.match(server) or not host or (port is not None and not _PORT_GLOB.match(port)):
+        if (
+            not _SERVER_GLOB.match(server)
+            or not host
+            or (port is not None and not _PORT_GLOB.match(port))
+        ):
             raise InvalidParam(
                 f"params.servers: {server[:80]!r} is not a server name or glob"
                 " (such as partner.example, *.example.org or localhost:8448)"
@@ -168,13 +172,17 @@ def validate_params(kind: Kind, params: Any) -> dict[str, Any]:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise InvalidParam(f"params.user_agents: {pattern[:80]!r} is not a regex ({e})") from None
+                raise InvalidParam(
+                    f"params.user_agents: {pattern[:80]!r} is not a regex ({e})"
+                ) from None
         networks: list[str] = []
         for item in _str_list(params, "networks", required=False):
             try:
                 networks.append(str(ipaddress.ip_network(item, strict=False)))
             except ValueError:
-                raise InvalidParam(f"params.networks: {item[:80]!r} is not a CIDR network") from None
+                raise InvalidParam(
+                    f"params.networks: {item[:80]!r} is not a CIDR network"
+                ) from None
         if not agents and not networks:
             raise InvalidParam("params: give user_agents (regexes) and/or networks (CIDR)")
         result: dict[str, Any] = {}
@@ -251,11 +259,11 @@ def parse_rule_id(value: Any) -> str:
     return value
 
 
-def new_rule(
-    spec: Mapping[str, Any], *, rule_id: str, author: str | None, now: int
-) -> Rule:
+def new_rule(spec: Mapping[str, Any], *, rule_id: str, author: str | None, now: int) -> Rule:
     """A rule from a create request body (``kind``, ``params``, optional fields)."""
-    unknown = sorted(set(spec) - {"id", "kind", "params", "mode", "enabled", "priority", "note", "reason"})
+    unknown = sorted(
+        set(spec) - {"id", "kind", "params", "mode", "enabled", "priority", "note", "reason"}
+    )
     if unknown:
         raise InvalidParam(f"unknown field {unknown[0]!r}")
     kind = parse_kind(spec.get("kind"))

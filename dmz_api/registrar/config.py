@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config import ConfigError, Section
@@ -20,10 +20,11 @@ class HomeserverConfig:
     server_name: str
     # The address guests type into their Matrix client (shown on the success page).
     client_url: str
-    admin_token: str | None
+    # Secrets stay out of repr() so a logged or printed config never shows them.
+    admin_token: str | None = field(repr=False)
     # kind matrix: the homeserver's one static registration token.
-    registration_token: str | None
-    timeout: float
+    registration_token: str | None = field(repr=False)
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,10 @@ class RegistrarConfig:
     max_expires_in: int
     rate_limit: RateLimitConfig
     # Keys the CSRF HMAC and the encryption of idempotent replies; None = random per process.
-    secret: bytes | None
-    password_min_length: int
-    idempotency_ttl: int
-    page_title: str
+    secret: bytes | None = field(repr=False)
+    password_min_length: int = 10
+    idempotency_ttl: int = DAY
+    page_title: str = "Guest access"
 
     @property
     def has_deactivation(self) -> bool:
@@ -56,7 +57,9 @@ def _homeserver(section: Section) -> HomeserverConfig:
     url = section.url("url")
     server_name = section.str("server_name")
     if any(c.isspace() or c in "/@" for c in server_name):
-        raise section.error("server_name", "must be a bare server name such as partners.example.com")
+        raise section.error(
+            "server_name", "must be a bare server name such as partners.example.com"
+        )
     admin_token = section.secret("admin_token", required=kind == "synapse")
     registration_token = None
     if kind == "matrix":
@@ -75,9 +78,7 @@ def _homeserver(section: Section) -> HomeserverConfig:
 
 
 def _optional(section: Section, name: str) -> Section:
-    return section.section(name, required=False) or Section(
-        {}, section.key(name), section.base_dir
-    )
+    return section.section(name, required=False) or Section({}, section.key(name), section.base_dir)
 
 
 def parse_registrar_config(section: Section) -> RegistrarConfig:

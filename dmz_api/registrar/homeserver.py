@@ -14,9 +14,8 @@ never passed on (Synapse echoes tokens in some of them).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -36,7 +35,7 @@ _REFUSALS: dict[str, RefusalReason] = {
     "M_WEAK_PASSWORD": "password_weak",
 }
 
-TOKEN_STAGE = "m.login.registration_token"
+TOKEN_STAGE = "m.login.registration_token"  # noqa: S105 (a UIA stage name)
 DUMMY_STAGE = "m.login.dummy"
 
 
@@ -75,6 +74,18 @@ class NativeToken:
     expiry_time: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A registration the homeserver has accepted the username and password for."""
+
+    request: dict[str, Any] = field(repr=False)
+    session: str | None
+    display_name: str | None
+    # Set when the homeserver registered without asking for a token (misconfigured).
+    user_id: str | None = None
+    access_token: str | None = field(default=None, repr=False)
+
+
 class HomeserverAdapter(Protocol):
     kind: str
     # True when tokens exist on the homeserver itself (guests may use any client).
@@ -88,9 +99,11 @@ class HomeserverAdapter(Protocol):
 
     async def check_username(self, localpart: str) -> None: ...
 
-    async def register(
-        self, localpart: str, password: str, token: str, display_name: str | None
-    ) -> str: ...
+    async def begin_registration(
+        self, localpart: str, password: str, display_name: str | None
+    ) -> Registration: ...
+
+    async def complete_registration(self, registration: Registration, token: str) -> str: ...
 
     async def deactivate(self, user_id: str) -> None: ...
 
@@ -124,7 +137,7 @@ class _Http:
                 except ValueError:
                     data = None
                 return resp.status, data if isinstance(data, dict) else {}
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError) as e:
+        except (aiohttp.ClientError, TimeoutError) as e:
             # The exception text can hold the URL, and the URL can hold a token.
             log.warning("Homeserver call %s failed: %s", what, type(e).__name__)
             raise HomeserverUnavailable(what) from None
@@ -159,6 +172,9 @@ class _ClientServerAdapter:
             return
         if (reason := _REFUSALS.get(str(data.get("errcode")))) is not None:
             raise RegistrationRefused(reason)
+        if status == 429:
+            # Synapse allows one concurrent availability check per address: not an outage.
+            raise HomeserverUnavailable("username check (rate limited)")
         raise self.http.unexpected("username check", status, data)
 
     async def _register_step(
@@ -173,25 +189,37 @@ class _ClientServerAdapter:
             raise self.http.unexpected(what, status, data)
         return status, data
 
-    async def register(
-        self, localpart: str, password: str, token: str, display_name: str | None
-    ) -> str:
-        """Create the account through the UIA flow: registration token, then dummy."""
+    async def begin_registration(
+        self, localpart: str, password: str, display_name: str | None
+    ) -> Registration:
+        """Open a UIA session; the homeserver checks username and password, nothing is used."""
         request: dict[str, Any] = {
             "username": localpart,
             "password": password,
             "initial_device_display_name": "Guest onboarding page",
+            # A session is needed only to set the display name, and is ended right after.
             "inhibit_login": display_name is None,
         }
         status, data = await self._register_step(request, "register (start)")
-        if status == 401:
-            session = data.get("session")
-            flows = data.get("flows") or []
-            if not isinstance(session, str) or not any(
-                TOKEN_STAGE in (flow.get("stages") or []) for flow in flows if isinstance(flow, dict)
-            ):
-                log.error("The homeserver does not offer %s registration", TOKEN_STAGE)
-                raise HomeserverUnavailable("register (no token flow)")
+        if status == 200:
+            log.error("The homeserver registered a guest without asking for a token")
+            return Registration(
+                request, None, display_name, _user_id(data), data.get("access_token")
+            )
+        session = data.get("session")
+        flows = data.get("flows") or []
+        if not isinstance(session, str) or not any(
+            TOKEN_STAGE in (flow.get("stages") or []) for flow in flows if isinstance(flow, dict)
+        ):
+            log.error("The homeserver does not offer %s registration", TOKEN_STAGE)
+            raise HomeserverUnavailable("register (no token flow)")
+        return Registration(request, session, display_name)
+
+    async def complete_registration(self, registration: Registration, token: str) -> str:
+        """Finish the UIA flow: the registration token stage, then the dummy stage."""
+        user_id, access_token = registration.user_id, registration.access_token
+        if user_id is None:
+            request, session = registration.request, registration.session
             auth = {"type": TOKEN_STAGE, "token": self._stage_token(token), "session": session}
             status, data = await self._register_step(
                 {**request, "auth": auth}, "register (token stage)"
@@ -209,13 +237,10 @@ class _ClientServerAdapter:
                 except HomeserverUnavailable:
                     raise OutcomeUnknown("register (dummy stage)") from None
                 if status != 200:
-                    raise self.http.unexpected("register (dummy stage)", status, data)
-        user_id = data.get("user_id")
-        if not isinstance(user_id, str):
-            raise self.http.unexpected("register (result)", status, data)
-        access_token = data.get("access_token")
-        if display_name is not None and isinstance(access_token, str):
-            await self._set_display_name(user_id, display_name, access_token)
+                    raise OutcomeUnknown("register (dummy stage)")
+            user_id, access_token = _user_id(data), data.get("access_token")
+        if registration.display_name is not None and isinstance(access_token, str):
+            await self._set_display_name(user_id, registration.display_name, access_token)
         return user_id
 
     async def _set_display_name(self, user_id: str, display_name: str, access_token: str) -> None:
@@ -345,6 +370,14 @@ class MatrixAdapter(_ClientServerAdapter):
         if self.config.admin_token is None:
             raise DeactivationUnsupported("no admin token")
         await self._admin_deactivate(user_id, self.config.admin_token)
+
+
+def _user_id(data: dict[str, Any]) -> str:
+    user_id = data.get("user_id")
+    if not isinstance(user_id, str):
+        # The account may exist; the caller must not count the token as unused.
+        raise OutcomeUnknown("register (result)")
+    return user_id
 
 
 def make_adapter(config: HomeserverConfig, session: aiohttp.ClientSession) -> HomeserverAdapter:

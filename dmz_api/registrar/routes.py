@@ -1,0 +1,217 @@
+"""The registrar's admin API: thin handlers over ``RegistrarService``.
+
+Scopes: ``tokens`` for /v1/tokens and sponsor revocation, ``guests`` for /v1/guests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from .. import appkeys
+from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
+from ..durations import parse_duration
+from ..errors import BadJson, InvalidParam, NotFound
+from .service import Minted, TokenView
+from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
+MAX_NOTE = 500
+MAX_LIMIT = 1000
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def token_json(view: TokenView) -> dict[str, Any]:
+    row = view.row
+    return {
+        "id": row.id,
+        "status": view.status,
+        "uses_allowed": row.uses_allowed,
+        "uses_completed": row.uses_completed,
+        "pending": row.pending,
+        "expires_at": iso(row.expires_at),
+        "created_at": iso(row.created_at),
+        "sponsor": row.sponsor,
+        "note": row.note,
+        "revoked_at": iso(row.revoked_at),
+        "revoked_by": row.revoked_by,
+        "used_by": list(view.used_by),
+        "homeserver_kind": row.homeserver_kind,
+    }
+
+
+def minted_json(minted: Minted) -> dict[str, Any]:
+    return {"token": minted.token, "url": minted.url, **token_json(minted.view)}
+
+
+def guest_json(guest: GuestRow) -> dict[str, Any]:
+    return {
+        "user_id": guest.user_id,
+        "sponsor": guest.sponsor,
+        "token_id": guest.token_id,
+        "created_at": iso(guest.created_at),
+        "status": guest.status,
+        "deactivated_at": iso(guest.deactivated_at),
+        "deactivated_by": guest.deactivated_by,
+    }
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BadJson("The request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadJson("The request body must be a JSON object")
+    return body
+
+
+def query_choice(request: web.Request, name: str, options: tuple[str, ...]) -> str | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    if value not in options:
+        raise InvalidParam(f"{name} must be one of {', '.join(options)}")
+    return value
+
+
+def query_user(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    return validate_user_id(value, name) if value else None
+
+
+def query_limit(request: web.Request) -> int:
+    value = request.query.get("limit", "100")
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise InvalidParam(f"limit must be a whole number from 1 to {MAX_LIMIT}")
+    return int(value)
+
+
+def token_id(request: web.Request) -> str:
+    value = request.match_info["token_id"]
+    if not TOKEN_ID.match(value):
+        raise NotFound(f"Token {value[:40]} does not exist")
+    return value
+
+
+def actor(request: web.Request) -> str:
+    user = acting_user(request)
+    return user if user is not None else f"api:{request[API_CLIENT].name}"
+
+
+@requires_scope("tokens")
+async def mint_token(request: web.Request) -> web.Response:
+    config = request.app[appkeys.CONFIG].registrar
+    assert config is not None
+    sponsor = acting_user(request)
+    if sponsor is None:
+        raise InvalidParam("X-Acting-User is required: the staff member who sponsors the guest")
+    body = await json_body(request)
+    uses = body.get("uses", config.default_uses)
+    if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= config.max_uses:
+        raise InvalidParam(f"uses must be a whole number from 1 to {config.max_uses}")
+    try:
+        expires_in = parse_duration(body.get("expires_in", config.default_expires_in))
+    except ValueError as e:
+        raise InvalidParam(f"expires_in {e}") from None
+    if expires_in > config.max_expires_in:
+        raise InvalidParam(f"expires_in must be at most {config.max_expires_in} seconds")
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > MAX_NOTE:
+        raise InvalidParam(f"note must be text of at most {MAX_NOTE} characters")
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.match(key):
+        raise InvalidParam("Idempotency-Key must be 1 to 255 printable ASCII characters")
+    minted = await request.app[appkeys.REGISTRAR].mint(
+        sponsor=sponsor,
+        api_client=request[API_CLIENT].name,
+        uses=uses,
+        expires_in=expires_in,
+        note=note.strip(),
+        idempotency_key=key,
+    )
+    headers = {"Cache-Control": "no-store"}
+    if minted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return web.json_response(
+        minted_json(minted), status=200 if minted.replayed else 201, headers=headers
+    )
+
+
+@requires_scope("tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    views = await request.app[appkeys.REGISTRAR].list_tokens(
+        status=query_choice(request, "status", TOKEN_STATUSES),
+        sponsor=query_user(request, "sponsor"),
+        limit=query_limit(request),
+    )
+    return web.json_response({"tokens": [token_json(view) for view in views]})
+
+
+@requires_scope("tokens")
+async def get_token(request: web.Request) -> web.Response:
+    view = await request.app[appkeys.REGISTRAR].get_token(token_id(request))
+    return web.json_response(token_json(view))
+
+
+@requires_scope("tokens")
+async def revoke_token(request: web.Request) -> web.Response:
+    view = await request.app[appkeys.REGISTRAR].revoke_token(token_id(request), actor(request))
+    return web.json_response(token_json(view))
+
+
+@requires_scope("tokens")
+async def revoke_sponsor(request: web.Request) -> web.Response:
+    sponsor = validate_user_id(request.match_info["user_id"], "user_id")
+    body = await json_body(request)
+    guests = body.get("guests", "keep")
+    if guests not in ("keep", "deactivate"):
+        raise InvalidParam("guests must be keep or deactivate")
+    result = await request.app[appkeys.REGISTRAR].revoke_sponsor(
+        sponsor, deactivate_guests=guests == "deactivate", actor=actor(request)
+    )
+    return web.json_response(
+        {"tokens_revoked": result.tokens_revoked, "guests_deactivated": result.guests_deactivated}
+    )
+
+
+@requires_scope("guests")
+async def list_guests(request: web.Request) -> web.Response:
+    guests = await request.app[appkeys.REGISTRAR].list_guests(
+        sponsor=query_user(request, "sponsor"),
+        status=query_choice(request, "status", GUEST_STATUSES),
+        limit=query_limit(request),
+    )
+    return web.json_response({"guests": [guest_json(guest) for guest in guests]})
+
+
+@requires_scope("guests")
+async def deactivate_guest(request: web.Request) -> web.Response:
+    user_id = validate_user_id(request.match_info["user_id"], "user_id")
+    guest = await request.app[appkeys.REGISTRAR].deactivate_guest(user_id, actor(request))
+    return web.json_response(guest_json(guest))
+
+
+def add_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_post("/v1/tokens", mint_token, name="mint_token")
+    router.add_get("/v1/tokens", list_tokens, name="list_tokens")
+    router.add_get("/v1/tokens/{token_id}", get_token, name="get_token")
+    router.add_delete("/v1/tokens/{token_id}", revoke_token, name="revoke_token")
+    router.add_post("/v1/sponsors/{user_id}/revoke", revoke_sponsor, name="revoke_sponsor")
+    router.add_get("/v1/guests", list_guests, name="list_guests")
+    router.add_post("/v1/guests/{user_id}/deactivate", deactivate_guest, name="deactivate_guest")

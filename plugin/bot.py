@@ -1,0 +1,132 @@
+"""Bastion's ChatOps bot: wiring of the gate, the audit trail, dmz_api and the commands."""
+
+from __future__ import annotations
+
+import asyncio
+
+from maubot import Plugin
+from maubot.handlers import event
+from mautrix.types import (
+    EventType,
+    Membership,
+    MemberStateEventContent,
+    ReactionEvent,
+    StateEvent,
+    UserID,
+)
+from mautrix.util.async_db import Database, UpgradeTable
+from mautrix.util.config import BaseProxyConfig
+
+from .audit import AuditLog
+from .commands import AuditCommands, CommandFamily, GuestCommands, MiscCommands, TokenCommands
+from .config import Config
+from .confirm import Confirmations
+from .db import DirectRoomStore
+from .direct import DirectMessages
+from .dmz import DmzClient, Registrar
+from .gate import Gate
+from .identity import IdentityChecker
+from .migrations import upgrade_table
+from .revocation import Revoker
+from .services import Services
+from .web import AuditExport
+
+
+class BastionBot(Plugin):
+    config: Config
+    database: Database
+    services: Services
+    families: list[CommandFamily]
+    revoker: Revoker
+    sweep_task: asyncio.Task[None] | None
+
+    @classmethod
+    def get_config_class(cls) -> type[BaseProxyConfig]:
+        return Config
+
+    @classmethod
+    def get_db_upgrade_table(cls) -> UpgradeTable:
+        return upgrade_table
+
+    async def start(self) -> None:
+        await super().start()
+        self.sweep_task = None
+        self.config.load_and_update()
+        for problem in self.config.problems():
+            self.log.warning("Configuration: %s", problem)
+        if self.config.identity_mode == "membership" and self.config.revoke_tokens_on_deactivation:
+            self.log.warning(
+                "identity.mode is membership: deactivations cannot be seen, so tokens are not "
+                "revoked automatically (use synapse_admin)"
+            )
+        audit = AuditLog(self.database, self.log.getChild("audit"))
+        identity = IdentityChecker(
+            self.config, self.http, self.client, self.log.getChild("identity")
+        )
+        gate = Gate(self.config, identity, audit, self.log.getChild("gate"))
+        dmz_log = self.log.getChild("dmz")
+        self.services = Services(
+            config=self.config,
+            client=self.client,
+            gate=gate,
+            identity=identity,
+            audit=audit,
+            registrar=Registrar(DmzClient(self.http, self.config, "registrar", dmz_log)),
+            gateway=DmzClient(self.http, self.config, "gateway", dmz_log),
+            confirmations=Confirmations(gate),
+            direct=DirectMessages(
+                self.client, DirectRoomStore(self.database), self.log.getChild("direct")
+            ),
+            log=self.log.getChild("commands"),
+            webapp_url=self.webapp_url,
+        )
+        self.families = [
+            TokenCommands(self.services),
+            GuestCommands(self.services),
+            AuditCommands(self.services),
+        ]
+        self.families.append(MiscCommands(self.services, self.families))
+        for family in self.families:
+            self.register_handler_class(family)
+        if self.webapp is not None:
+            self.register_handler_class(
+                AuditExport(self.config, audit, self.log.getChild("export"))
+            )
+        self.revoker = Revoker(self.services, self.log.getChild("revocation"))
+        self.sweep_task = asyncio.create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self.sweep_task is not None:
+            self.sweep_task.cancel()
+            try:
+                await self.sweep_task
+            except asyncio.CancelledError:
+                pass
+            self.sweep_task = None
+        self.services.confirmations.clear()
+        await super().stop()
+
+    async def _sweep_forever(self) -> None:
+        while interval := self.config.sweep_interval:
+            try:
+                await self.revoker.sweep()
+            except Exception:
+                self.log.exception("The revocation sweep failed")
+            await asyncio.sleep(interval)
+
+    @event.on(EventType.ROOM_MEMBER)
+    async def on_member(self, evt: StateEvent) -> None:
+        if evt.room_id not in self.config.control_rooms or evt.state_key == self.client.mxid:
+            return
+        content = evt.content
+        if not isinstance(content, MemberStateEventContent) or content.membership not in (
+            Membership.LEAVE,
+            Membership.BAN,
+        ):
+            return
+        await self.revoker.on_leave(evt.room_id, UserID(evt.state_key), evt.event_id)
+
+    @event.on(EventType.REACTION)
+    async def on_reaction(self, evt: ReactionEvent) -> None:
+        if evt.sender != self.client.mxid:
+            await self.services.confirmations.on_reaction(evt)

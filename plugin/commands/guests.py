@@ -1,0 +1,113 @@
+"""``!guest``: the guest accounts on the DMZ homeserver, listed and deactivated."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+from attrs import frozen
+from maubot import MessageEvent
+from maubot.handlers import command
+
+from .. import fmt
+from ..dmz import DmzError, Guest
+from ..durations import format_time
+from ..gate import Context, Failed, Role, gated
+from ..syntax import Words, arguments, user_id
+from .base import CommandFamily, Subcommand
+
+MAX_LISTED = 30
+
+
+@frozen
+class GuestListArgs:
+    USAGE: ClassVar[str] = "[--sponsor @user] [--all]"
+    sponsor: str | None = None
+    all: bool = False
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        sponsor = words.option("--sponsor", user_id("--sponsor"))
+        everyone = words.flag("--all")
+        words.finish()
+        return cls(sponsor, everyone)
+
+
+@frozen
+class DeactivateArgs:
+    USAGE: ClassVar[str] = "<@guest:dmz> [--yes]"
+    guest: str
+    yes: bool = False
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        yes = words.flag("--yes")
+        guest = words.positional("The guest's user ID", user_id("The guest"))
+        words.finish()
+        return cls(guest, yes)
+
+
+def describe(guest: Guest) -> str:
+    sponsor = f", sponsored by {fmt.user(guest.sponsor)}" if guest.sponsor else ""
+    since = f", since {format_time(guest.created_at)}" if guest.created_at else ""
+    return f"{fmt.user(guest.user_id)} {fmt.md(guest.status)}{sponsor}{since}"
+
+
+class GuestCommands(CommandFamily):
+    @command.new(
+        "guest",
+        help="Guest accounts on the DMZ homeserver",
+        require_subcommand=False,
+        arg_fallthrough=False,
+    )
+    @arguments(Subcommand)
+    @gated("guest", Role.OPERATOR, listed=False)
+    async def guest(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
+        await ctx.reply(await self.list_subcommands(self.guest, ctx.roles, args.word))
+
+    @guest.subcommand("list", help="active guests (--sponsor: one sponsor's, --all: any status)")
+    @arguments(GuestListArgs)
+    @gated("guest list", Role.OPERATOR)
+    async def list_guests(self, evt: MessageEvent, ctx: Context, args: GuestListArgs) -> None:
+        guests = await self.services.registrar.guests(
+            ctx.acting, sponsor=args.sponsor, status=None if args.all else "active"
+        )
+        ctx.note(f"{len(guests)} guests")
+        what = "Guests" if args.all else "Active guests"
+        if args.sponsor:
+            what += f" of {fmt.user(args.sponsor)}"
+        if not guests:
+            await ctx.reply(f"{what}: none.")
+            return
+        lines = [f"* {describe(guest)}" for guest in guests[:MAX_LISTED]]
+        if len(guests) > MAX_LISTED:
+            lines.append(f"* … and {len(guests) - MAX_LISTED} more")
+        await ctx.reply(f"{what} ({len(guests)}):\n\n" + "\n".join(lines))
+
+    @guest.subcommand("deactivate", help="close a guest's DMZ account (asks to confirm)")
+    @arguments(DeactivateArgs)
+    @gated("guest deactivate", Role.OPERATOR, effect="changed")
+    async def deactivate(self, evt: MessageEvent, ctx: Context, args: DeactivateArgs) -> None:
+        if args.yes:
+            await self._deactivate(ctx, args.guest)
+            return
+
+        async def confirmed(confirmation: Context) -> None:
+            await self._deactivate(confirmation, args.guest)
+
+        await self.services.confirmations.ask(
+            ctx,
+            f"Deactivate guest {fmt.user(args.guest)}? They will no longer be able to sign in.",
+            confirmed,
+        )
+
+    async def _deactivate(self, ctx: Context, guest: str) -> None:
+        try:
+            await self.services.registrar.deactivate_guest(ctx.acting, guest)
+        except DmzError as e:
+            if e.status == 404:
+                raise Failed(f"{fmt.user(guest)} is not a known guest.", "not found") from None
+            raise
+        ctx.note(f"guest {guest} deactivated")
+        await ctx.reply(f"Guest {fmt.user(guest)} is deactivated.")

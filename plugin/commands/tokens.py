@@ -1,0 +1,183 @@
+"""``!token``: mint, list, show and revoke guest registration tokens on the registrar."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+from attrs import frozen
+from maubot import MessageEvent
+from maubot.handlers import command
+
+from .. import fmt
+from ..dmz import DmzError, Token
+from ..durations import format_duration, format_time, parse_duration
+from ..gate import Context, Failed, Role, gated
+from ..syntax import Words, arguments, bad, token_id, whole_number
+from .base import CommandFamily, Subcommand
+
+MAX_LISTED = 30
+
+
+def duration(value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise bad("--expires must be a duration such as 30m, 24h or 7d.") from None
+
+
+@frozen
+class GenerateArgs:
+    USAGE: ClassVar[str] = "[--uses N] [--expires DURATION] [--note TEXT] [--dm]"
+    uses: int | None = None
+    expires: int | None = None
+    note: str | None = None
+    dm: bool = False
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        uses = words.option("--uses", whole_number("--uses", 1, 1000))
+        expires = words.option("--expires", duration)
+        dm = words.flag("--dm")
+        note = words.text("--note")
+        words.finish()
+        if note is not None and len(note) > 500:
+            raise bad("--note must be at most 500 characters.")
+        return cls(uses, expires, note, dm)
+
+
+@frozen
+class ListArgs:
+    USAGE: ClassVar[str] = "[--all] [--mine]"
+    all: bool = False
+    mine: bool = False
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        result = cls(all=words.flag("--all"), mine=words.flag("--mine"))
+        words.finish()
+        return result
+
+
+@frozen
+class TokenIdArgs:
+    USAGE: ClassVar[str] = "<id>"
+    token_id: str
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        result = cls(words.positional("The token id", token_id))
+        words.finish()
+        return result
+
+
+def describe(token: Token) -> str:
+    allowed = "unlimited" if token.uses_allowed is None else str(token.uses_allowed)
+    note = f", note “{fmt.md(token.note)}”" if token.note else ""
+    sponsor = f", by {fmt.user(token.sponsor)}" if token.sponsor else ""
+    return (
+        f"{fmt.code(token.id)} {fmt.md(token.status)}, {token.uses_completed}/{allowed} used, "
+        f"expires {format_time(token.expires_at)}{sponsor}{note}"
+    )
+
+
+class TokenCommands(CommandFamily):
+    @command.new(
+        "token",
+        help="Registration tokens for guests",
+        require_subcommand=False,
+        arg_fallthrough=False,
+    )
+    @arguments(Subcommand)
+    @gated("token", Role.OPERATOR, listed=False)
+    async def token(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
+        await ctx.reply(await self.list_subcommands(self.token, ctx.roles, args.word))
+
+    @token.subcommand("generate", help="mint a token and show its onboarding URL")
+    @arguments(GenerateArgs)
+    @gated("token generate", Role.OPERATOR, effect="created")
+    async def generate(self, evt: MessageEvent, ctx: Context, args: GenerateArgs) -> None:
+        uses = args.uses or self.config.token_uses
+        expires_in = args.expires or self.config.token_expires
+        token = await self.services.registrar.mint(
+            ctx.acting,
+            uses=uses,
+            expires_in=expires_in,
+            note=args.note or "",
+            idempotency_key=evt.event_id,
+        )
+        ctx.note(f"token {token.id}")
+        if not token.url:
+            raise Failed(
+                f"The registrar minted token {fmt.code(token.id)} but sent no URL.", "no url"
+            )
+        summary = (
+            f"Token {fmt.code(token.id)}: {fmt.plural(uses, 'use')}, expires "
+            f"{format_time(token.expires_at)} (in {format_duration(expires_in)})"
+        )
+        if not args.dm:
+            await ctx.reply(f"{summary}.  \nOnboarding URL: {fmt.link(token.url)}")
+            return
+        try:
+            await self.services.direct.send(
+                ctx.sender, f"{summary}.  \nOnboarding URL for your guest: {fmt.link(token.url)}"
+            )
+        except Exception as e:
+            self.log.warning("Direct message to %s failed: %s", ctx.sender, type(e).__name__)
+            await self.services.registrar.revoke(ctx.acting, token.id)
+            raise Failed(
+                f"I could not send you a direct message, so token {fmt.code(token.id)} "
+                "was revoked.",
+                f"direct message failed ({type(e).__name__}); token revoked",
+            ) from None
+        ctx.note("url sent by direct message")
+        await ctx.reply(f"{summary}. I sent you its onboarding URL in a direct message.")
+
+    @token.subcommand("list", help="open tokens (--all: every status, --mine: yours only)")
+    @arguments(ListArgs)
+    @gated("token list", Role.OPERATOR)
+    async def list_tokens(self, evt: MessageEvent, ctx: Context, args: ListArgs) -> None:
+        tokens = await self.services.registrar.tokens(
+            ctx.acting,
+            status=None if args.all else "active",
+            sponsor=ctx.sender if args.mine else None,
+        )
+        ctx.note(f"{len(tokens)} tokens")
+        what = ("Your " if args.mine else "") + ("tokens" if args.all else "open tokens")
+        if not tokens:
+            await ctx.reply(f"{what.capitalize()}: none.")
+            return
+        lines = [f"* {describe(token)}" for token in tokens[:MAX_LISTED]]
+        if len(tokens) > MAX_LISTED:
+            lines.append(f"* … and {len(tokens) - MAX_LISTED} more")
+        await ctx.reply(f"{what.capitalize()} ({len(tokens)}):\n\n" + "\n".join(lines))
+
+    @token.subcommand("show", help="one token in detail")
+    @arguments(TokenIdArgs)
+    @gated("token show", Role.OPERATOR)
+    async def show(self, evt: MessageEvent, ctx: Context, args: TokenIdArgs) -> None:
+        try:
+            token = await self.services.registrar.token(ctx.acting, args.token_id)
+        except DmzError as e:
+            raise not_found(e, args.token_id) from None
+        created = f"  \nCreated {format_time(token.created_at)}." if token.created_at else ""
+        await ctx.reply(f"Token {describe(token)}.{created}")
+
+    @token.subcommand("revoke", help="revoke a token so it can no longer be used")
+    @arguments(TokenIdArgs)
+    @gated("token revoke", Role.OPERATOR, effect="changed")
+    async def revoke(self, evt: MessageEvent, ctx: Context, args: TokenIdArgs) -> None:
+        try:
+            await self.services.registrar.revoke(ctx.acting, args.token_id)
+        except DmzError as e:
+            raise not_found(e, args.token_id) from None
+        ctx.note(f"token {args.token_id} revoked")
+        await ctx.reply(f"Token {fmt.code(args.token_id)} is revoked.")
+
+
+def not_found(error: DmzError, token_id: str) -> Exception:
+    if error.status == 404:
+        return Failed(f"No token has the id {fmt.code(token_id)}.", "not found")
+    return error

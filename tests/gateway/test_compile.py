@@ -1,0 +1,128 @@
+"""The compiled evaluator against the reference one, on random rulesets and requests."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from dmz_api.gateway.bench import decide_benchmark, synthetic_rules
+from dmz_api.gateway.compile import CompiledRuleset, ServerIndex, make_ref
+from dmz_api.gateway.evaluate import explain, server_matches
+from dmz_api.gateway.model import RequestClass, RequestInfo, Source
+from dmz_api.gateway.rules import Kind
+
+from .conftest import make_rule
+
+SERVERS = ["a.example", "b.example", "x.a.example", "localhost:8448", "localhost:8449",
+           "hs-01.corp.test", "[::1]:8448", "evil.test"]  # fmt: skip
+PATTERNS = ["a.example", "*.a.example", "*.example", "localhost:8448", "localhost", "hs-??.corp.test",
+            "*", "evil.*", "[::1]:8448", "localhost:*", "b.example:8448"]  # fmt: skip
+TYPES = ["m.room.message", "m.room.encryption", "m.room.member", "m.reaction"]
+ROOMS = ["!one:corp", "!two:corp"]
+AGENTS = ["Element/1.2", "curl/8", "", "Element Desktop", None]
+IPS = ["10.0.0.1", "10.1.0.1", "192.168.1.9", "::ffff:10.0.0.7", "2001:db8::1", None, "bogus"]
+
+
+def random_rule(rng: random.Random, index: int) -> Any:
+    kind = rng.choice(list(Kind))
+    params: dict[str, Any]
+    if kind in (Kind.SERVER_ALLOW, Kind.SERVER_BLOCK):
+        params = {"servers": rng.sample(PATTERNS, rng.randint(1, 3))}
+    elif kind is Kind.CLIENT_ALLOW:
+        params = {}
+        if rng.random() < 0.7:
+            params["user_agents"] = rng.sample(["^Element", "Desktop", "curl", "^$"], rng.randint(1, 2))
+        if not params or rng.random() < 0.5:
+            params["networks"] = rng.sample(["10.0.0.0/16", "192.168.0.0/16", "2001:db8::/32"], rng.randint(1, 2))
+    elif kind is Kind.EVENT_TYPE_BLOCK:
+        params = {"event_types": rng.sample(TYPES, rng.randint(1, 2)),
+                  "scope": rng.choice(["client", "federation", "both"])}  # fmt: skip
+    else:
+        params = {"servers": rng.sample(PATTERNS, rng.randint(1, 2))}
+        if rng.random() < 0.6:
+            params["rooms"] = rng.sample(ROOMS, 1)
+        if "rooms" not in params or rng.random() < 0.5:
+            params["event_types"] = rng.sample(TYPES, rng.randint(1, 3))
+    return make_rule(
+        f"r{index}",
+        kind,
+        params,
+        mode=rng.choice(["audit", "enforce", "enforce"]),
+        enabled=rng.random() < 0.9,
+        priority=rng.randint(0, 5),
+    )
+
+
+def random_request(rng: random.Random) -> RequestInfo:
+    request_class = rng.choice(list(RequestClass))
+    origin = rng.choice([*SERVERS, None]) if request_class is RequestClass.FEDERATION else None
+    if request_class is RequestClass.CLIENT and rng.random() < 0.1:
+        origin = rng.choice(SERVERS)  # an invite of a remote user
+    return RequestInfo(
+        request_class,
+        "PUT",
+        "/x",
+        origin=origin,
+        event_types=tuple(rng.sample(TYPES, rng.randint(0, 2))),
+        room=rng.choice([*ROOMS, None]),
+        user_agent=rng.choice(AGENTS),
+        ip=rng.choice(IPS),
+        public=rng.random() < 0.1,
+        source=rng.choice(list(Source)),
+    )
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_compiled_matches_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    rules = [random_rule(rng, i) for i in range(rng.randint(0, 14))]
+    compiled = CompiledRuleset(rules, seed)
+    for _ in range(150):
+        req = random_request(rng)
+        expected = explain(rules, req, seed).decision
+        assert compiled.decide(req) == expected, (rules, req)
+        # Cached per origin and per client: a second look gives the same answer.
+        assert compiled.decide(req) == expected
+
+
+def test_server_index_matches_reference() -> None:
+    refs = [
+        (pattern, make_ref(make_rule(f"r{i}", "server_block", {"servers": [pattern]}), i, 1))
+        for i, pattern in enumerate(PATTERNS)
+    ]
+    index = ServerIndex(refs)
+    for name in [*SERVERS, "A.EXAMPLE", "q.x.a.example:1", "localhost", "example"]:
+        expected = [ref.rule.id for pattern, ref in refs if server_matches(pattern, name)]
+        assert [ref.rule.id for ref in index.matches(name)] == expected, name
+
+
+def test_caches_are_bounded() -> None:
+    rules = [make_rule("a", "server_allow", {"servers": ["*.example"]}),
+             make_rule("c", "client_allow", {"user_agents": ["^Element"]})]  # fmt: skip
+    compiled = CompiledRuleset(rules, 1)
+    for i in range(20_000):
+        compiled.decide(RequestInfo(RequestClass.FEDERATION, "GET", "/x", origin=f"h{i}.test"))
+        compiled.decide(RequestInfo(RequestClass.CLIENT, "GET", "/x", user_agent=f"ua{i}", ip=f"10.0.{i % 256}.1"))
+    assert len(compiled.enforce._views) <= 8192
+    assert compiled.enforce.client is not None and len(compiled.enforce.client._ua_cache) <= 8192
+
+
+def test_rules_sorted_once_by_priority_then_id() -> None:
+    rules = [make_rule("b", "server_block", {"servers": ["x"]}, priority=2),
+             make_rule("c", "server_block", {"servers": ["x"]}, priority=1),
+             make_rule("a", "server_block", {"servers": ["x"]}, priority=2)]  # fmt: skip
+    assert [r.id for r in CompiledRuleset(rules, 1).rules] == ["c", "a", "b"]
+
+
+def test_synthetic_ruleset_compiles() -> None:
+    compiled = CompiledRuleset(synthetic_rules(1000), 1)
+    assert len(compiled.rules) == 1002 and compiled.prospective is not None
+
+
+def test_decide_is_fast_at_1000_rules() -> None:
+    result = decide_benchmark(1000, iterations=5000)
+    assert result["dropped"] == 0
+    # The target is p99 ≤ 50 µs; measured ~6 µs on a 2-core CI machine.
+    assert result["decide_p99_us"] <= 50, result

@@ -1,0 +1,261 @@
+"""The admin API over HTTP: auth and scopes, validation, shapes, idempotency, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from dmz_api.openapi import document
+
+from .conftest import GUESTS_ONLY_KEY, SPONSOR, auth, csrf_of
+from .fakes import FakeHomeserver
+
+Client = TestClient[Any, Any]
+
+
+async def mint(client: Client, body: Any = None, **headers: str) -> tuple[int, Any]:
+    resp = await client.post("/v1/tokens", json=body or {}, headers=auth(**headers))
+    return resp.status, await resp.json()
+
+
+async def test_mint_shape_and_defaults(client: Client) -> None:
+    status, body = await mint(client, {"note": "ACME audit"})
+    assert status == 201
+    assert body["url"] == f"http://dmz.test/register?token={body['token']}"
+    assert body["uses_allowed"] == 1 and body["uses_completed"] == 0
+    assert body["status"] == "active" and body["sponsor"] == SPONSOR
+    assert body["note"] == "ACME audit" and body["used_by"] == []
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", body["expires_at"])
+    assert re.fullmatch(r"[0-9a-f]{12}", body["id"])
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"uses": 0}, "uses"),
+        ({"uses": 101}, "uses"),
+        ({"uses": "1"}, "uses"),
+        ({"uses": True}, "uses"),
+        ({"expires_in": "3x"}, "expires_in"),
+        ({"expires_in": -5}, "expires_in"),
+        ({"expires_in": "31d"}, "expires_in"),
+        ({"note": "n" * 501}, "note"),
+        ({"note": 5}, "note"),
+    ],
+)
+async def test_mint_validation_names_the_field(client: Client, body: Any, field: str) -> None:
+    status, error = await mint(client, body)
+    assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith(field)
+
+
+async def test_mint_accepts_durations(client: Client) -> None:
+    for value, seconds in [("7d", 7 * 86400), (90, 90), ("15m", 900)]:
+        status, body = await mint(client, {"expires_in": value, "uses": 3})
+        assert status == 201 and body["uses_allowed"] == 3
+        resp = await client.get(f"/v1/tokens/{body['id']}", headers=auth())
+        shown = await resp.json()
+        assert shown["expires_at"] == body["expires_at"]
+        assert "token" not in shown and "url" not in shown
+        assert seconds  # the exact instant is covered by the service tests
+
+
+async def test_mint_requires_acting_user_and_json(client: Client) -> None:
+    resp = await client.post("/v1/tokens", json={}, headers=auth(acting=None))
+    body = await resp.json()
+    assert (resp.status, body["errcode"]) == (400, "M_INVALID_PARAM")
+    assert "X-Acting-User" in body["error"]
+    resp = await client.post("/v1/tokens", data=b"{nope", headers=auth())
+    assert (await resp.json())["errcode"] == "M_NOT_JSON"
+    resp = await client.post("/v1/tokens", json=[1], headers=auth())
+    assert (await resp.json())["errcode"] == "M_NOT_JSON"
+    resp = await client.post("/v1/tokens", json={}, headers=auth(acting="alice"))
+    assert (await resp.json())["errcode"] == "M_INVALID_PARAM"
+
+
+async def test_auth_and_scopes(client: Client) -> None:
+    resp = await client.post("/v1/tokens", json={})
+    assert (resp.status, (await resp.json())["errcode"]) == (401, "M_MISSING_TOKEN")
+    resp = await client.get("/v1/tokens", headers={"Authorization": "Bearer wrong"})
+    assert (resp.status, (await resp.json())["errcode"]) == (401, "M_UNKNOWN_TOKEN")
+    resp = await client.post("/v1/tokens", json={}, headers=auth(key=GUESTS_ONLY_KEY))
+    assert (resp.status, (await resp.json())["errcode"]) == (403, "M_FORBIDDEN")
+    resp = await client.get("/v1/guests", headers=auth(key=GUESTS_ONLY_KEY))
+    assert resp.status == 200
+
+
+async def test_idempotency_key_over_http(client: Client) -> None:
+    status, first = await mint(client, {"note": "x"}, **{"Idempotency-Key": "abc-1"})
+    resp = await client.post(
+        "/v1/tokens", json={"note": "x"}, headers=auth(**{"Idempotency-Key": "abc-1"})
+    )
+    assert status == 201 and resp.status == 200
+    assert resp.headers["Idempotent-Replayed"] == "true"
+    assert await resp.json() == first
+    status, body = await mint(client, {"note": "y"}, **{"Idempotency-Key": "abc-1"})
+    assert (status, body["errcode"]) == (409, "M_CONFLICT")
+    status, body = await mint(client, {}, **{"Idempotency-Key": "bad key with spaces"})
+    assert status == 400
+
+
+async def test_list_show_revoke(client: Client, fake_hs: FakeHomeserver) -> None:
+    _, a = await mint(client, {"note": "a"})
+    _, b = await mint(client, {"note": "b"}, acting="@bob:corp.example")
+    resp = await client.get("/v1/tokens", headers=auth())
+    assert [t["id"] for t in (await resp.json())["tokens"]] == [b["id"], a["id"]]
+    resp = await client.get("/v1/tokens", params={"sponsor": SPONSOR}, headers=auth())
+    assert [t["id"] for t in (await resp.json())["tokens"]] == [a["id"]]
+    resp = await client.delete(f"/v1/tokens/{a['id']}", headers=auth(acting="@carol:corp"))
+    revoked = await resp.json()
+    assert (resp.status, revoked["status"], revoked["revoked_by"]) == (
+        200,
+        "revoked",
+        "@carol:corp",
+    )
+    assert a["token"] not in fake_hs.tokens
+    resp = await client.get("/v1/tokens", params={"status": "active"}, headers=auth())
+    assert [t["id"] for t in (await resp.json())["tokens"]] == [b["id"]]
+    resp = await client.get("/v1/tokens", params={"status": "gone"}, headers=auth())
+    assert (await resp.json())["error"].startswith("status")
+    resp = await client.get("/v1/tokens", params={"limit": "0"}, headers=auth())
+    assert (await resp.json())["error"].startswith("limit")
+    resp = await client.get("/v1/tokens/000000000000", headers=auth())
+    assert (resp.status, (await resp.json())["errcode"]) == (404, "M_NOT_FOUND")
+    resp = await client.delete("/v1/tokens/not-an-id", headers=auth())
+    assert resp.status == 404
+    resp = await client.delete(f"/v1/tokens/{b['id']}", headers=auth(acting=None))
+    assert (await resp.json())["revoked_by"] == "api:bot"
+
+
+async def register(client: Client, token: str, username: str) -> int:
+    page = await client.get("/register", params={"token": token})
+    resp = await client.post(
+        "/register",
+        data={
+            "token": token,
+            "csrf_token": csrf_of(await page.text()),
+            "username": username,
+            "password": "long enough password",
+            "password_confirm": "long enough password",
+        },
+    )
+    return resp.status
+
+
+async def test_guests_and_sponsor_revoke(client: Client, fake_hs: FakeHomeserver) -> None:
+    _, a = await mint(client, {"uses": 2})
+    assert await register(client, a["token"], "guest1") == 200
+    resp = await client.get("/v1/guests", params={"sponsor": SPONSOR}, headers=auth())
+    guests = (await resp.json())["guests"]
+    assert [(g["user_id"], g["token_id"], g["status"]) for g in guests] == [
+        ("@guest1:dmz.test", a["id"], "active")
+    ]
+    resp = await client.get(f"/v1/tokens/{a['id']}", headers=auth())
+    assert (await resp.json())["used_by"] == ["@guest1:dmz.test"]
+    resp = await client.post(
+        f"/v1/sponsors/{SPONSOR}/revoke", json={"guests": "maybe"}, headers=auth()
+    )
+    assert (await resp.json())["error"].startswith("guests")
+    resp = await client.post(
+        f"/v1/sponsors/{SPONSOR}/revoke", json={"guests": "deactivate"}, headers=auth()
+    )
+    assert await resp.json() == {"tokens_revoked": 1, "guests_deactivated": 1}
+    resp = await client.post(f"/v1/sponsors/{SPONSOR}/revoke", headers=auth())
+    assert await resp.json() == {"tokens_revoked": 0, "guests_deactivated": 0}
+    resp = await client.get("/v1/guests", params={"status": "deactivated"}, headers=auth())
+    assert [g["user_id"] for g in (await resp.json())["guests"]] == ["@guest1:dmz.test"]
+    resp = await client.post("/v1/sponsors/not-a-user/revoke", headers=auth())
+    assert (await resp.json())["error"].startswith("user_id")
+
+
+async def test_deactivate_guest_route(client: Client, fake_hs: FakeHomeserver) -> None:
+    _, a = await mint(client)
+    await register(client, a["token"], "guest2")
+    resp = await client.post("/v1/guests/@guest2:dmz.test/deactivate", headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["status"], body["deactivated_by"]) == (200, "deactivated", SPONSOR)
+    assert fake_hs.deactivated == {"@guest2:dmz.test"}
+    resp = await client.post("/v1/guests/@nobody:dmz.test/deactivate", headers=auth())
+    assert resp.status == 404
+    fake_hs.down = True
+    _, b = await mint(client, {"uses": 1})
+    assert b["errcode"] == "M_UNAVAILABLE"
+
+
+async def test_homeserver_down_on_mint_is_503(client: Client, fake_hs: FakeHomeserver) -> None:
+    fake_hs.down = True
+    status, body = await mint(client)
+    assert (status, body["errcode"]) == (503, "M_UNAVAILABLE")
+
+
+async def test_tokens_never_logged(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    _, a = await mint(client, **{"Idempotency-Key": "log-test"})
+    await mint(client, **{"Idempotency-Key": "log-test"})
+    await register(client, a["token"], "logged")
+    await client.get("/register", params={"token": a["token"]})
+    await client.get(f"/v1/tokens/{a['id']}", headers=auth())
+    # aiohttp's access log is on in the test server only; __main__ turns it off.
+    ours = "\n".join(
+        f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records if r.name != "aiohttp.access"
+    )
+    assert a["token"] not in ours and "long enough password" not in ours
+    assert a["id"] in ours  # the short id is what logs carry
+
+
+async def test_metrics(client: Client) -> None:
+    _, a = await mint(client)
+    await register(client, a["token"], "counted")
+    await client.delete(f"/v1/tokens/{(await mint(client))[1]['id']}", headers=auth())
+    text = await (await client.get("/metrics")).text()
+    assert "dmz_api_registrar_tokens_minted_total 2.0" in text
+    assert "dmz_api_registrar_tokens_revoked_total 1.0" in text
+    assert 'dmz_api_registrar_registrations_total{outcome="ok"} 1.0' in text
+
+
+def _route_pairs(client: Client) -> set[tuple[str, str]]:
+    pairs = set()
+    for route in client.app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        if route.method in ("HEAD", "*") or path is None:
+            continue
+        pairs.add((path, route.method.lower()))
+    return pairs
+
+
+async def test_openapi_matches_the_routes(client: Client) -> None:
+    doc = document()
+    documented = {
+        (path, method)
+        for path, ops in doc["paths"].items()
+        for method in ops
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    routed = _route_pairs(client)
+    registrar_routes = {
+        pair
+        for pair in routed
+        if pair[0].startswith(("/v1/tokens", "/v1/sponsors", "/v1/guests"))
+        or pair[0].startswith("/register")
+    }
+    assert registrar_routes and registrar_routes <= documented
+    registrar_documented = {
+        pair
+        for pair in documented
+        if pair[0].startswith(("/v1/tokens", "/v1/sponsors", "/v1/guests", "/register"))
+    }
+    assert registrar_documented <= routed
+    served = await (await client.get("/v1/openapi.json")).json()
+    assert "/v1/tokens" in served["paths"] and "MintedToken" in served["components"]["schemas"]
+
+
+def test_openapi_refs_resolve() -> None:
+    doc = document()
+    text = repr(doc)
+    for ref in set(re.findall(r"#/components/(\w+)/(\w+)", text)):
+        assert ref[1] in doc["components"][ref[0]], ref
