@@ -121,8 +121,10 @@ class Maubot:
                         "filename": str(self.log_path),
                     }
                 },
+                # maubot.client logs every request body at DEBUG, onboarding URLs included.
                 "loggers": {
-                    "maubot": {"level": "DEBUG"},
+                    "maubot": {"level": "INFO"},
+                    "maubot.instance": {"level": "DEBUG"},
                     "mau": {"level": "INFO"},
                     "aiohttp": {"level": "WARNING"},
                 },

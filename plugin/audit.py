@@ -31,10 +31,11 @@ class Outcome(StrEnum):
 
 
 def scrub(args: Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments fit for the trail: anything named like a secret is replaced."""
+    """Arguments fit for the trail: anything named like a secret (ids aside) is replaced."""
     clean: dict[str, Any] = {}
     for name, value in args.items():
-        if any(word in name.lower() for word in _SECRET_WORDS):
+        lowered = name.lower()
+        if not lowered.endswith("_id") and any(word in lowered for word in _SECRET_WORDS):
             clean[name] = "[removed]"
         elif isinstance(value, Mapping):
             clean[name] = scrub(value)

@@ -207,9 +207,16 @@ class Registrar:
         return Token.from_json(data)
 
     async def tokens(
-        self, acting: Acting, *, status: str | None = None, sponsor: str | None = None
+        self,
+        acting: Acting,
+        *,
+        status: str | None = None,
+        sponsor: str | None = None,
+        limit: int | None = None,
     ) -> list[Token]:
         params = {key: value for key, value in (("status", status), ("sponsor", sponsor)) if value}
+        if limit:
+            params["limit"] = str(limit)
         data = await self.api.request("GET", "/v1/tokens", acting=acting, params=params)
         return [Token.from_json(item) for item in _items(data, "tokens")]
 
@@ -239,9 +246,16 @@ class Registrar:
         )
 
     async def guests(
-        self, acting: Acting, *, sponsor: str | None = None, status: str | None = None
+        self,
+        acting: Acting,
+        *,
+        sponsor: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
     ) -> list[Guest]:
         params = {key: value for key, value in (("sponsor", sponsor), ("status", status)) if value}
+        if limit:
+            params["limit"] = str(limit)
         data = await self.api.request("GET", "/v1/guests", acting=acting, params=params)
         return [Guest.from_json(item) for item in _items(data, "guests")]
 

@@ -229,7 +229,6 @@ class Gate:
     async def _invoke(
         self, spec: CommandSpec, ctx: Context, handler: Handler
     ) -> tuple[Outcome, str, str]:
-        effect_tail = f"; nothing was {spec.effect}" if spec.effect else ""
         try:
             await handler(ctx)
             return ctx.outcome, ctx.detail, ""
@@ -237,23 +236,30 @@ class Gate:
             return Outcome.REFUSED, _join(ctx.detail, e.detail), e.message
         except Failed as e:
             return Outcome.FAILED, _join(ctx.detail, e.detail), e.message
-        except DmzUnavailable as e:
-            detail = f"{e.role} unavailable: {e.reason}"
-            return Outcome.FAILED, _join(ctx.detail, detail), e.sentence(spec.effect)
-        except DmzError as e:
-            detail = f"{e.status} {e.errcode}"
-            if e.status >= 500:
-                message = f"The DMZ service failed (HTTP {e.status}){effect_tail}."
-            else:
-                message = f"The DMZ service refused the request: {fmt.md(e.error)}"
-            return Outcome.FAILED, _join(ctx.detail, detail), message
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            self.log.exception("%s failed [%s]", spec.name, ctx.request_id)
-            detail = f"internal error: {type(e).__name__}"
-            message = f"Something went wrong{effect_tail} (request `{ctx.request_id}`)."
+            detail, message = self._failure(spec, ctx, e)
             return Outcome.FAILED, _join(ctx.detail, detail), message
+
+    def _failure(self, spec: CommandSpec, ctx: Context, error: Exception) -> tuple[str, str]:
+        """What to audit and what to say when a handler raised."""
+        # Once the handler noted something done, "nothing was created" would be untrue.
+        effect = None if ctx.detail else spec.effect
+        tail = f"; nothing was {effect}" if effect else ""
+        if isinstance(error, DmzUnavailable):
+            return f"{error.role} unavailable: {error.reason}", error.sentence(effect)
+        if isinstance(error, DmzError):
+            if error.status >= 500:
+                message = f"The DMZ service failed (HTTP {error.status}){tail}."
+            else:
+                message = f"The DMZ service refused the request: {fmt.md(error.error)}"
+            return f"{error.status} {error.errcode}", message
+        self.log.error("%s failed [%s]", spec.name, ctx.request_id, exc_info=error)
+        return (
+            f"internal error: {type(error).__name__}",
+            f"Something went wrong{tail} (request `{ctx.request_id}`).",
+        )
 
     async def _record(
         self,

@@ -19,6 +19,8 @@ from .dmz import Acting, DmzFailure
 from .services import Services
 
 COMMAND = "revoke on deactivation"
+# The registrar's largest page; it has no paging, so a sweep sees at most this many.
+SWEEP_LIMIT = 1000
 
 
 class Revoker:
@@ -44,10 +46,10 @@ class Revoker:
         acting = Acting(self.services.client.mxid, secrets.token_hex(8))
         registrar = self.services.registrar
         try:
-            tokens = await registrar.tokens(acting, status="active")
+            tokens = await registrar.tokens(acting, status="active", limit=SWEEP_LIMIT)
             sponsors = {token.sponsor for token in tokens}
             if self.config.guests_on_deactivation == "deactivate":
-                guests = await registrar.guests(acting, status="active")
+                guests = await registrar.guests(acting, status="active", limit=SWEEP_LIMIT)
                 sponsors |= {guest.sponsor for guest in guests}
         except DmzFailure as e:
             self.log.warning("Sweep skipped: %s", e)

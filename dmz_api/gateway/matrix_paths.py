@@ -2,10 +2,16 @@
 
 Used by every HTTP enforcement point (the reverse proxy and ``GET /v1/authz``)::
 
-    info = request_info(method, raw_path, headers.getall("Authorization", ()),
-                        user_agent=headers.get("User-Agent", ""), ip=peer, source=Source.PROXY)
-    if classify(method, raw_path).inspect_body:   # createRoom: read the JSON body first
-        info = request_info(..., body=await request.read())
+    path_info = classify(request.method, request.raw_path)
+    body = await request.read() if path_info.inspect_body else None  # createRoom only
+    info = request_info(
+        request.method, request.raw_path, request.headers.getall("Authorization", ()),
+        user_agent=request.headers.get("User-Agent", ""),
+        ip=client_ip(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                     request.headers.get("X-Real-IP"), config.trusted_proxies),  # authz.py
+        body=body, source=Source.PROXY, path_info=path_info,
+    )
+    decision = app[appkeys.GATEWAY].decide(info)
 
 The classifier is deliberately lenient: it recognises every spelling a homeserver might
 accept (``r0``, ``v3``, ``unstable[/namespace]``, ``api/v1``, any case, empty segments,
@@ -22,6 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from functools import lru_cache
 from urllib.parse import unquote
 
 from .model import RequestClass, RequestInfo, Source
@@ -62,6 +69,9 @@ _FED_ROOM = _FED_MEMBER | frozenset(
     }
 )
 _MEMBER = ("m.room.member",)
+_X_MATRIX = re.compile(r"^X-Matrix +", re.IGNORECASE)
+_PARAM_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
+_ESCAPED = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +95,7 @@ class PathInfo:
     malformed: str | None = None
 
 
+@lru_cache(maxsize=4096)
 def _word(segment: str) -> str:
     if _WORD.match(segment) or segment in _CAMEL_WORDS or _VERSION.match(segment):
         return segment
@@ -132,11 +143,9 @@ def _rest(segments: list[str], start: int) -> list[str]:
 
 
 def _client(method: str, segments: list[str]) -> PathInfo:
-    i = _skip_version(segments, 2)
-    prefix = ["_matrix", "client"]
-    if i is None:
-        return PathInfo(CLIENT, "client.unknown", _template(prefix + _rest(segments, 2)))
-    prefix += [_word(s) for s in segments[2:i]]
+    # No known version: judge the rest as if it had one (no server routes it, but be sure).
+    i = _skip_version(segments, 2) or 2
+    prefix = ["_matrix", "client", *(_word(s) for s in segments[2:i])]
     n = len(segments)
     if i >= n:
         return PathInfo(CLIENT, "client.unknown", _template(prefix))
@@ -187,11 +196,10 @@ def _client(method: str, segments: list[str]) -> PathInfo:
 
 
 def _federation(segments: list[str]) -> PathInfo:
-    i = _skip_version(segments, 2)
-    prefix = ["_matrix", "federation"]
-    if i is None or i >= len(segments):
-        return PathInfo(FEDERATION, "federation.unknown", _template(prefix + _rest(segments, 2)))
-    prefix += [_word(s) for s in segments[2:i]]
+    i = _skip_version(segments, 2) or 2
+    prefix = ["_matrix", "federation", *(_word(s) for s in segments[2:i])]
+    if i >= len(segments):
+        return PathInfo(FEDERATION, "federation.unknown", _template(prefix))
     resource = segments[i].lower()
     n = len(segments)
     if resource == "send":
@@ -257,9 +265,12 @@ def classify(method: str, raw_path: str) -> PathInfo:
     """
     method = method.upper()
     path = raw_path.partition("?")[0].partition("#")[0]
+    if not path.startswith("/") and "://" in path[:16]:
+        # An absolute-form request target (``PUT http://host/_matrix/...``): keep the path.
+        path = "/" + path.partition("://")[2].partition("/")[2]
     segments, malformed = _split(path)
     info = _classify_segments(method, segments)
-    if "%2f" in path.lower():
+    if "%2f" in path or "%2F" in path:
         # Some servers decode the whole path before routing: judge that reading as well.
         alt_segments, alt_malformed = _split(path, decode_first=True)
         alt = _classify_segments(method, alt_segments)
@@ -291,7 +302,8 @@ def classify(method: str, raw_path: str) -> PathInfo:
 
 def _strip_quotes(value: str) -> str:
     if value.startswith('"'):
-        return re.sub(r"\\(.)", lambda m: m.group(1), value[1:-1])
+        value = value[1:-1]
+        return _ESCAPED.sub(r"\1", value) if "\\" in value else value
     return value
 
 
@@ -300,11 +312,11 @@ def parse_x_matrix(header: str) -> str | None:
 
     None when the header is not X-Matrix, cannot be parsed or names no valid server.
     """
-    parts = re.split(r"^X-Matrix +", header, maxsplit=1, flags=re.IGNORECASE)
+    parts = _X_MATRIX.split(header, maxsplit=1)
     if len(parts) != 2:
         return None
     params: dict[str, str] = {}
-    for param in re.split(r"[ \t]*,[ \t]*", parts[1]):
+    for param in _PARAM_SEPARATOR.split(parts[1]):
         key, sep, value = param.partition("=")
         if sep:
             params[key.lower()] = value

@@ -257,9 +257,19 @@ def _optional_str(body: dict[str, Any], name: str, limit: int = 2000) -> str | N
 def describe_request(body: dict[str, Any]) -> RequestInfo:
     """The ``RequestInfo`` a dry-run body describes (see the OpenAPI document)."""
     known = {
-        "class", "origin", "user", "method", "path", "event_type", "event_types", "room",
-        "headers", "user_agent", "ip", "body",
-    }  # fmt: skip
+        "class",
+        "origin",
+        "user",
+        "method",
+        "path",
+        "event_type",
+        "event_types",
+        "room",
+        "headers",
+        "user_agent",
+        "ip",
+        "body",
+    }
     unknown = sorted(set(body) - known)
     if unknown:
         raise InvalidParam(f"unknown field {unknown[0]!r}")
@@ -292,9 +302,14 @@ def describe_request(body: dict[str, Any]) -> RequestInfo:
         if class_name is None:
             raise InvalidParam("give a path, or a class (federation or client)")
         info = RequestInfo(
-            RequestClass(class_name), method, "-", endpoint="described", user_agent=user_agent,
-            ip=ip, source=Source.EVALUATE,
-        )  # fmt: skip
+            RequestClass(class_name),
+            method,
+            "-",
+            endpoint="described",
+            user_agent=user_agent,
+            ip=ip,
+            source=Source.EVALUATE,
+        )
     origin = _optional_str(body, "origin", 255)
     if origin is not None:
         origin = origin.lower()

@@ -142,8 +142,11 @@ class GatewayService:
             if self._compiled is None:
                 self._fail_closed(f"the rule store cannot be read ({type(e).__name__})")
             else:
-                log.warning("Cannot read the rule store (%s); keeping version %d",
-                            type(e).__name__, self._compiled.version)  # fmt: skip
+                log.warning(
+                    "Cannot read the rule store (%s); keeping version %d",
+                    type(e).__name__,
+                    self._compiled.version,
+                )
             return
         try:
             compiled = CompiledRuleset(rules, version)
@@ -203,9 +206,14 @@ class GatewayService:
         if compiled is None:
             decision = self._unavailable
             trace: list[dict[str, Any]] = [
-                {"rule": UNAVAILABLE_RULE, "kind": "builtin", "result": "block",
-                 "detail": self._failure, "decisive": True}
-            ]  # fmt: skip
+                {
+                    "rule": UNAVAILABLE_RULE,
+                    "kind": "builtin",
+                    "result": "block",
+                    "detail": self._failure,
+                    "decisive": True,
+                }
+            ]
             version = None
         else:
             decision = compiled.decide(req)
@@ -213,8 +221,10 @@ class GatewayService:
             if explanation.decision != decision:
                 log.error(
                     "Compiled and reference evaluators disagree on %s: %s vs %s",
-                    req.describe(), decision, explanation.decision,
-                )  # fmt: skip
+                    req.describe(),
+                    decision,
+                    explanation.decision,
+                )
             trace = explanation.trace
             version = compiled.version
         return {

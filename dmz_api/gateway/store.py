@@ -46,9 +46,21 @@ DECISION_COLUMNS = (
 )
 # One decision record, in DECISION_COLUMNS order.
 DecisionRecord = tuple[
-    int, str, str, str | None, str | None, str, str, str | None, str | None,
-    str | None, str | None, str, int, int,
-]  # fmt: skip
+    int,
+    str,
+    str,
+    str | None,
+    str | None,
+    str,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    str | None,
+    str,
+    int,
+    int,
+]
 
 _INSERT_DECISION = (
     "INSERT INTO gateway_decisions (ts, source, class, origin, user_id, method, path,"

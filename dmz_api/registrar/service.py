@@ -392,16 +392,22 @@ class RegistrarService:
         return SponsorRevocation(len(revoked), deactivated)
 
     async def sync(self, max_age: float = 0.0) -> bool:
-        """Bring native tokens' counts in line with the homeserver; False if it is unreachable."""
+        """Bring native tokens' counts in line with the homeserver.
+
+        Returns whether rows may have changed. With ``max_age`` (page views), a sync younger
+        than that, or one already under way, is good enough.
+        """
         if not self.adapter.native_tokens:
-            return True
+            return False
+        if max_age and self._sync_lock.locked():
+            return False
         async with self._sync_lock:
             if time.monotonic() - self._synced_at < max_age:
-                return True
+                return False
             rows = await self.store.tokens_to_sync()
             if not rows:
                 self._synced_at = time.monotonic()
-                return True
+                return False
             try:
                 native = {hash_token(t.token): t for t in await self.adapter.list_tokens()}
             except HomeserverUnavailable:
@@ -409,6 +415,7 @@ class RegistrarService:
                 return False
             now = self.now_ms()
             owed: list[TokenRow] = []
+            changed = False
             for row in rows:
                 found = native.get(row.token_hash)
                 if row.revoked_at is not None:
@@ -417,12 +424,14 @@ class RegistrarService:
                     # Deleted on the homeserver by its admin: it can no longer be used.
                     await self.store.revoke(row.id, now, "homeserver")
                     await self.store.set_hs_state(row.id, "deleted")
+                    changed = True
                 elif (found.completed, found.pending) != (row.uses_completed, row.pending):
                     await self.store.set_counts(row.id, found.completed, found.pending)
+                    changed = True
             if owed:
                 await self._delete_native(owed)
             self._synced_at = time.monotonic()
-            return True
+            return changed
 
     # ---- guests ----
 
@@ -471,8 +480,11 @@ class RegistrarService:
         row = await self.store.get_token_by_hash(token_hash)
         if row is None:
             return None, "unknown"
-        if row.status(self.now_ms()) == "active" and row.hs_state == "live":
-            await self.sync(max_age=PAGE_SYNC_MAX_AGE)
+        if (
+            row.status(self.now_ms()) == "active"
+            and row.hs_state == "live"
+            and await self.sync(max_age=PAGE_SYNC_MAX_AGE)
+        ):
             row = await self.store.get_token_by_hash(token_hash) or row
         return row, row.status(self.now_ms())
 
@@ -506,7 +518,7 @@ class RegistrarService:
             if current.status(self.now_ms()) == "active":
                 raise TokenBusy()
             raise TokenUnusable(current.status(self.now_ms()))
-        # Shielded: a client going away must not leave the claim neither committed nor released.
+        # Shielded: a client going away must not strand the claim (neither committed nor released).
         return await asyncio.shield(self._register_claimed(claimed, registration, token, localpart))
 
     async def _register_claimed(
@@ -517,6 +529,12 @@ class RegistrarService:
         except RegistrationRefused as e:
             await self.store.release(row.id)
             self.metrics.registrations.labels(e.reason).inc()
+            if e.reason == "token_rejected" and not self.adapter.native_tokens:
+                log.error(
+                    "The homeserver refused the static registration token: check "
+                    "registrar.homeserver.registration_token"
+                )
+                raise TryLater() from None
             if e.reason == "token_rejected":
                 # Used up or deleted on the homeserver (e.g. from another Matrix client).
                 self._synced_at = -1e18

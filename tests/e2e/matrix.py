@@ -20,12 +20,21 @@ class MatrixUser:
         self.token = token
 
     @classmethod
-    def register(cls, hs: Synapse, localpart: str, password: str, *, admin: bool = False) -> MatrixUser:
+    def register(
+        cls, hs: Synapse, localpart: str, password: str, *, admin: bool = False
+    ) -> MatrixUser:
         token = hs.register_user(localpart, password, admin=admin)
         return cls(hs, hs.user_id(localpart), token)
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        status, result = http_json(method, f"{self.hs.base_url}{path}", body, token=self.token)
+        for _ in range(20):
+            status, result = http_json(method, f"{self.hs.base_url}{path}", body, token=self.token)
+            if status != 429:
+                break
+            # Synapse's invite limits are per room and not all configurable as one block.
+            time.sleep(
+                result.get("retry_after_ms", 500) / 1000 if isinstance(result, dict) else 0.5
+            )
         if status != 200:
             raise RuntimeError(f"{method} {path} -> {status} {result}")
         return result
@@ -79,8 +88,10 @@ class MatrixUser:
         """The bot's answer to ``event_id`` (a notice replying to it)."""
         return self.wait_event(
             room_id,
-            lambda e: e["content"].get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
-            == event_id,
+            lambda e: (
+                e["content"].get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+                == event_id
+            ),
             timeout,
         )
 

@@ -74,9 +74,7 @@ def gateway_config(tmp_path: Path, **gateway: Any) -> Config:
 
 
 @pytest.fixture
-def make_client(
-    aiohttp_client: Any, tmp_path: Path
-) -> Callable[..., Any]:
+def make_client(aiohttp_client: Any, tmp_path: Path) -> Callable[..., Any]:
     async def make(**gateway: Any) -> GatewayClient:
         client: GatewayClient = await aiohttp_client(init_app(gateway_config(tmp_path, **gateway)))
         return client

@@ -15,10 +15,29 @@ from dmz_api.gateway.rules import Kind
 
 from .conftest import make_rule
 
-SERVERS = ["a.example", "b.example", "x.a.example", "localhost:8448", "localhost:8449",
-           "hs-01.corp.test", "[::1]:8448", "evil.test"]  # fmt: skip
-PATTERNS = ["a.example", "*.a.example", "*.example", "localhost:8448", "localhost", "hs-??.corp.test",
-            "*", "evil.*", "[::1]:8448", "localhost:*", "b.example:8448"]  # fmt: skip
+SERVERS = [
+    "a.example",
+    "b.example",
+    "x.a.example",
+    "localhost:8448",
+    "localhost:8449",
+    "hs-01.corp.test",
+    "[::1]:8448",
+    "evil.test",
+]
+PATTERNS = [
+    "a.example",
+    "*.a.example",
+    "*.example",
+    "localhost:8448",
+    "localhost",
+    "hs-??.corp.test",
+    "*",
+    "evil.*",
+    "[::1]:8448",
+    "localhost:*",
+    "b.example:8448",
+]
 TYPES = ["m.room.message", "m.room.encryption", "m.room.member", "m.reaction"]
 ROOMS = ["!one:corp", "!two:corp"]
 AGENTS = ["Element/1.2", "curl/8", "", "Element Desktop", None]
@@ -33,12 +52,18 @@ def random_rule(rng: random.Random, index: int) -> Any:
     elif kind is Kind.CLIENT_ALLOW:
         params = {}
         if rng.random() < 0.7:
-            params["user_agents"] = rng.sample(["^Element", "Desktop", "curl", "^$"], rng.randint(1, 2))
+            params["user_agents"] = rng.sample(
+                ["^Element", "Desktop", "curl", "^$"], rng.randint(1, 2)
+            )
         if not params or rng.random() < 0.5:
-            params["networks"] = rng.sample(["10.0.0.0/16", "192.168.0.0/16", "2001:db8::/32"], rng.randint(1, 2))
+            params["networks"] = rng.sample(
+                ["10.0.0.0/16", "192.168.0.0/16", "2001:db8::/32"], rng.randint(1, 2)
+            )
     elif kind is Kind.EVENT_TYPE_BLOCK:
-        params = {"event_types": rng.sample(TYPES, rng.randint(1, 2)),
-                  "scope": rng.choice(["client", "federation", "both"])}  # fmt: skip
+        params = {
+            "event_types": rng.sample(TYPES, rng.randint(1, 2)),
+            "scope": rng.choice(["client", "federation", "both"]),
+        }
     else:
         params = {"servers": rng.sample(PATTERNS, rng.randint(1, 2))}
         if rng.random() < 0.6:
@@ -99,20 +124,28 @@ def test_server_index_matches_reference() -> None:
 
 
 def test_caches_are_bounded() -> None:
-    rules = [make_rule("a", "server_allow", {"servers": ["*.example"]}),
-             make_rule("c", "client_allow", {"user_agents": ["^Element"]})]  # fmt: skip
+    rules = [
+        make_rule("a", "server_allow", {"servers": ["*.example"]}),
+        make_rule("c", "client_allow", {"user_agents": ["^Element"]}),
+    ]
     compiled = CompiledRuleset(rules, 1)
     for i in range(20_000):
         compiled.decide(RequestInfo(RequestClass.FEDERATION, "GET", "/x", origin=f"h{i}.test"))
-        compiled.decide(RequestInfo(RequestClass.CLIENT, "GET", "/x", user_agent=f"ua{i}", ip=f"10.0.{i % 256}.1"))
+        compiled.decide(
+            RequestInfo(
+                RequestClass.CLIENT, "GET", "/x", user_agent=f"ua{i}", ip=f"10.0.{i % 256}.1"
+            )
+        )
     assert len(compiled.enforce._views) <= 8192
     assert compiled.enforce.client is not None and len(compiled.enforce.client._ua_cache) <= 8192
 
 
 def test_rules_sorted_once_by_priority_then_id() -> None:
-    rules = [make_rule("b", "server_block", {"servers": ["x"]}, priority=2),
-             make_rule("c", "server_block", {"servers": ["x"]}, priority=1),
-             make_rule("a", "server_block", {"servers": ["x"]}, priority=2)]  # fmt: skip
+    rules = [
+        make_rule("b", "server_block", {"servers": ["x"]}, priority=2),
+        make_rule("c", "server_block", {"servers": ["x"]}, priority=1),
+        make_rule("a", "server_block", {"servers": ["x"]}, priority=2),
+    ]
     assert [r.id for r in CompiledRuleset(rules, 1).rules] == ["c", "a", "b"]
 
 

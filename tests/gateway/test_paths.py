@@ -65,7 +65,9 @@ def test_redactions(method: str, path: str) -> None:
     info = classify(method, path)
     assert info.event_types == ("m.room.redaction",)
     assert info.room == ROOM
-    assert info.template.endswith("/rooms/{roomId}/redact/{eventId}" + ("" if method == "POST" else "/{txnId}"))
+    assert info.template.endswith(
+        "/rooms/{roomId}/redact/{eventId}" + ("" if method == "POST" else "/{txnId}")
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,22 +148,83 @@ def test_create_room_needs_body() -> None:
     ("method", "path", "endpoint", "room", "types"),
     [
         ("PUT", "/_matrix/federation/v1/send/1700000000", "federation.send", None, ()),
-        ("GET", f"/_matrix/federation/v1/make_join/{ROOM}/@p:partner.example", "federation.make_join", ROOM, ("m.room.member",)),
-        ("PUT", f"/_matrix/federation/v2/send_join/{ROOM}/$ev", "federation.send_join", ROOM, ("m.room.member",)),
-        ("PUT", f"/_matrix/federation/v1/send_join/{ROOM}/$ev", "federation.send_join", ROOM, ("m.room.member",)),
-        ("PUT", f"/_matrix/federation/v2/invite/{ROOM}/$ev", "federation.invite", ROOM, ("m.room.member",)),
-        ("PUT", f"/_matrix/federation/v1/exchange_third_party_invite/{ROOM}", "federation.exchange_third_party_invite", ROOM, ("m.room.member",)),
-        ("GET", f"/_matrix/federation/v1/state_ids/{ROOM}?event_id=$e", "federation.state_ids", ROOM, ()),
-        ("GET", f"/_matrix/federation/v1/backfill/{ROOM}?v=$e&limit=10", "federation.backfill", ROOM, ()),
-        ("GET", f"/_matrix/federation/unstable/org.matrix.msc1234/hierarchy/{ROOM}", "federation.hierarchy", ROOM, ()),
-        ("GET", "/_matrix/federation/v1/query/profile?user_id=@a:corp.example", "federation.query", None, ()),
+        (
+            "GET",
+            f"/_matrix/federation/v1/make_join/{ROOM}/@p:partner.example",
+            "federation.make_join",
+            ROOM,
+            ("m.room.member",),
+        ),
+        (
+            "PUT",
+            f"/_matrix/federation/v2/send_join/{ROOM}/$ev",
+            "federation.send_join",
+            ROOM,
+            ("m.room.member",),
+        ),
+        (
+            "PUT",
+            f"/_matrix/federation/v1/send_join/{ROOM}/$ev",
+            "federation.send_join",
+            ROOM,
+            ("m.room.member",),
+        ),
+        (
+            "PUT",
+            f"/_matrix/federation/v2/invite/{ROOM}/$ev",
+            "federation.invite",
+            ROOM,
+            ("m.room.member",),
+        ),
+        (
+            "PUT",
+            f"/_matrix/federation/v1/exchange_third_party_invite/{ROOM}",
+            "federation.exchange_third_party_invite",
+            ROOM,
+            ("m.room.member",),
+        ),
+        (
+            "GET",
+            f"/_matrix/federation/v1/state_ids/{ROOM}?event_id=$e",
+            "federation.state_ids",
+            ROOM,
+            (),
+        ),
+        (
+            "GET",
+            f"/_matrix/federation/v1/backfill/{ROOM}?v=$e&limit=10",
+            "federation.backfill",
+            ROOM,
+            (),
+        ),
+        (
+            "GET",
+            f"/_matrix/federation/unstable/org.matrix.msc1234/hierarchy/{ROOM}",
+            "federation.hierarchy",
+            ROOM,
+            (),
+        ),
+        (
+            "GET",
+            "/_matrix/federation/v1/query/profile?user_id=@a:corp.example",
+            "federation.query",
+            None,
+            (),
+        ),
         ("GET", "/_matrix/federation/v1/event/$abc", "federation.event", None, ()),
     ],
-)  # fmt: skip
-def test_federation(method: str, path: str, endpoint: str, room: str | None, types: tuple[str, ...]) -> None:
+)
+def test_federation(
+    method: str, path: str, endpoint: str, room: str | None, types: tuple[str, ...]
+) -> None:
     info = classify(method, path)
     assert info.request_class is RequestClass.FEDERATION
-    assert (info.endpoint, info.room, info.event_types, info.public) == (endpoint, room, types, False)
+    assert (info.endpoint, info.room, info.event_types, info.public) == (
+        endpoint,
+        room,
+        types,
+        False,
+    )
     assert "$" not in info.template and "!" not in info.template and "?" not in info.template
 
 
@@ -198,9 +261,9 @@ def test_templates_hide_ids() -> None:
     assert classify("GET", f"/_matrix/client/v3/rooms/{ROOM}/messages?from=x").template == (
         "/_matrix/client/v3/rooms/{roomId}/messages"
     )
-    assert classify("GET", "/_matrix/client/v3/profile/@alice:corp.example/displayname").template == (
-        "/_matrix/client/v3/profile/{}/displayname"
-    )
+    assert classify(
+        "GET", "/_matrix/client/v3/profile/@alice:corp.example/displayname"
+    ).template == ("/_matrix/client/v3/profile/{}/displayname")
 
 
 @pytest.mark.parametrize(
@@ -231,16 +294,22 @@ def test_encoded_slashes_are_judged_both_ways() -> None:
         ('X-Matrix origin="partner.example",key="ed25519:a",sig="abc"', "partner.example"),
         ("X-Matrix origin=partner.example,key=ed25519:a,sig=abc", "partner.example"),
         ('X-Matrix  origin = "x"', None),
-        ('X-Matrix key="ed25519:a", origin="Partner.Example:8448", sig="a"', "partner.example:8448"),
-        ('X-Matrix origin="localhost:8448",destination="corp.example",key="k",sig="s"', "localhost:8448"),
+        (
+            'X-Matrix key="ed25519:a", origin="Partner.Example:8448", sig="a"',
+            "partner.example:8448",
+        ),
+        (
+            'X-Matrix origin="localhost:8448",destination="corp.example",key="k",sig="s"',
+            "localhost:8448",
+        ),
         ('x-matrix origin="partner.example",key="k",sig="s"', "partner.example"),
         ('X-Matrix origin="evil\\".example",key="k",sig="s"', None),
         ('X-Matrix origin="[::1]:8448",key="k",sig="s"', "[::1]:8448"),
         ('X-Matrix key="k",sig="s"', None),
-        ('Bearer abc', None),
+        ("Bearer abc", None),
         ('X-Matrixorigin="a.example"', None),
     ],
-)  # fmt: skip
+)
 def test_x_matrix_parsing(header: str, origin: str | None) -> None:
     assert parse_x_matrix(header) == origin
 
@@ -259,6 +328,21 @@ def test_conflicting_origins_are_refused() -> None:
 def test_origin_read_only_on_federation_paths() -> None:
     auth = ['X-Matrix origin="a.example",key="k",sig="s"']
     fed = request_info("PUT", "/_matrix/federation/v1/send/1", auth, source=Source.AUTHZ)
-    assert (fed.origin, fed.request_class, fed.source) == ("a.example", RequestClass.FEDERATION, Source.AUTHZ)
+    assert (fed.origin, fed.request_class, fed.source) == (
+        "a.example",
+        RequestClass.FEDERATION,
+        Source.AUTHZ,
+    )
     client = request_info("GET", "/_matrix/client/v3/sync", auth, user_agent="UA", ip="10.0.0.1")
     assert (client.origin, client.user_agent, client.ip) == (None, "UA", "10.0.0.1")
+
+
+def test_versionless_and_absolute_form_paths() -> None:
+    info = classify("PUT", f"/_matrix/client/rooms/{ROOM}/send/{ENC}/t")
+    assert info.event_types == (ENC,)
+    info = classify("PUT", f"http://corp.example/_matrix/client/v3/rooms/{ROOM}/state/{ENC}")
+    assert info.event_types == (ENC,) and info.template.startswith("/_matrix/client/v3/rooms/")
+    info = classify("GET", f"/_matrix/federation/make_join/{ROOM}/@u:p")
+    assert info.room == ROOM and info.request_class is RequestClass.FEDERATION
+    assert classify("GET", "/_matrix/federation/").endpoint == "federation.unknown"
+    assert classify("GET", "/_matrix/client/").endpoint == "client.unknown"

@@ -28,7 +28,9 @@ def outcome(rules: Sequence[Rule], req: RequestInfo) -> tuple[str, str | None]:
     return decision.outcome.value, decision.rule_id
 
 
-def fed(origin: str | None, path: str = "/_matrix/federation/v1/send/1", method: str = "PUT") -> RequestInfo:
+def fed(
+    origin: str | None, path: str = "/_matrix/federation/v1/send/1", method: str = "PUT"
+) -> RequestInfo:
     auth = [f'X-Matrix origin="{origin}",key="ed25519:a",sig="s"'] if origin else []
     return request_info(method, path, auth)
 
@@ -46,11 +48,25 @@ def client(
 def antispam_event(sender: str, event_type: str, room: str, local: str = "corp") -> RequestInfo:
     server = sender.partition(":")[2]
     if server == local:
-        return RequestInfo(RequestClass.CLIENT, "POST", "/v1/antispam/check_event_for_spam",
-                           user=sender, event_types=(event_type,), room=room, source=Source.ANTISPAM)  # fmt: skip
-    return RequestInfo(RequestClass.FEDERATION, "POST", "/v1/antispam/check_event_for_spam",
-                       origin=server, user=sender, event_types=(event_type,), room=room,
-                       source=Source.ANTISPAM)  # fmt: skip
+        return RequestInfo(
+            RequestClass.CLIENT,
+            "POST",
+            "/v1/antispam/check_event_for_spam",
+            user=sender,
+            event_types=(event_type,),
+            room=room,
+            source=Source.ANTISPAM,
+        )
+    return RequestInfo(
+        RequestClass.FEDERATION,
+        "POST",
+        "/v1/antispam/check_event_for_spam",
+        origin=server,
+        user=sender,
+        event_types=(event_type,),
+        room=room,
+        source=Source.ANTISPAM,
+    )
 
 
 def test_no_rules_allows_everything() -> None:
@@ -121,9 +137,15 @@ def test_disabled_allow_rule_does_not_close_the_gate() -> None:
 
 def test_remote_invitee_is_an_origin() -> None:
     rules = [make_rule("A", "server_allow", {"servers": ["partner.example"]})]
-    invite = RequestInfo(RequestClass.CLIENT, "POST", "/v1/antispam/user_may_invite",
-                         origin="stranger.example", user="@alice:corp", event_types=("m.room.member",),
-                         source=Source.ANTISPAM)  # fmt: skip
+    invite = RequestInfo(
+        RequestClass.CLIENT,
+        "POST",
+        "/v1/antispam/user_may_invite",
+        origin="stranger.example",
+        user="@alice:corp",
+        event_types=("m.room.member",),
+        source=Source.ANTISPAM,
+    )
     assert outcome(rules, invite) == ("block", "A")
     invite.origin = "partner.example"
     assert outcome(rules, invite) == ("allow", "A")
@@ -158,16 +180,24 @@ def test_client_allow_example() -> None:
         make_rule("A", "client_allow", {"user_agents": ["^Element/", "Element Desktop"]}),
         make_rule("B", "client_allow", {"networks": ["10.0.0.0/8"]}),
     ]
-    assert outcome(rules, client(user_agent="Element/1.11 (iOS)", ip="203.0.113.5")) == ("allow", "A")
+    assert outcome(rules, client(user_agent="Element/1.11 (iOS)", ip="203.0.113.5")) == (
+        "allow",
+        "A",
+    )
     assert outcome(rules, client(user_agent="curl/8", ip="10.1.2.3")) == ("allow", "B")
     assert outcome(rules, client(user_agent="curl/8", ip="203.0.113.5")) == ("block", "A")
-    assert outcome(rules, client(user_agent="Mozilla Element Desktop/1", ip="1.2.3.4")) == ("allow", "A")
+    assert outcome(rules, client(user_agent="Mozilla Element Desktop/1", ip="1.2.3.4")) == (
+        "allow",
+        "A",
+    )
     assert outcome(rules, client(user_agent="x", ip="::ffff:10.9.9.9")) == ("allow", "B")
     assert outcome(rules, fed("any.example")) == ("allow", None)
 
 
 def test_client_allow_rule_needs_every_criterion() -> None:
-    rules = [make_rule("A", "client_allow", {"user_agents": ["^Element/"], "networks": ["10.0.0.0/8"]})]
+    rules = [
+        make_rule("A", "client_allow", {"user_agents": ["^Element/"], "networks": ["10.0.0.0/8"]})
+    ]
     assert outcome(rules, client(user_agent="Element/1", ip="10.0.0.1")) == ("allow", "A")
     assert outcome(rules, client(user_agent="Element/1", ip="11.0.0.1")) == ("block", "A")
     assert outcome(rules, client(user_agent="curl", ip="10.0.0.1")) == ("block", "A")
@@ -186,8 +216,15 @@ def test_client_allow_skipped_without_connection_details() -> None:
     rules = [make_rule("A", "client_allow", {"user_agents": ["^Element/"]})]
     event = antispam_event("@alice:corp", "m.room.message", "!r:corp")
     assert outcome(rules, event) == ("allow", None)
-    login = RequestInfo(RequestClass.CLIENT, "POST", "/v1/antispam/check_login_for_spam",
-                        user="@alice:corp", user_agent="curl/8", ip="1.2.3.4", source=Source.ANTISPAM)  # fmt: skip
+    login = RequestInfo(
+        RequestClass.CLIENT,
+        "POST",
+        "/v1/antispam/check_login_for_spam",
+        user="@alice:corp",
+        user_agent="curl/8",
+        ip="1.2.3.4",
+        source=Source.ANTISPAM,
+    )
     assert outcome(rules, login) == ("block", "A")
 
 
@@ -198,13 +235,21 @@ def test_event_type_block_example() -> None:
     rules = [make_rule("A", "event_type_block", {"event_types": [ENC], "scope": "client"})]
     state = f"/_matrix/client/v3/rooms/!r:corp/state/{ENC}/"
     assert outcome(rules, client(state)) == ("block", "A")
-    assert outcome(rules, client("/_matrix/client/r0/rooms/!r:corp/state/m%2Eroom%2Eencryption")) == ("block", "A")
+    assert outcome(
+        rules, client("/_matrix/client/r0/rooms/!r:corp/state/m%2Eroom%2Eencryption")
+    ) == ("block", "A")
     body = b'{"initial_state": [{"type": "m.room.encryption", "content": {}}]}'
-    assert outcome(rules, client("/_matrix/client/v3/createRoom", "POST", body=body)) == ("block", "A")
+    assert outcome(rules, client("/_matrix/client/v3/createRoom", "POST", body=body)) == (
+        "block",
+        "A",
+    )
     assert outcome(rules, antispam_event("@p:partner.example", ENC, "!r:corp")) == ("allow", None)
     assert outcome(rules, antispam_event("@alice:corp", ENC, "!r:corp")) == ("block", "A")
     assert outcome(rules, client(state, "GET")) == ("allow", None)
-    assert judge(rules, client(state)).reason == "Event type m.room.encryption is blocked by gateway rule A"
+    assert (
+        judge(rules, client(state)).reason
+        == "Event type m.room.encryption is blocked by gateway rule A"
+    )
 
 
 def test_event_type_block_scopes() -> None:
@@ -220,8 +265,14 @@ def test_event_type_block_scopes() -> None:
 
 def test_event_type_match_is_exact() -> None:
     rules = [make_rule("A", "event_type_block", {"event_types": [ENC]})]
-    assert outcome(rules, client("/_matrix/client/v3/rooms/!r/send/M.room.encryption/1")) == ("allow", None)
-    assert outcome(rules, client("/_matrix/client/v3/rooms/!r/send/m.room.encryption.x/1")) == ("allow", None)
+    assert outcome(rules, client("/_matrix/client/v3/rooms/!r/send/M.room.encryption/1")) == (
+        "allow",
+        None,
+    )
+    assert outcome(rules, client("/_matrix/client/v3/rooms/!r/send/m.room.encryption.x/1")) == (
+        "allow",
+        None,
+    )
 
 
 # ---- 2.6 partner_scope
@@ -229,30 +280,58 @@ def test_event_type_match_is_exact() -> None:
 
 def test_partner_scope_example() -> None:
     rules = [
-        make_rule("A", "partner_scope", {
-            "servers": ["partner.example"],
-            "rooms": ["!shared:corp"],
-            "event_types": ["m.room.member", "m.room.message"],
-        })
-    ]  # fmt: skip
+        make_rule(
+            "A",
+            "partner_scope",
+            {
+                "servers": ["partner.example"],
+                "rooms": ["!shared:corp"],
+                "event_types": ["m.room.member", "m.room.message"],
+            },
+        )
+    ]
     make_join = "/_matrix/federation/v1/make_join/{}/@p:partner.example"
-    assert outcome(rules, fed("partner.example", make_join.format("!shared:corp"), "GET")) == ("allow", None)
-    assert outcome(rules, fed("partner.example", make_join.format("!secret:corp"), "GET")) == ("block", "A")
-    assert outcome(rules, antispam_event("@p:partner.example", "m.reaction", "!shared:corp")) == ("block", "A")
-    assert outcome(rules, antispam_event("@p:partner.example", "m.room.message", "!shared:corp")) == ("allow", None)
+    assert outcome(rules, fed("partner.example", make_join.format("!shared:corp"), "GET")) == (
+        "allow",
+        None,
+    )
+    assert outcome(rules, fed("partner.example", make_join.format("!secret:corp"), "GET")) == (
+        "block",
+        "A",
+    )
+    assert outcome(rules, antispam_event("@p:partner.example", "m.reaction", "!shared:corp")) == (
+        "block",
+        "A",
+    )
+    assert outcome(
+        rules, antispam_event("@p:partner.example", "m.room.message", "!shared:corp")
+    ) == ("allow", None)
     assert outcome(rules, fed("partner.example")) == ("allow", None)
-    assert outcome(rules, fed("other.example", make_join.format("!secret:corp"), "GET")) == ("allow", None)
+    assert outcome(rules, fed("other.example", make_join.format("!secret:corp"), "GET")) == (
+        "allow",
+        None,
+    )
 
 
 def test_partner_scopes_are_separate_constraints() -> None:
     rules = [
-        make_rule("A", "partner_scope", {"servers": ["p.example"], "rooms": ["!one:corp"]}, priority=1),
-        make_rule("B", "partner_scope", {"servers": ["*.example"], "event_types": ["m.room.member"]}, priority=2),
+        make_rule(
+            "A", "partner_scope", {"servers": ["p.example"], "rooms": ["!one:corp"]}, priority=1
+        ),
+        make_rule(
+            "B",
+            "partner_scope",
+            {"servers": ["*.example"], "event_types": ["m.room.member"]},
+            priority=2,
+        ),
     ]
     path = "/_matrix/federation/v2/send_join/{}/$e"
     assert outcome(rules, fed("p.example", path.format("!one:corp"))) == ("allow", None)
     assert outcome(rules, fed("p.example", path.format("!two:corp"))) == ("block", "A")
-    assert outcome(rules, antispam_event("@u:p.example", "m.room.message", "!one:corp")) == ("block", "B")
+    assert outcome(rules, antispam_event("@u:p.example", "m.room.message", "!one:corp")) == (
+        "block",
+        "B",
+    )
 
 
 # ---- 3 pipeline order
@@ -266,8 +345,10 @@ def test_priority_decides_which_rule_is_recorded() -> None:
     assert outcome([block, allow, etb], fed("evil.example", path, "GET")) == ("block", "alw")
     allow2 = make_rule("alw", "server_allow", {"servers": ["good.example"]}, priority=90)
     assert outcome([block, allow2, etb], fed("evil.example", path, "GET")) == ("block", "etb")
-    same = [make_rule("b", "server_block", {"servers": ["evil.example"]}),
-            make_rule("a", "server_block", {"servers": ["*.example"]})]  # fmt: skip
+    same = [
+        make_rule("b", "server_block", {"servers": ["evil.example"]}),
+        make_rule("a", "server_block", {"servers": ["*.example"]}),
+    ]
     assert outcome(same, fed("evil.example")) == ("block", "a")
 
 
@@ -286,7 +367,10 @@ def test_audit_example() -> None:
     audit = [make_rule("A", "server_block", {"servers": ["evil.example"]}, mode="audit")]
     decision = judge(audit, fed("evil.example"))
     assert (decision.outcome, decision.rule_id, decision.mode, decision.allowed) == (
-        Outcome.WOULD_BLOCK, "A", Mode.AUDIT, True
+        Outcome.WOULD_BLOCK,
+        "A",
+        Mode.AUDIT,
+        True,
     )
     assert decision.reason.endswith("(audit mode: allowed)")
     enforced = [make_rule("A", "server_block", {"servers": ["evil.example"]})]
@@ -310,7 +394,9 @@ def test_audit_allow_never_opens_what_enforce_refuses() -> None:
 
 def test_enforce_block_outranks_audit_block() -> None:
     rules = [
-        make_rule("audit-first", "server_block", {"servers": ["evil.example"]}, mode="audit", priority=1),
+        make_rule(
+            "audit-first", "server_block", {"servers": ["evil.example"]}, mode="audit", priority=1
+        ),
         make_rule("enforced", "server_block", {"servers": ["evil.example"]}, priority=9),
     ]
     assert outcome(rules, fed("evil.example")) == ("block", "enforced")
@@ -331,7 +417,9 @@ def test_builtin_refusals_apply_without_rules() -> None:
 def test_unavailable_decision() -> None:
     decision = unavailable_decision(3)
     assert (decision.outcome, decision.status, decision.rule_id) == (
-        Outcome.BLOCK, 503, "builtin:unavailable"
+        Outcome.BLOCK,
+        503,
+        "builtin:unavailable",
     )
 
 

@@ -42,8 +42,11 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
 
 
 def make_service(db: Database, **options: Any) -> GatewayService:
-    section = {"server_name": "corp.example", "reload_interval": 0.05,
-               "decision_log": {"flush_interval": 0.02, "batch_size": 10}}  # fmt: skip
+    section = {
+        "server_name": "corp.example",
+        "reload_interval": 0.05,
+        "decision_log": {"flush_interval": 0.02, "batch_size": 10},
+    }
     section.update(options)
     config = parse_gateway_config(Section(section))
     return GatewayService(config, RuleStore(db), GatewayMetrics(Metrics()))
@@ -65,15 +68,20 @@ async def test_store_versions_and_history(db: Database) -> None:
     assert await store.load() == (0, [])
     rule = make_rule("a", "server_block", {"servers": ["evil.example"]})
     version, _ = await store.commit(
-        0, lambda rules: Change(put=[rule], diff={"added": [rule.to_json()]}),
-        author="@sec:corp", reason="add a", now=1000,
-    )  # fmt: skip
+        0,
+        lambda rules: Change(put=[rule], diff={"added": [rule.to_json()]}),
+        author="@sec:corp",
+        reason="add a",
+        now=1000,
+    )
     assert version == 1
     assert await store.load() == (1, [rule])
     with pytest.raises(Conflict, match="version 1, not 0"):
         await store.commit(0, lambda rules: Change(delete=["a"]), author=None, reason="x", now=2)
     assert await store.current_version() == 1
-    version, change = await store.commit(None, lambda rules: Change(), author=None, reason="noop", now=3)
+    version, change = await store.commit(
+        None, lambda rules: Change(), author=None, reason="noop", now=3
+    )
     assert version == 1 and change.empty
     history = await store.history(limit=10)
     assert [(v.version, v.author, v.reason) for v in history] == [
@@ -107,10 +115,55 @@ async def test_corrupt_rule_is_reported(db: Database) -> None:
 async def test_decision_queries(db: Database) -> None:
     store = RuleStore(db)
     rows = [
-        (1000, "proxy", "federation", "evil.example", None, "PUT", "/p", None, None, "b", "enforce", "block", 3, 1),
-        (2000, "authz", "client", None, "@a:corp", "PUT", "/c", "m.room.message", "!r", None, None, "allow", 2, 1),
-        (3000, "antispam", "federation", "evil.example", None, "POST", "/a", "m.x", "!r", "b", "audit", "would_block", 1, 2),
-    ]  # fmt: skip
+        (
+            1000,
+            "proxy",
+            "federation",
+            "evil.example",
+            None,
+            "PUT",
+            "/p",
+            None,
+            None,
+            "b",
+            "enforce",
+            "block",
+            3,
+            1,
+        ),
+        (
+            2000,
+            "authz",
+            "client",
+            None,
+            "@a:corp",
+            "PUT",
+            "/c",
+            "m.room.message",
+            "!r",
+            None,
+            None,
+            "allow",
+            2,
+            1,
+        ),
+        (
+            3000,
+            "antispam",
+            "federation",
+            "evil.example",
+            None,
+            "POST",
+            "/a",
+            "m.x",
+            "!r",
+            "b",
+            "audit",
+            "would_block",
+            1,
+            2,
+        ),
+    ]
     await store.insert_decisions(rows)
 
     async def ids(**query: Any) -> list[int]:
@@ -162,13 +215,20 @@ async def test_write_checks(service: GatewayService) -> None:
         await service.promote("nope", author=None)
     noop = await service.update_rule("x", {"enabled": True}, author=None)
     assert (noop.version, noop.changed) == (1, False)
-    generated = await service.add_rule({"kind": "server_block", "params": {"servers": ["b"]}}, author=None)
+    generated = await service.add_rule(
+        {"kind": "server_block", "params": {"servers": ["b"]}}, author=None
+    )
     assert generated.rule is not None and generated.rule.id.startswith("r")
 
 
 async def test_promote_and_preset(service: GatewayService) -> None:
     await service.add_rule(
-        {"id": "a", "kind": "server_block", "params": {"servers": ["evil.example"]}, "mode": "audit"},
+        {
+            "id": "a",
+            "kind": "server_block",
+            "params": {"servers": ["evil.example"]},
+            "mode": "audit",
+        },
         author=None,
     )
     assert service.decide(fed()).outcome is Outcome.WOULD_BLOCK
@@ -180,10 +240,15 @@ async def test_promote_and_preset(service: GatewayService) -> None:
 
     first = await service.apply_preset("compliance-ledger", {}, author="@sec:corp")
     assert first.created and first.rule is not None
-    assert first.rule.params == {"event_types": ["m.room.encryption", "m.room.redaction"], "scope": "both"}
+    assert first.rule.params == {
+        "event_types": ["m.room.encryption", "m.room.redaction"],
+        "scope": "both",
+    }
     second = await service.apply_preset("compliance-ledger", {}, author="@sec:corp")
     assert (second.changed, second.version) == (False, first.version)
-    await service.update_rule("compliance-ledger", {"params": {"event_types": ["m.x"]}}, author=None)
+    await service.update_rule(
+        "compliance-ledger", {"params": {"event_types": ["m.x"]}}, author=None
+    )
     restored = await service.apply_preset("compliance-ledger", {"mode": "audit"}, author=None)
     assert restored.changed and not restored.created and restored.rule is not None
     assert restored.rule.params["event_types"] == ["m.room.encryption", "m.room.redaction"]
@@ -205,7 +270,9 @@ async def test_fail_closed_when_store_unreadable_at_start(db: Database) -> None:
     try:
         decision = svc.decide(fed("anyone.example"))
         assert (decision.outcome, decision.status, decision.rule_id) == (
-            Outcome.BLOCK, 503, "builtin:unavailable"
+            Outcome.BLOCK,
+            503,
+            "builtin:unavailable",
         )
         assert svc.failure is not None and "cannot be read" in svc.failure
         assert svc.decide(request_info("GET", "/_matrix/client/versions")).status == 503
@@ -219,7 +286,9 @@ async def test_fail_closed_when_store_unreadable_at_start(db: Database) -> None:
 async def test_fail_closed_on_corrupt_version_and_keep_last_good_on_read_errors(
     service: GatewayService, db: Database
 ) -> None:
-    await service.add_rule({"id": "a", "kind": "server_block", "params": {"servers": ["x.example"]}}, author=None)
+    await service.add_rule(
+        {"id": "a", "kind": "server_block", "params": {"servers": ["x.example"]}}, author=None
+    )
     store = service.store
     original = store.load
 
@@ -237,11 +306,16 @@ async def test_fail_closed_on_corrupt_version_and_keep_last_good_on_read_errors(
     assert service.evaluate(fed())["decision"]["rule"] == "builtin:unavailable"
 
 
-async def test_restart_keeps_rules_and_replicas_follow(db: Database, service: GatewayService) -> None:
+async def test_restart_keeps_rules_and_replicas_follow(
+    db: Database, service: GatewayService
+) -> None:
     replica = make_service(db)
     await replica.start()
     try:
-        await service.add_rule({"id": "a", "kind": "server_block", "params": {"servers": ["evil.example"]}}, author=None)
+        await service.add_rule(
+            {"id": "a", "kind": "server_block", "params": {"servers": ["evil.example"]}},
+            author=None,
+        )
         for _ in range(50):
             if replica.version == 1:
                 break
@@ -258,10 +332,14 @@ async def test_restart_keeps_rules_and_replicas_follow(db: Database, service: Ga
 
 
 async def test_decisions_are_logged_in_batches(service: GatewayService) -> None:
-    await service.add_rule({"id": "a", "kind": "server_block", "params": {"servers": ["evil.example"]}}, author=None)
+    await service.add_rule(
+        {"id": "a", "kind": "server_block", "params": {"servers": ["evil.example"]}}, author=None
+    )
     for _ in range(25):
         service.decide(fed())
-    service.decide(request_info("PUT", "/_matrix/client/v3/rooms/!r:c/send/m.room.message/t1", user_agent="UA"))
+    service.decide(
+        request_info("PUT", "/_matrix/client/v3/rooms/!r:c/send/m.room.message/t1", user_agent="UA")
+    )
     assert service.decision_log.pending == 26  # nothing written on the request path
     for _ in range(50):
         if service.decision_log.pending == 0:

@@ -196,16 +196,25 @@ class Chat:
         self.plugin = plugin
 
     async def send(
-        self, body: str, *, sender: UserID = STAFF, room: RoomID = CONTROL, event_id: str = ""
+        self,
+        body: str,
+        *,
+        sender: UserID = STAFF,
+        room: RoomID = CONTROL,
+        event_id: str = "",
+        thread: EventID | None = None,
     ) -> EventID:
         event_id = EventID(event_id or f"$cmd{next(_event_ids)}")
+        content = TextMessageEventContent(msgtype=MessageType.TEXT, body=body)
+        if thread:
+            content.set_thread_parent(thread)
         event = MessageEvent(
             type=EventType.ROOM_MESSAGE,
             room_id=room,
             event_id=event_id,
             sender=sender,
             timestamp=0,
-            content=TextMessageEventContent(msgtype=MessageType.TEXT, body=body),
+            content=content,
         )
         await self.test_bot.dispatch(
             EventType.ROOM_MESSAGE, MaubotMessageEvent(event, self.test_bot.client)

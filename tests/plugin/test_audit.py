@@ -133,10 +133,18 @@ async def test_deleted_last_rows_are_found(trail: AuditLog, db: Database) -> Non
 
 
 async def test_secrets_are_removed_from_args() -> None:
-    assert scrub({"token": "abc", "api_key": "k", "note": "n", "inner": {"password": "p"}}) == {
+    args = {
+        "token": "abc",
+        "api_key": "k",
+        "note": "n",
+        "token_id": "t1",
+        "inner": {"password": "p"},
+    }
+    assert scrub(args) == {
         "token": "[removed]",
         "api_key": "[removed]",
         "note": "n",
+        "token_id": "t1",
         "inner": {"password": "[removed]"},
     }
 

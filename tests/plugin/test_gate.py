@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from mautrix.types import EventID, RelationType
 
 from plugin.gate import user_matches
 
@@ -221,3 +222,14 @@ async def test_correlation_id_reaches_the_dmz_and_the_trail(
     [call] = registrar.requests
     assert call.headers["X-Request-Id"] == entry.request_id
     assert len(entry.request_id) == 16
+
+
+async def test_replies_follow_the_thread(chat: Chat) -> None:
+    root = EventID("$thread-root")
+    await chat.send("!whoami", thread=root)
+    relation = chat.last.relates_to
+    assert (relation.rel_type, relation.event_id) == (RelationType.THREAD, root)
+    await chat.send("!token list --nope", thread=root)
+    assert chat.last.relates_to.event_id == root
+    await chat.send("!whoami")
+    assert chat.last.relates_to.rel_type is None

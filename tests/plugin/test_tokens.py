@@ -236,6 +236,7 @@ async def test_revoke(chat: Chat, registrar: FakeRegistrar) -> None:
     assert registrar.tokens[token_id]["status"] == "revoked"
     [entry] = await chat.audit()
     assert entry.detail == f"token {token_id} revoked"
+    assert entry.parsed_args == {"token_id": token_id}
 
 
 async def test_revoke_unknown_and_used(chat: Chat, registrar: FakeRegistrar) -> None:

@@ -100,8 +100,8 @@ class FakeHomeserver:
             ):
                 raise RegistrationRefused("token_rejected")
             native.completed += 1
-        elif token is None:
-            raise RegistrationRefused("token_rejected")
+        elif self.static_token != "static-token":
+            raise RegistrationRefused("token_rejected")  # a misconfigured static token
         self.users[localpart] = registration.request["password"]
         if self.lose_answer:
             raise OutcomeUnknown("register")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,8 @@ def _with(path: str, value: Any, kind: str = "synapse") -> dict[str, Any]:
         ("homeserver.kind", "dendrite", "synapse", "registrar.homeserver.kind: must be one of"),
         ("homeserver.url", "ftp://x", "synapse", "registrar.homeserver.url: must be an http(s)"),
         ("homeserver.server_name", "@x/y", "synapse", "registrar.homeserver.server_name: must be"),
-        ("homeserver.admin_token", None, "synapse", "registrar.homeserver.admin_token: is required"),
+        ("homeserver.admin_token", None, "synapse",
+         "registrar.homeserver.admin_token: is required"),
         ("homeserver.registration_token", None, "matrix",
          "registrar.homeserver.registration_token: is required"),
         ("homeserver.registration_token", "x", "synapse",
@@ -129,6 +131,6 @@ def test_example_config_is_valid() -> None:
     section = section[: section.index("# ---- gateway")]
     # Every key of the section has a comment right above it.
     lines = [line for line in section.splitlines() if line.strip()]
-    for previous, line in zip(lines, lines[1:], strict=False):
+    for previous, line in itertools.pairwise(lines):
         if re.match(r"^\s*[a-z_]+:", line):
             assert previous.strip().startswith("#"), f"no comment above {line.strip()!r}"

@@ -99,7 +99,7 @@ async def show(client: Client, token_id: str) -> Any:
 
 
 def exists(hs: Synapse, localpart: str) -> bool:
-    status, body = hs.admin("GET", f"/_synapse/admin/v2/users/{hs.user_id(localpart)}")
+    status, _body = hs.admin("GET", f"/_synapse/admin/v2/users/{hs.user_id(localpart)}")
     return status == 200
 
 
@@ -120,7 +120,7 @@ async def test_mint_register_login_and_reuse_refused(
     assert user_id in html and dmz_synapse.base_url in html
     status, login = dmz_synapse.login(unique, PASSWORD)
     assert status == 200 and login["user_id"] == user_id
-    profile_status, profile = dmz_synapse.client(
+    _profile_status, profile = dmz_synapse.client(
         "GET", f"/_matrix/client/v3/profile/{user_id}/displayname", login["access_token"]
     )
     assert profile == {"displayname": f"Guest {unique}"}
@@ -157,7 +157,7 @@ async def test_existing_account_is_never_touched(
 
 
 async def test_expiry(kind_client: tuple[str, Client], dmz_synapse: Synapse, unique: str) -> None:
-    kind, client = kind_client
+    _kind, client = kind_client
     minted = await mint(client, expires_in=1)
     page = await client.get("/register", params={"token": minted["token"]})
     csrf = csrf_of(await page.text())
@@ -215,7 +215,7 @@ async def test_sponsor_revoke_deactivates_guests(
 async def test_fifty_concurrent_posts_create_exactly_one_account(
     kind_client: tuple[str, Client], dmz_synapse: Synapse, unique: str
 ) -> None:
-    kind, client = kind_client
+    _kind, client = kind_client
     minted = await mint(client)
     page = await client.get("/register", params={"token": minted["token"]})
     csrf = csrf_of(await page.text())
@@ -249,7 +249,7 @@ async def test_synapse_status_follows_registrations_from_any_client(
     dmz_synapse.client("POST", url, "", {**body, "auth": auth_stage})
     shown = await show(client, minted["id"])
     assert (shown["status"], shown["pending"], shown["uses_completed"]) == ("active", 1, 0)
-    status, done = dmz_synapse.client(
+    status, _done = dmz_synapse.client(
         "POST", url, "", {**body, "auth": {"type": "m.login.dummy", "session": session}}
     )
     assert status == 200

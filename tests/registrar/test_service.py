@@ -181,6 +181,18 @@ async def test_fifty_concurrent_registrations_create_one_account(
     assert (view.status, view.row.uses_completed, view.row.in_flight) == ("used", 1, 0)
 
 
+async def test_wrong_static_token_is_not_the_guests_fault(
+    store: RegistrarStore, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    hs = FakeHomeserver(native_tokens=False, static_token="wrong")
+    service = make_service(store, hs, clock, kind="matrix")
+    minted = await mint(service)
+    with pytest.raises(TryLater):
+        await service.register_guest(minted.token, "guest", PASSWORD, None)
+    assert "registrar.homeserver.registration_token" in caplog.text
+    assert (await service.get_token(minted.view.row.id)).status == "active"
+
+
 async def test_lost_answer_counts_when_the_account_appeared(
     service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
 ) -> None:

@@ -1,0 +1,211 @@
+"""Registrar benchmark: mint latency through dmz_api vs Synapse's admin API, page throughput.
+
+    .venv/bin/python bench/registrar.py [--mints 300] [--seconds 5] [--concurrency 32]
+
+Starts a throwaway Synapse and ``python -m dmz_api`` (registrar, kind synapse, SQLite) on
+loopback. Mints alternate between dmz_api (``POST /v1/tokens``: auth, validation, Synapse
+admin call, database insert) and the same Synapse admin call made directly, so both see
+the same conditions; then ``GET /register?token=`` is driven at a fixed concurrency.
+Prints a table and writes ``bench/results/registrar.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import secrets
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devstack.dmz import DmzApi  # noqa: E402
+from devstack.synapse import Synapse  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "registrar.json"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(samples: list[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in samples]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+    }
+
+
+async def mint_latencies(
+    session: aiohttp.ClientSession, dmz: DmzApi, hs: Synapse, count: int
+) -> tuple[list[float], list[float]]:
+    via_dmz: list[float] = []
+    direct: list[float] = []
+    dmz_headers = {
+        "Authorization": f"Bearer {dmz.api_key}",
+        "X-Acting-User": "@bench:corp.example",
+    }
+    hs_headers = {"Authorization": f"Bearer {hs.admin_token}"}
+    expiry = int((time.time() + 86400) * 1000)
+    for i in range(count + 10):
+        started = time.perf_counter()
+        async with session.post(
+            f"{dmz.base_url}/v1/tokens",
+            json={"uses": 1, "expires_in": "24h", "note": "bench"},
+            headers=dmz_headers,
+        ) as resp:
+            await resp.read()
+            assert resp.status == 201, resp.status
+        took_dmz = time.perf_counter() - started
+        started = time.perf_counter()
+        async with session.post(
+            f"{hs.base_url}/_synapse/admin/v1/registration_tokens/new",
+            json={"token": secrets.token_urlsafe(24), "uses_allowed": 1, "expiry_time": expiry},
+            headers=hs_headers,
+        ) as resp:
+            await resp.read()
+            assert resp.status == 200, resp.status
+        took_direct = time.perf_counter() - started
+        if i >= 10:  # warm-up: connections, caches, JIT-less but still first-call costs
+            via_dmz.append(took_dmz)
+            direct.append(took_direct)
+    return via_dmz, direct
+
+
+async def page_throughput(
+    session: aiohttp.ClientSession, url: str, seconds: float, concurrency: int, status: int
+) -> dict[str, float]:
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            async with session.get(url) as resp:
+                await resp.read()
+                assert resp.status == status, resp.status
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"requests_per_s": round(len(latencies) / elapsed, 1), **summary(latencies)}
+
+
+async def run(args: argparse.Namespace, dmz: DmzApi, hs: Synapse) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=args.concurrency + 4)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        via_dmz, direct = await mint_latencies(session, dmz, hs, args.mints)
+        headers = {"Authorization": f"Bearer {dmz.api_key}", "X-Acting-User": "@bench:corp"}
+        async with session.post(f"{dmz.base_url}/v1/tokens", json={}, headers=headers) as resp:
+            token = (await resp.json())["token"]
+        form = await page_throughput(
+            session,
+            f"{dmz.base_url}/register?token={token}",
+            args.seconds,
+            args.concurrency,
+            200,
+        )
+        unknown = await page_throughput(
+            session,
+            f"{dmz.base_url}/register?token=no-such-token",
+            args.seconds / 2,
+            args.concurrency,
+            404,
+        )
+    dmz_summary, direct_summary = summary(via_dmz), summary(direct)
+    return {
+        "mint_via_dmz_api": dmz_summary,
+        "mint_direct_synapse": direct_summary,
+        "mint_ratio_p50": round(dmz_summary["p50_ms"] / direct_summary["p50_ms"], 2),
+        "mint_ratio_p99": round(dmz_summary["p99_ms"] / direct_summary["p99_ms"], 2),
+        "page_get_form": form,
+        "page_get_unknown_token": unknown,
+        "concurrency": args.concurrency,
+        "machine": {"python": platform.python_version(), "cpus": _cpus()},
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [
+        ("mint via dmz_api", result["mint_via_dmz_api"], ""),
+        ("mint direct (Synapse admin)", result["mint_direct_synapse"], ""),
+        ("GET /register (form)", result["page_get_form"], "req/s"),
+        ("GET /register (unknown)", result["page_get_unknown_token"], "req/s"),
+    ]
+    lines = [f"{'':30} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8}"]
+    for name, data, _ in rows:
+        rate = f"{data['requests_per_s']:>8}" if "requests_per_s" in data else f"{'':>8}"
+        lines.append(f"{name:30} {data['p50_ms']:>8} {data['p99_ms']:>8} {rate}")
+    lines.append(
+        f"mint ratio dmz_api/direct: p50 {result['mint_ratio_p50']}x,"
+        f" p99 {result['mint_ratio_p99']}x"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mints", type=int, default=300, help="timed mints per path")
+    parser.add_argument("--seconds", type=float, default=5.0, help="page GET duration")
+    parser.add_argument("--concurrency", type=int, default=32, help="page GET connections")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="bastion-bench-registrar-"))
+    hs = Synapse(workdir / "synapse", name="bench")
+    dmz: DmzApi | None = None
+    try:
+        hs.start()
+        dmz = DmzApi(
+            workdir / "dmz_api",
+            {
+                "log_level": "WARNING",
+                "registrar": {
+                    "homeserver": {
+                        "kind": "synapse",
+                        "url": hs.base_url,
+                        "server_name": hs.server_name,
+                        "admin_token": hs.admin_token,
+                    },
+                    "secret": secrets.token_urlsafe(32),
+                    # The benchmark is one address: lift the per-IP limit out of the way.
+                    "rate_limit": {"per_minute": 1_000_000, "burst": 1_000_000},
+                },
+            },
+            name="dmz_api-bench",
+        ).start()
+        result = asyncio.run(run(args, dmz, hs))
+    finally:
+        if dmz is not None:
+            dmz.stop()
+        hs.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(table(result))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

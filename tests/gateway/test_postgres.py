@@ -1,0 +1,130 @@
+"""The gateway store and service on a real PostgreSQL (replicas sharing one database)."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from mautrix.util.async_db import Database
+
+from devstack.ports import free_port
+from dmz_api.config import Section
+from dmz_api.errors import Conflict
+from dmz_api.gateway.config import parse_gateway_config
+from dmz_api.gateway.decisions import GatewayMetrics
+from dmz_api.gateway.matrix_paths import request_info
+from dmz_api.gateway.migrations import upgrade_table
+from dmz_api.gateway.service import GatewayService
+from dmz_api.gateway.store import DecisionQuery, RuleStore
+from dmz_api.metrics import Metrics
+
+pytestmark = pytest.mark.slow
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    # initdb refuses to run as root: drop to the postgres account the Debian package made.
+    if os.geteuid() == 0:
+        return ["su", "postgres", "-c", " ".join(argv)]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is missing: `make test` installs it (apt-get install postgresql)")
+    bindir = Path(found[-1]).parent
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "postgres")
+    port = free_port()
+    data = workdir / "data"
+    subprocess.run(
+        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"'-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off'"
+    subprocess.run(
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
+                      str(workdir / "log"), "-w", "start"]),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    try:
+        yield f"postgres://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
+            capture_output=True,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[Database]:
+    db = Database.create(postgres_url, upgrade_table=upgrade_table)
+    await db.start()
+    for table in ("gateway_rules", "gateway_versions", "gateway_decisions", "gateway_version"):
+        await db.execute(f"DROP TABLE IF EXISTS {table}")
+    await db.stop()
+    db = Database.create(postgres_url, upgrade_table=upgrade_table)
+    await db.start()
+    yield db
+    await db.stop()
+
+
+def service(db: Database) -> GatewayService:
+    config = parse_gateway_config(
+        Section({"server_name": "corp.example", "reload_interval": 0.05,
+                 "decision_log": {"flush_interval": 0.02}})
+    )  # fmt: skip
+    return GatewayService(config, RuleStore(db), GatewayMetrics(Metrics()))
+
+
+async def test_replicas_share_rules_versions_and_decisions(pg: Database) -> None:
+    a, b = service(pg), service(pg)
+    await a.start()
+    await b.start()
+    try:
+        writes = [
+            s.add_rule(
+                {"kind": "server_block", "params": {"servers": [f"x{i}.example"]}}, author=None
+            )
+            for i, s in enumerate([a, b] * 5)
+        ]
+        results = await asyncio.gather(*writes)
+        assert sorted(r.version for r in results) == list(range(1, 11))
+        with pytest.raises(Conflict):
+            await b.add_rule(
+                {"kind": "server_block", "params": {"servers": ["y"]}}, author=None, expected=3
+            )
+        await a.add_rule(
+            {"id": "evil", "kind": "server_block", "params": {"servers": ["evil.example"]}},
+            author="@sec:corp.example",
+        )
+        deadline = time.monotonic() + 5
+        while b.version != 11 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        federation = request_info(
+            "PUT",
+            "/_matrix/federation/v1/send/1",
+            ['X-Matrix origin="evil.example",key="k",sig="s"'],
+        )
+        assert b.decide(federation).rule_id == "evil"
+        await b.decision_log.flush()
+        rows = await a.decisions(DecisionQuery(rule="evil"))
+        assert len(rows) == 1 and rows[0]["version"] == 11 and rows[0]["outcome"] == "block"
+        history = await a.history(limit=20)
+        assert [v.version for v in history] == list(range(11, -1, -1))
+    finally:
+        await a.stop()
+        await b.stop()
