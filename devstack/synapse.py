@@ -34,7 +34,6 @@ _RC_KEYS = (
     "rc_message",
     "rc_registration",
     "rc_joins",
-    "rc_invites",
     "rc_3pid_validation",
     "rc_admin_redaction",
     "rc_joins_per_room",
@@ -145,6 +144,11 @@ class Synapse:
             "bcrypt_rounds": 4,
             "enable_metrics": False,
             **{key: dict(_RATE_LIMIT) for key in _RC_KEYS},
+            "rc_invites": {
+                "per_room": dict(_RATE_LIMIT),
+                "per_user": dict(_RATE_LIMIT),
+                "per_issuer": dict(_RATE_LIMIT),
+            },
             "rc_login": {
                 "address": dict(_RATE_LIMIT),
                 "account": dict(_RATE_LIMIT),

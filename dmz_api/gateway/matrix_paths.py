@@ -27,8 +27,8 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from functools import lru_cache
+from typing import Any
 from urllib.parse import unquote
 
 from .model import RequestClass, RequestInfo, Source
@@ -109,6 +109,8 @@ def _template(parts: Iterable[str]) -> str:
 def _split(path: str, *, decode_first: bool = False) -> tuple[list[str], str | None]:
     if decode_first:
         path = unquote(path, errors="replace")
+    elif "%" not in path and "/." not in path and path[:1] == "/":
+        return [segment for segment in path.split("/") if segment], None
     segments: list[str] = []
     malformed = None
     for raw in path.split("/"):

@@ -1,16 +1,21 @@
 """The gateway service: the live ruleset, decisions, rule changes. Knows nothing about HTTP.
 
-Enforcement points (the reverse proxy, ``/v1/authz``, the antispam callbacks) call::
+The interface for enforcement points (the reverse proxy, ``/v1/authz``, the antispam
+callbacks)::
 
-    decision = app[appkeys.GATEWAY].decide(request_info)   # sync, no await, ~µs
-    if not decision.allowed:
-        refuse with decision.status (403, or 503 while failing closed), M_FORBIDDEN and
-        decision.reason (already safe for a header or a JSON string)
+    gateway: GatewayService = app[appkeys.GATEWAY]     # built by gateway.setup()'s cleanup_ctx
+    info: RequestInfo = matrix_paths.request_info(...)   # see matrix_paths' docstring
+    decision: Decision = gateway.decide(info)            # sync, no await, a few µs
+    if not decision.allowed:                             # outcome "block"
+        return json_error(decision.status, "M_FORBIDDEN", decision.reason)
+        # status is 403, or 503 while the gateway fails closed; reason is header/JSON-safe
 
 ``decide`` reads the current ``CompiledRuleset`` (one attribute read; a rule change swaps
 in a new object, so a request sees one version from start to end), evaluates it, queues
-the decision record without waiting and returns. While no ruleset can be loaded or
-compiled, every request is refused (fail closed).
+the decision record without waiting and returns. ``would_block`` (audit) is allowed.
+While no ruleset can be loaded or compiled every request is refused (fail closed).
+``gateway.config`` is the ``GatewayConfig`` (``listen``, ``upstream``, ``timeouts``,
+``max_inspect_body``, ``trusted_proxies``).
 
 Rule changes go through ``add_rule``/``update_rule``/``delete_rule``/``promote``/
 ``apply_preset``: each is one new version in the store and is live for the next request

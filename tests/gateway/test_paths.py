@@ -346,3 +346,8 @@ def test_versionless_and_absolute_form_paths() -> None:
     assert info.room == ROOM and info.request_class is RequestClass.FEDERATION
     assert classify("GET", "/_matrix/federation/").endpoint == "federation.unknown"
     assert classify("GET", "/_matrix/client/").endpoint == "client.unknown"
+
+
+def test_relative_request_targets_are_checked_for_dots() -> None:
+    assert classify("PUT", "../_matrix/client/v3/sync").malformed is not None
+    assert classify("GET", "/.well-known/matrix/server").malformed is None
