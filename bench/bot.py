@@ -30,9 +30,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from devstack.matrix import MatrixUser  # noqa: E402
+from devstack.stack import BotStack, GuestBrowser, onboarding_url  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
-from tests.e2e.matrix import MatrixUser  # noqa: E402
-from tests.e2e.stack import BotStack, GuestBrowser, onboarding_url  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "bot.json"
 SYNC_FILTER = urllib.parse.quote(

@@ -22,7 +22,8 @@ def create_database(url: str, db_args: Mapping[str, Any] | None = None) -> Datab
     if url.startswith(("sqlite:", "sqlite3:")):
         # Several connections let concurrent reads proceed; writes serialise in SQLite itself
         # (mautrix adds WAL and busy_timeout pragmas).
-        args.setdefault("min_size", 4)
+        # An in-memory database exists once per connection, so it gets exactly one.
+        args.setdefault("min_size", 1 if ":memory:" in url else 4)
     return Database.create(
         url,
         db_args=args,

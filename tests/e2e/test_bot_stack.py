@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.stack import BotStack, GuestBrowser, onboarding_url, token_id
 from devstack.synapse import Synapse
-
-from .stack import BotStack, GuestBrowser, onboarding_url, token_id
 
 pytestmark = pytest.mark.slow
 

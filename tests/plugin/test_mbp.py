@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.matrix import MatrixUser
 from devstack.maubot import Maubot, build_mbp
 from devstack.synapse import Synapse
-from tests.e2e.matrix import MatrixUser
 
 pytestmark = pytest.mark.slow
 
