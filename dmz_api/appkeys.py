@@ -9,6 +9,7 @@ from mautrix.util.async_db import Database
 
 if TYPE_CHECKING:
     from .config import Config
+    from .gateway.proxy import GatewayProxy
     from .gateway.service import GatewayService
     from .keys import KeyRing
     from .metrics import Metrics
@@ -20,3 +21,5 @@ KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
 REGISTRAR: web.AppKey[RegistrarService] = web.AppKey("registrar")
 GATEWAY: web.AppKey[GatewayService] = web.AppKey("gateway")
+# The built-in reverse proxy, present while gateway.listen is configured.
+GATEWAY_PROXY: web.AppKey[GatewayProxy] = web.AppKey("gateway_proxy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Section
 
@@ -18,6 +19,9 @@ _LOOPBACK = ("127.0.0.1/32", "::1/128")
 class ListenConfig:
     host: str
     port: int
+    # PEM files; with both set the proxy listener speaks TLS (e.g. federation on 8448).
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -86,9 +90,20 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
     listen_section = section.section("listen", required=False)
     listen = None
     if listen_section is not None:
+        tls: dict[str, Path] = {}
+        for key in ("tls_certificate", "tls_private_key"):
+            if listen_section.has(key):
+                tls[key] = listen_section.base_dir / listen_section.str(key)
+                if not tls[key].is_file():
+                    raise listen_section.error(key, f"{tls[key]} is not a readable file")
+        if len(tls) == 1:
+            missing = "tls_private_key" if "tls_certificate" in tls else "tls_certificate"
+            raise listen_section.error(missing, "is required when the other TLS file is set")
         listen = ListenConfig(
             host=listen_section.str("host", "127.0.0.1"),
             port=listen_section.int("port", low=0, high=65535),
+            tls_certificate=tls.get("tls_certificate"),
+            tls_private_key=tls.get("tls_private_key"),
         )
     upstream = section.url("upstream") if section.has("upstream") else None
     if listen is not None and upstream is None:
