@@ -19,6 +19,7 @@ from mautrix.util.config import BaseProxyConfig
 
 from .audit import AuditLog
 from .commands import AuditCommands, CommandFamily, GuestCommands, MiscCommands, TokenCommands
+from .commands.sbg import SbgCommands
 from .config import Config
 from .confirm import Confirmations
 from .db import DirectRoomStore
@@ -83,6 +84,7 @@ class BastionBot(Plugin):
         self.families = [
             TokenCommands(self.services),
             GuestCommands(self.services),
+            SbgCommands(self.services),
             AuditCommands(self.services),
         ]
         self.families.append(MiscCommands(self.services, self.families))

@@ -2,7 +2,8 @@
 
 Every call carries the bot's API key, the staff member it acts for (``X-Acting-User``)
 and the command's correlation id (``X-Request-Id``, also kept in the audit trail);
-writes that must not happen twice carry an ``Idempotency-Key``.
+writes that must not happen twice carry an ``Idempotency-Key``; gateway rule writes carry
+``If-Match: <ruleset version>`` so a change based on a stale view is refused (409).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class DmzClient:
         body: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
+        if_match: int | None = None,
     ) -> Any:
         timeout = self.config.dmz_timeout
         headers = {
@@ -87,6 +89,8 @@ class DmzClient:
         }
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
         url = f"{self.config.dmz_url(self.role)}{path}"
         try:
             async with self.http.request(
@@ -269,4 +273,144 @@ def _items(data: Any, key: str) -> list[Any]:
     items = data.get(key) if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise DmzError(200, "M_BAD_JSON", f"the registrar answered without a {key} list")
+    return items
+
+
+@frozen
+class GatewayRule:
+    """One rule of the gateway's pipeline (docs/rules.md)."""
+
+    id: str
+    kind: str
+    params: dict[str, Any]
+    mode: str
+    enabled: bool
+    priority: int
+    note: str
+    author: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> GatewayRule:
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise DmzError(200, "M_BAD_JSON", "the gateway answered without a rule id")
+        params = data.get("params")
+        return cls(
+            id=data["id"],
+            kind=_str(data.get("kind")) or "unknown",
+            params=params if isinstance(params, dict) else {},
+            mode=_str(data.get("mode")) or "enforce",
+            enabled=data.get("enabled") is not False,
+            priority=_int(data.get("priority"), 100),
+            note=_str(data.get("note")),
+            author=_str(data.get("author")),
+        )
+
+
+@frozen
+class Ruleset:
+    version: int
+    rules: tuple[GatewayRule, ...]
+
+    def get(self, rule_id: str) -> GatewayRule | None:
+        return next((rule for rule in self.rules if rule.id == rule_id), None)
+
+
+@frozen
+class RuleWrite:
+    """The answer to a rule write: the version after it, and whether it changed anything."""
+
+    version: int
+    changed: bool
+    rule: GatewayRule | None
+
+
+class Gateway:
+    """The gateway's admin API: rules (versioned, If-Match), dry runs, decisions."""
+
+    def __init__(self, api: DmzClient) -> None:
+        self.api = api
+
+    async def rules(self, acting: Acting) -> Ruleset:
+        data = await self.api.request("GET", "/v1/rules", acting=acting)
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise DmzError(200, "M_BAD_JSON", "the gateway answered without a ruleset version")
+        rules = tuple(GatewayRule.from_json(item) for item in _gateway_items(data, "rules"))
+        return Ruleset(version, rules)
+
+    async def _write(
+        self,
+        method: str,
+        path: str,
+        acting: Acting,
+        version: int,
+        body: Mapping[str, Any] | None = None,
+    ) -> RuleWrite:
+        data = await self.api.request(method, path, acting=acting, body=body, if_match=version)
+        data = data if isinstance(data, dict) else {}
+        new_version = data.get("version")
+        if not isinstance(new_version, int) or isinstance(new_version, bool):
+            raise DmzError(200, "M_BAD_JSON", "the gateway answered without a ruleset version")
+        rule = data.get("rule")
+        return RuleWrite(
+            version=new_version,
+            changed=data.get("changed") is not False,
+            rule=GatewayRule.from_json(rule) if isinstance(rule, dict) else None,
+        )
+
+    async def add_rule(self, acting: Acting, spec: Mapping[str, Any], *, version: int) -> RuleWrite:
+        return await self._write("POST", "/v1/rules", acting, version, spec)
+
+    async def update_rule(
+        self, acting: Acting, rule_id: str, patch: Mapping[str, Any], *, version: int
+    ) -> RuleWrite:
+        return await self._write("PATCH", _rule_path(rule_id), acting, version, patch)
+
+    async def remove_rule(self, acting: Acting, rule_id: str, *, version: int) -> RuleWrite:
+        return await self._write("DELETE", _rule_path(rule_id), acting, version)
+
+    async def promote(self, acting: Acting, rule_id: str, *, version: int) -> RuleWrite:
+        return await self._write("POST", f"{_rule_path(rule_id)}/promote", acting, version)
+
+    async def apply_preset(self, acting: Acting, name: str, *, version: int) -> RuleWrite:
+        path = f"/v1/rules/preset/{quote(name, safe='')}"
+        return await self._write("POST", path, acting, version)
+
+    async def history(self, acting: Acting, *, limit: int) -> list[dict[str, Any]]:
+        data = await self.api.request(
+            "GET", "/v1/rules/history", acting=acting, params={"limit": str(limit)}
+        )
+        return [item for item in _gateway_items(data, "versions") if isinstance(item, dict)]
+
+    async def evaluate(self, acting: Acting, described: Mapping[str, Any]) -> dict[str, Any]:
+        data = await self.api.request("POST", "/v1/evaluate", acting=acting, body=described)
+        if not isinstance(data, dict) or not isinstance(data.get("decision"), dict):
+            raise DmzError(200, "M_BAD_JSON", "the gateway answered without a decision")
+        return data
+
+    async def decisions(
+        self,
+        acting: Acting,
+        *,
+        outcome: str | None = None,
+        origin: str | None = None,
+        since: str | None = None,
+        rule: str | None = None,
+        limit: int = 20,
+    ) -> list[dict[str, Any]]:
+        query = (("decision", outcome), ("origin", origin), ("since", since), ("rule", rule))
+        params = {key: value for key, value in query if value}
+        params["limit"] = str(limit)
+        data = await self.api.request("GET", "/v1/decisions", acting=acting, params=params)
+        return [item for item in _gateway_items(data, "decisions") if isinstance(item, dict)]
+
+
+def _rule_path(rule_id: str) -> str:
+    return f"/v1/rules/{quote(rule_id, safe='')}"
+
+
+def _gateway_items(data: Any, key: str) -> list[Any]:
+    items = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise DmzError(200, "M_BAD_JSON", f"the gateway answered without a {key} list")
     return items

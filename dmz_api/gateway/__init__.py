@@ -17,6 +17,7 @@ from .. import appkeys
 from . import antispam, authz, routes
 from .decisions import GatewayMetrics
 from .migrations import upgrade_table
+from .proxy import proxy_ctx
 from .service import GatewayService
 from .store import RuleStore
 
@@ -39,6 +40,7 @@ def setup(app: web.Application) -> None:
             await service.stop()
 
     app.cleanup_ctx.append(service_ctx)
+    app.cleanup_ctx.append(proxy_ctx)
 
 
 __all__ = ["GatewayService", "setup", "upgrade_table"]

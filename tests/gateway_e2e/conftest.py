@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
@@ -36,21 +37,20 @@ class Gateway(DmzApi):
 
     def decisions(self, **query: str) -> list[dict[str, Any]]:
         query.setdefault("limit", "500")
-        text = "&".join(f"{key}={value}" for key, value in query.items())
-        result = self.rules_call("GET", f"/v1/decisions?{text}")
+        result = self.rules_call("GET", f"/v1/decisions?{urlencode(query)}")
         return list(result["decisions"])
 
-    def wait_decision(
-        self, match: Callable[[dict[str, Any]], bool], timeout: float = 5.0, **query: str
-    ) -> dict[str, Any]:
-        """The newest recorded decision that matches (records are written in batches)."""
+    def wait_decisions(
+        self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 5.0, **query: str
+    ) -> list[dict[str, Any]]:
+        """The recorded decisions matching ``query`` once ``done(rows)`` (written in batches)."""
         deadline = time.monotonic() + timeout
         while True:
-            for row in self.decisions(**query):
-                if match(row):
-                    return row
+            rows = self.decisions(**query)
+            if done(rows):
+                return rows
             if time.monotonic() > deadline:
-                raise AssertionError(f"no matching decision for {query} in {timeout} s")
+                raise AssertionError(f"decisions for {query} in {timeout} s: {rows}")
             time.sleep(0.05)
 
 
@@ -67,16 +67,19 @@ def gateway_config(server_name: str, **gateway: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
-    """``start_gateway(server_name, **gateway_section)`` → a running gateway, stopped at teardown."""
+    """``start_gateway(server_name, env=..., **gateway_section)`` → a running gateway.
+
+    Every gateway started is stopped at teardown.
+    """
     started: list[Gateway] = []
 
-    def start(server_name: str, *, port: int | None = None, **gateway: Any) -> Gateway:
+    def start(server_name: str, *, env: dict[str, str] | None = None, **gateway: Any) -> Gateway:
         config = gateway_config(server_name, **gateway)
-        if port is not None:
-            config["server"] = {"port": port}
         gw = Gateway(tmp_path / f"gateway{len(started)}", config, name="dmz_api-gateway")
+        gw.process.env.update(env or {})
         started.append(gw)
-        return gw.start()
+        gw.start()
+        return gw
 
     yield start
     for gw in started:

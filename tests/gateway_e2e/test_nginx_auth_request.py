@@ -1,101 +1,131 @@
 """nginx (Debian) with ``auth_request`` to the gateway's ``GET /v1/authz``, in front of Synapse.
 
-The server block is rendered from the shipped ``deploy/nginx/gateway-auth-request.conf``
-when it exists, so the file operators copy is the one tested.
+The nginx config is the shipped ``deploy/nginx/gateway-auth-request.conf`` (and its
+``authz-secret.conf.example``) with only addresses, ports and file paths substituted, so
+the file operators install is the file tested. Every substitution must apply: a change to
+the shipped file that this rendering no longer understands fails here instead of testing
+something else.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from devstack.nginx import Nginx
-from devstack.process import http_json
-from devstack.synapse import Synapse
+from devstack.ports import free_port
+from devstack.synapse import Synapse, make_self_signed_cert
 
 from .conftest import AUTHZ_SECRET, Gateway
 
 pytestmark = pytest.mark.slow
 
-SHIPPED = Path(__file__).parents[2] / "deploy" / "nginx" / "gateway-auth-request.conf"
-
-# Used only while deploy/nginx/ ships no config; the same directives the docs describe.
-FALLBACK = """
-location = /_bastion_authz {
-    internal;
-    proxy_pass http://127.0.0.1:GATEWAY_PORT/v1/authz;
-    proxy_pass_request_body off;
-    proxy_set_header Content-Length "";
-    proxy_set_header X-Original-URI $request_uri;
-    proxy_set_header X-Original-Method $request_method;
-    proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Authz-Secret "AUTHZ_SECRET";
-}
-location @bastion_forbidden {
-    default_type application/json;
-    return 403 '{"errcode":"M_FORBIDDEN","error":"$bastion_authz_reason"}';
-}
-location ~ ^(/_matrix|/_synapse/client|/\\.well-known/matrix) {
-    auth_request /_bastion_authz;
-    auth_request_set $bastion_authz_reason $upstream_http_x_authz_reason;
-    error_page 403 = @bastion_forbidden;
-    proxy_pass http://127.0.0.1:UPSTREAM_PORT;
-    proxy_set_header Host $host;
-    proxy_set_header X-Forwarded-For $remote_addr;
-    client_max_body_size 50M;
-}
-"""
+DEPLOY = Path(__file__).parents[2] / "deploy" / "nginx"
+SHIPPED = DEPLOY / "gateway-auth-request.conf"
+SECRET_EXAMPLE = DEPLOY / "authz-secret.conf.example"
 
 
-def server_block(gateway_port: int, upstream_port: int) -> tuple[str, str]:
-    """(the body of one ``server {}``, the ``http {}`` extras) for these ports."""
-    if not SHIPPED.exists():
-        text = FALLBACK
-        text = text.replace("GATEWAY_PORT", str(gateway_port))
-        text = text.replace("UPSTREAM_PORT", str(upstream_port))
-        return text.replace("AUTHZ_SECRET", AUTHZ_SECRET), ""
-    return render_shipped(SHIPPED.read_text(), gateway_port, upstream_port)
+def substitute(text: str, pattern: str, replacement: str, *, count: int = 0) -> str:
+    result, n = re.subn(pattern, replacement, text, count=count, flags=re.MULTILINE)
+    assert n, f"{SHIPPED.name} no longer has {pattern!r}: update this rendering"
+    return result
 
 
-def render_shipped(text: str, gateway_port: int, upstream_port: int) -> tuple[str, str]:
-    raise NotImplementedError(text)
+def render(
+    workdir: Path, *, port: int, gateway_port: int, homeserver_port: int
+) -> tuple[str, Path]:
+    """(the shipped file for an ``http {}`` block on loopback, the TLS certificate)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cert, key = make_self_signed_cert(workdir)
+    secret_conf = workdir / "authz-secret.conf"
+    secret_conf.write_text(
+        substitute(
+            SECRET_EXAMPLE.read_text(), r"REPLACE-with-the-gateway-authz-secret", AUTHZ_SECRET
+        )
+    )
+    text = re.sub(r"#[^\n]*", "", SHIPPED.read_text())  # comments name paths and servers too
+    text = substitute(text, r"^\s*listen [^;]+;\n", "")
+    text = substitute(
+        text, r"^(\s*)server_name ", rf"\1listen 127.0.0.1:{port} ssl http2;\n\1server_name "
+    )
+    text = substitute(text, r"^(\s*ssl_certificate)\s+\S+;", rf"\1 {cert};")
+    text = substitute(text, r"^(\s*ssl_certificate_key)\s+\S+;", rf"\1 {key};")
+    text = substitute(
+        text,
+        r"(upstream bastion_homeserver \{[^}]*?server )[^;]+;",
+        rf"\g<1>127.0.0.1:{homeserver_port};",
+    )
+    text = substitute(
+        text, r"(upstream bastion_authz \{[^}]*?server )[^;]+;", rf"\g<1>127.0.0.1:{gateway_port};"
+    )
+    text = substitute(text, r"/var/log/nginx/", f"{workdir}/")
+    text = substitute(
+        text, r"include /etc/nginx/bastion/authz-secret\.conf;", f"include {secret_conf};"
+    )
+    assert "/etc/" not in text, text
+    return text, cert
 
 
 class Edge:
-    def __init__(self, nginx: Nginx, hs: Synapse, token: str, room: str) -> None:
-        self.nginx, self.hs, self.token, self.room = nginx, hs, token, room
+    """A client of the homeserver through nginx (HTTPS, trusting the self-signed cert)."""
+
+    def __init__(self, base_url: str, cert: Path, token: str) -> None:
+        self.base_url, self.token = base_url, token
+        self.context = ssl.create_default_context(cafile=str(cert))
+        self.room = ""
         self.txn = 0
 
-    def put(self, path: str, body: object) -> tuple[int, object]:
-        return http_json("PUT", f"{self.nginx.base_url}{path}", body, token=self.token)
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            f"{self.base_url}{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=self.context) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw.decode(errors="replace")
 
-    def message(self, text: str) -> tuple[int, object]:
+    def message(self, text: str) -> tuple[int, Any]:
         self.txn += 1
-        return self.put(
+        return self.call(
+            "PUT",
             f"/_matrix/client/v3/rooms/{quote(self.room)}/send/m.room.message/n{self.txn}",
             {"msgtype": "m.text", "body": text},
         )
 
-    def encryption(self, event_type: str) -> tuple[int, object]:
-        return self.put(
+    def encryption(self, event_type: str) -> tuple[int, Any]:
+        return self.call(
+            "PUT",
             f"/_matrix/client/v3/rooms/{quote(self.room)}/state/{event_type}/",
             {"algorithm": "m.megolm.v1.aes-sha2"},
         )
 
 
-def refused_by(result: tuple[int, object], rule: str) -> bool:
+def refused_by(result: tuple[int, Any], rule: str) -> bool:
     status, body = result
     return (
         status == 403
         and isinstance(body, dict)
         and body.get("errcode") == "M_FORBIDDEN"
-        and rule in str(body.get("error"))
+        and f"rule {rule}" in str(body.get("error"))
     )
 
 
@@ -103,15 +133,18 @@ def test_auth_request_in_front_of_synapse(
     dmz_synapse: Synapse, start_gateway: Callable[..., Gateway], tmp_path: Path
 ) -> None:
     hs = dmz_synapse
-    gateway = start_gateway(hs.server_name)
-    block, http_extra = server_block(gateway.port, hs.port)
-    with Nginx(tmp_path / "nginx", block, http_extra=http_extra) as nginx:
+    gateway = start_gateway(hs.server_name, trusted_proxies=["127.0.0.1/32"])
+    port = free_port()
+    shipped, cert = render(
+        tmp_path / "nginx", port=port, gateway_port=gateway.port, homeserver_port=hs.port
+    )
+    # The launcher's own server block stays unused: the shipped server listens on `port`.
+    with Nginx(tmp_path / "nginx", "return 404;", http_extra=shipped):
         token = hs.register_user(f"edge{secrets.token_hex(3)}", secrets.token_urlsafe(12))
-        status, body = http_json(
-            "POST", f"{nginx.base_url}/_matrix/client/v3/createRoom", {}, token=token
-        )
+        edge = Edge(f"https://127.0.0.1:{port}", cert, token)
+        status, body = edge.call("POST", "/_matrix/client/v3/createRoom", {})
         assert status == 200, body
-        edge = Edge(nginx, hs, token, body["room_id"])
+        edge.room = body["room_id"]
         assert edge.message("before any rule")[0] == 200
 
         gateway.rules_call("POST", "/v1/rules/preset/compliance-ledger")
@@ -121,14 +154,15 @@ def test_auth_request_in_front_of_synapse(
         status, body = hs.client(
             "GET", f"/_matrix/client/v3/rooms/{quote(edge.room)}/state/m.room.encryption/", token
         )
-        assert status == 404, body  # Synapse never saw it
+        assert status == 404, body  # Synapse never saw any of them
         assert edge.message("on the record")[0] == 200
 
-        blocked = gateway.wait_decision(
-            lambda row: row["rule"] == "compliance-ledger", decision="block", source="authz"
+        blocked = gateway.wait_decisions(
+            lambda rows: len(rows) == 3, decision="block", source="authz", rule="compliance-ledger"
         )
-        assert blocked["event_type"] == "m.room.encryption"
-        print(gateway.decisions(source="authz"))
+        assert {(row["path"], row["event_type"], row["room"]) for row in blocked} == {
+            ("/_matrix/client/v3/rooms/{roomId}/state/{eventType}", "m.room.encryption", edge.room)
+        }
 
         # A rule change is in force for the very next request: no restart, no reload.
         gateway.add_rule(
@@ -146,12 +180,13 @@ def test_auth_request_in_front_of_synapse(
         gateway.stop()
         started = time.monotonic()
         status, body = edge.message("nobody to ask")
-        assert status == 500, body
+        assert status == 500 and body["errcode"] == "M_UNKNOWN", body
         assert time.monotonic() - started < 5
         assert edge.encryption("m.room.encryption")[0] == 500
-
-
-def test_fallback_renders_every_port() -> None:
-    block, _ = server_block(1111, 2222)
-    assert "1111" in block and "2222" in block and AUTHZ_SECRET in block
-    assert not re.search(r"\b(GATEWAY|UPSTREAM)_PORT\b", block)
+        bodies = [
+            e["content"].get("body")
+            for e in hs.client(
+                "GET", f"/_matrix/client/v3/rooms/{quote(edge.room)}/messages?dir=b", token
+            )[1]["chunk"]
+        ]
+        assert "heard again" in bodies and "muted" not in bodies and "nobody to ask" not in bodies

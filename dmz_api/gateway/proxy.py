@@ -1,0 +1,395 @@
+"""The built-in reverse proxy: a second listener (``gateway.listen``) in front of
+``gateway.upstream`` for ``/_matrix/*`` and ``/.well-known/matrix/*``.
+
+Every request is classified (``matrix_paths``) and judged by ``GatewayService.decide``
+before anything reaches the homeserver. A block is answered here,
+``403 {"errcode": "M_FORBIDDEN", "error": ...}`` (503 while the gateway fails closed);
+any other path gets ``404 M_UNRECOGNIZED``. An allowed request is forwarded with its raw,
+still-encoded path (re-encoding breaks X-Matrix signatures) and its body untouched.
+Request and response bodies stream through under flow control, so a long-polling
+``/sync`` or a large media transfer holds no more than a few buffers. Only ``createRoom``
+bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state`` names
+event types. Such a body that cannot be judged (too large, compressed, not a JSON object)
+is refused as malformed.
+
+The hot path avoids what a naive proxy pays for: a low-level ``web.Server`` (no router,
+no middlewares, no access log), one ``ClientSession`` with pooled keep-alive upstream
+connections, one header copy each way, no regex compiled per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .. import appkeys
+from ..errors import json_error
+from ..metrics import Metrics
+from .authz import client_ip, in_networks
+from .config import GatewayConfig
+from .matrix_paths import classify, request_info
+from .model import Source
+from .service import GatewayService
+
+log = logging.getLogger("dmz_api.gateway.proxy")
+
+PREFIXES = ("/_matrix/", "/.well-known/matrix/")
+
+# RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
+_HOP_BY_HOP = (
+    hdrs.CONNECTION,
+    hdrs.KEEP_ALIVE,
+    hdrs.PROXY_AUTHENTICATE,
+    hdrs.PROXY_AUTHORIZATION,
+    "Proxy-Connection",
+    hdrs.TE,
+    hdrs.TRAILER,
+    hdrs.TRANSFER_ENCODING,
+    hdrs.UPGRADE,
+)
+# Listed in Connection or not, these frame or route the message: dropping them would
+# change what the upstream sees (a media upload without Content-Length is refused).
+_NEVER_DROP = frozenset({hdrs.CONTENT_LENGTH.lower(), hdrs.HOST.lower()})
+# The upstream request carries exactly the client's headers: no Accept, User-Agent or
+# Content-Type invented by the HTTP client.
+_SKIP_AUTO_HEADERS = frozenset(
+    {hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE}
+)
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_READ_BUFSIZE = 2**18
+# Bodies up to this size with a known length are passed on whole: header and body then
+# leave in one write instead of two (nginx buffers such bodies too). Larger ones stream.
+_SMALL_BODY = 2**16
+_NO_BODY_STATUS = frozenset({204, 304})
+_STOP_GRACE = 5.0
+
+# Fixed texts, so the ruleset's per-problem decision cache stays small.
+TOO_LARGE = "the createRoom body is larger than the gateway inspects"
+ENCODED = "the createRoom body is compressed and cannot be inspected"
+NOT_JSON = "the createRoom body is not a JSON object"
+
+
+def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
+    """Remove hop-by-hop headers, including those the Connection header names."""
+    connection = headers.get(hdrs.CONNECTION)
+    for name in _HOP_BY_HOP:
+        if name in headers:
+            del headers[name]
+    if connection:
+        for token in connection.split(","):
+            name = token.strip()
+            if name and name.lower() not in _NEVER_DROP and name in headers:
+                del headers[name]
+
+
+class GatewayProxy:
+    """The proxy listener and its upstream connection pool."""
+
+    def __init__(self, gateway: GatewayService, metrics: Metrics) -> None:
+        config: GatewayConfig = gateway.config
+        assert config.listen is not None and config.upstream is not None
+        self.gateway = gateway
+        self.config = config
+        self._listen = config.listen
+        self._base = config.upstream
+        self._trusted = config.trusted_proxies
+        self._max_body = config.max_inspect_body
+        self._scheme = "https" if config.listen.tls_certificate is not None else "http"
+        errors = metrics.counter(
+            "dmz_api_gateway_proxy_upstream_errors_total",
+            "Proxied requests that failed between the gateway and the homeserver",
+            ["kind"],
+        )
+        self._connect_errors = errors.labels("connect")
+        self._timeouts = errors.labels("timeout")
+        self._broken = errors.labels("broken")
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.ServerRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        """The proxy's own base URL (with the bound port)."""
+        host = self._listen.host if self._listen.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"{self._scheme}://{host}:{self.port}"
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        listen = self._listen
+        if listen.tls_certificate is None or listen.tls_private_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(listen.tls_certificate, listen.tls_private_key)
+        return context
+
+    async def start(self) -> None:
+        timeouts = self.config.timeouts
+        # No cap on upstream connections: each downstream connection has at most one request
+        # in flight, and a cap would queue requests behind long-polling /sync calls.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            # No total: a streamed response may last as long as it keeps sending.
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeouts.connect, sock_read=timeouts.read
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=_SKIP_AUTO_HEADERS,
+            read_bufsize=_READ_BUFSIZE,
+            raise_for_status=False,
+            requote_redirect_url=False,
+        )
+        server = web.Server(
+            self.handle,
+            handler_cancellation=True,
+            access_log=None,
+            auto_decompress=False,
+        )
+        self._runner = web.ServerRunner(server, shutdown_timeout=_STOP_GRACE)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            self._listen.host,
+            self._listen.port,
+            ssl_context=self._ssl_context(),
+            backlog=1024,
+            shutdown_timeout=_STOP_GRACE,
+        )
+        await site.start()
+        self.port = site.port
+        log.info(
+            "Gateway proxy listening on %s:%d (%s), forwarding to %s",
+            self._listen.host,
+            self.port,
+            self._scheme,
+            self._base,
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- the hot path ----------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw_path = request.raw_path
+        if not raw_path.startswith(PREFIXES):
+            return json_error(404, "M_UNRECOGNIZED", "Unrecognized request")
+        method = request.method
+        headers = request.headers
+        path_info = classify(method, raw_path)
+        body: bytes | None = None
+        content: Any = None
+        problem: str | None = None
+        if path_info.inspect_body:
+            body, content, problem = await self._read_inspected(request)
+        peer = request.remote
+        ip = peer
+        if self._trusted:
+            ip = client_ip(
+                peer,
+                headers.getall(hdrs.X_FORWARDED_FOR, ()),
+                headers.get("X-Real-IP"),
+                self._trusted,
+            )
+        info = request_info(
+            method,
+            raw_path,
+            headers.getall(hdrs.AUTHORIZATION, ()),
+            user_agent=headers.get(hdrs.USER_AGENT, ""),
+            ip=ip,
+            body=content,
+            source=Source.PROXY,
+            path_info=path_info,
+        )
+        if problem is not None and info.malformed is None:
+            info.malformed = problem
+        decision = self.gateway.decide(info)
+        if not decision.allowed:
+            refusal = json_error(decision.status, "M_FORBIDDEN", decision.reason)
+            if body is None and request.body_exists and not request.content.is_eof():
+                # The unread body must not be taken for the next request on this connection.
+                refusal.force_close()
+            return refusal
+        if body is None and request.version >= aiohttp.HttpVersion11:
+            expect = headers.get(hdrs.EXPECT)
+            if expect is not None and expect.lower() == "100-continue":
+                await request.writer.write(_CONTINUE)
+        return await self._forward(request, peer, body)
+
+    async def _read_inspected(
+        self, request: web.BaseRequest
+    ) -> tuple[bytes | None, Any, str | None]:
+        """(raw body, parsed JSON, problem) of a body the rules must see."""
+        if request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity":
+            return None, None, ENCODED
+        limit = self._max_body
+        length = request.content_length
+        if length is not None and length > limit:
+            return None, None, TOO_LARGE
+        if request.version >= aiohttp.HttpVersion11:
+            expect = request.headers.get(hdrs.EXPECT)
+            if expect is not None and expect.lower() == "100-continue":
+                await request.writer.write(_CONTINUE)
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None, None, TOO_LARGE
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        try:
+            content = json.loads(body)
+        except ValueError:
+            return body, None, NOT_JSON
+        if not isinstance(content, dict):
+            return body, None, NOT_JSON
+        return body, content, None
+
+    def _upstream_headers(self, request: web.BaseRequest, peer: str | None) -> CIMultiDict[str]:
+        headers = CIMultiDict(request.headers)
+        strip_hop_by_hop(headers)
+        if hdrs.EXPECT in headers:
+            del headers[hdrs.EXPECT]  # answered here once the request was allowed
+        if self._trusted and in_networks(peer, self._trusted):
+            prior = headers.get(hdrs.X_FORWARDED_FOR)
+            if peer:
+                headers[hdrs.X_FORWARDED_FOR] = f"{prior}, {peer}" if prior else peer
+            headers.setdefault(hdrs.X_FORWARDED_PROTO, self._scheme)
+            headers.setdefault(hdrs.X_FORWARDED_HOST, request.host)
+        else:
+            # Whatever an untrusted client claims about its address is dropped.
+            if peer:
+                headers[hdrs.X_FORWARDED_FOR] = peer
+            elif hdrs.X_FORWARDED_FOR in headers:
+                del headers[hdrs.X_FORWARDED_FOR]
+            headers[hdrs.X_FORWARDED_PROTO] = self._scheme
+            headers[hdrs.X_FORWARDED_HOST] = request.host
+        return headers
+
+    async def _forward(
+        self, request: web.BaseRequest, peer: str | None, body: bytes | None
+    ) -> web.StreamResponse:
+        session = self._session
+        assert session is not None
+        data: Any = body
+        if body is None and request.body_exists:
+            length = request.content_length
+            if length is not None and length <= _SMALL_BODY:
+                data = await request.content.read()
+            else:
+                data = request.content
+        try:
+            upstream = await session.request(
+                request.method,
+                URL(self._base + request.raw_path, encoded=True),
+                headers=self._upstream_headers(request, peer),
+                data=data,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            self._timeouts.inc()
+            return json_error(504, "M_UNKNOWN", "The homeserver did not answer in time")
+        except (aiohttp.ClientConnectorError, OSError) as e:
+            self._connect_errors.inc()
+            log.warning("Cannot reach the homeserver at %s: %s", self._base, type(e).__name__)
+            return json_error(502, "M_UNKNOWN", "The homeserver cannot be reached")
+        except aiohttp.ClientError as e:
+            self._broken.inc()
+            log.warning("The homeserver's answer is not valid HTTP: %s", type(e).__name__)
+            return json_error(502, "M_UNKNOWN", "The homeserver did not answer properly")
+        try:
+            return await self._relay(request, upstream)
+        finally:
+            upstream.release()
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        headers = CIMultiDict(upstream.headers)
+        strip_hop_by_hop(headers)
+        length = upstream.content_length
+        if (
+            length is not None
+            and length <= _SMALL_BODY
+            and request.method != "HEAD"
+            and upstream.status not in _NO_BODY_STATUS
+        ):
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                self._broken.inc()
+                log.warning("The homeserver's response broke off: %s", type(e).__name__)
+                return json_error(502, "M_UNKNOWN", "The homeserver's answer broke off")
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            upstream.close()
+            return response
+        reader = upstream.content
+        while True:
+            try:
+                chunk = await reader.readany()
+            except (aiohttp.ClientError, TimeoutError) as e:
+                # The body is cut short: end the connection rather than a clean last chunk, so
+                # the client cannot take a truncated body for a complete one.
+                self._broken.inc()
+                log.warning("The homeserver's response broke off: %s", type(e).__name__)
+                upstream.close()
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            if not chunk:
+                break
+            try:
+                await response.write(chunk)
+            except ConnectionError:
+                upstream.close()  # the client left; the rest of the body is not wanted
+                return response
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+
+async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the proxy listener while the app runs, when ``gateway.listen`` is configured."""
+    gateway = app[appkeys.GATEWAY]
+    if gateway.config.listen is None:
+        yield
+        return
+    proxy = GatewayProxy(gateway, app[appkeys.METRICS])
+    try:
+        await proxy.start()
+    except BaseException:
+        await proxy.stop()
+        raise
+    app[appkeys.GATEWAY_PROXY] = proxy
+    try:
+        yield
+    finally:
+        await proxy.stop()
+
+
+__all__ = ["GatewayProxy", "proxy_ctx", "strip_hop_by_hop"]
