@@ -314,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
             run_scenario(stack, transcript)
         except Exception as e:  # a failed step must still leave a readable transcript
             transcript.check(False, f"the scenario stopped: {type(e).__name__}: {e}")
-        (workdir / "transcript.txt").write_text("\n".join(transcript.lines) + "\n")
         if transcript.failures:
             transcript.say(f"\n{len(transcript.failures)} step(s) did not go as expected.")
         else:
             transcript.say("\nEvery step went as expected.")
+        (workdir / "transcript.txt").write_text("\n".join(transcript.lines) + "\n")
         if args.no_wait:
             return 1 if transcript.failures else 0
         print_access(stack, transcript.say)

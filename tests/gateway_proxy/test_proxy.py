@@ -296,7 +296,7 @@ async def test_a_client_that_leaves_does_not_stop_the_proxy(
         assert resp.status == 200
 
 
-async def test_http_1_0_and_garbage(gateway: Gateway) -> None:
+async def test_http_1_0_and_absolute_form(gateway: Gateway) -> None:
     host, port = gateway.url.removeprefix("http://").split(":")
 
     async def exchange(data: bytes) -> bytes:
@@ -310,7 +310,8 @@ async def test_http_1_0_and_garbage(gateway: Gateway) -> None:
     assert answer.startswith(b"HTTP/1.0 200") or answer.startswith(b"HTTP/1.1 200")
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["raw_path"] == "/_matrix/client/versions"
     answer = await exchange(
-        b"GET http://evil.example/_matrix/client/versions HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+        b"GET http://evil.example/_matrix/client/versions HTTP/1.1\r\nHost: evil.example\r\n"
+        b"Connection: close\r\n\r\n"
     )
     assert answer.startswith(b"HTTP/1.1 404")
 
