@@ -20,7 +20,14 @@ class DmzApi:
     key with every scope unless ``config["api_keys"]`` is given.
     """
 
-    def __init__(self, workdir: Path, config: dict[str, Any], *, name: str = "dmz_api") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        name: str = "dmz_api",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -49,6 +56,7 @@ class DmzApi:
             [sys.executable, "-m", "dmz_api", "--config", str(self.config_path)],
             log_path=self.workdir / "dmz_api.log",
             cwd=self.workdir,
+            env=env,
         )
 
     def start(self, timeout: float = 30.0) -> DmzApi:

@@ -49,7 +49,10 @@ def http_json(
 
 
 def wait_until(
-    check: Callable[[], bool], timeout: float, what: str, proc: Popen | None = None
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    proc: subprocess.Popen[bytes] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -70,9 +73,6 @@ def url_answers(url: str) -> Callable[[], bool]:
             return bool(200 <= response.status < 500)
 
     return check
-
-
-Popen = subprocess.Popen
 
 
 class ManagedProcess:

@@ -105,8 +105,8 @@ class Revoker:
             )
             return
         detail = (
-            f"{result.tokens_revoked} tokens revoked, {result.guests_deactivated} guests "
-            "deactivated"
+            f"{fmt.plural(result.tokens_revoked, 'token')} revoked, "
+            f"{fmt.plural(result.guests_deactivated, 'guest')} deactivated"
         )
         await self.services.audit.append(
             room_id=room_id,

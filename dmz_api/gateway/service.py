@@ -47,6 +47,9 @@ from .store import Change, CorruptRuleset, DecisionQuery, RuleStore, VersionRow
 log = logging.getLogger("dmz_api.gateway")
 
 
+NOT_LOADED = "the rules have not been loaded yet"
+
+
 @dataclass(frozen=True)
 class WriteResult:
     version: int
@@ -76,7 +79,7 @@ class GatewayService:
         self.decision_log = DecisionLog(store, config.decision_log, metrics, clock=clock)
         self._clock = clock
         self._compiled: CompiledRuleset | None = None
-        self._failure: str | None = "the rules have not been loaded yet"
+        self._failure: str | None = NOT_LOADED
         self._unavailable = unavailable_decision(0)
         self._write_lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
@@ -124,7 +127,7 @@ class GatewayService:
         previous = self._compiled
         self._compiled = compiled
         self._unavailable = unavailable_decision(compiled.version)
-        if self._failure is not None:
+        if self._failure is not None and self._failure != NOT_LOADED:
             log.info("Gateway enforces ruleset version %d (recovered)", compiled.version)
         elif previous is None or previous.version != compiled.version:
             log.info("Gateway enforces ruleset version %d", compiled.version)

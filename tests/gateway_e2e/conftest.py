@@ -75,8 +75,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
 
     def start(server_name: str, *, env: dict[str, str] | None = None, **gateway: Any) -> Gateway:
         config = gateway_config(server_name, **gateway)
-        gw = Gateway(tmp_path / f"gateway{len(started)}", config, name="dmz_api-gateway")
-        gw.process.env.update(env or {})
+        gw = Gateway(tmp_path / f"gateway{len(started)}", config, name="dmz_api-gateway", env=env)
         started.append(gw)
         gw.start()
         return gw
