@@ -183,7 +183,8 @@ class Synapse:
         return deep_merge(config, self.extra_config)
 
     def log_config(self) -> dict[str, Any]:
-        # Registration tokens appear in Synapse's UI-auth and access logs at INFO: keep them out.
+        # Registration tokens appear at INFO in Synapse's UI-auth, auth, HTTP-server and access
+        # logs: keep them out.
         return {
             "version": 1,
             "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
@@ -196,6 +197,8 @@ class Synapse:
             },
             "loggers": {
                 "synapse.handlers.ui_auth": {"level": "WARNING"},
+                "synapse.handlers.auth": {"level": "WARNING"},
+                "synapse.http.server": {"level": "WARNING"},
                 "synapse.access": {"level": "WARNING"},
                 "synapse.storage.SQL": {"level": "WARNING"},
             },

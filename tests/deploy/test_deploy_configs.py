@@ -68,7 +68,7 @@ def test_missing_secret_file_fails_the_check(
     assert "cannot be read" in capsys.readouterr().err
 
 
-def test_no_inline_secrets(tmp_path: Path) -> None:
+def test_no_inline_secrets() -> None:
     for source in DMZ_CONFIGS:
         text = source.read_text()
         for key in ("admin_token", "registration_token", "secret", "key"):

@@ -8,6 +8,7 @@ admin API is the test client and ``proxy.url`` is the second listener.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -105,11 +106,14 @@ async def _download(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     block = pattern(CHUNK)
     sent = size if request.method == "HEAD" else 0
-    while sent < size:
-        part = block[: min(CHUNK, size - sent)]
-        await response.write(part)
-        sent += len(part)
-    await response.write_eof()
+    try:
+        while sent < size:
+            part = block[: min(CHUNK, size - sent)]
+            await response.write(part)
+            sent += len(part)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the proxy hung up: its client left
     return response
 
 
@@ -125,12 +129,24 @@ async def _broken(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _gzip(request: web.Request) -> web.Response:
+    body = await request.read()
+    request.app[SEEN].append(
+        Seen(request.method, request.raw_path, list(request.headers.items()), body)
+    )
+    return web.Response(
+        body=GZIPPED,
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+
+
 async def _slow(request: web.Request) -> web.Response:
     await asyncio.sleep(float(request.query["delay"]))
     return web.json_response({})
 
 
 SEEN = web.AppKey("seen", list[Seen])
+GZIPPED = gzip.compress(b'{"chunk": "' + b"z" * 5000 + b'"}')
 
 
 def upstream_app(seen: list[Seen]) -> web.Application:
@@ -141,6 +157,7 @@ def upstream_app(seen: list[Seen]) -> web.Application:
     app.router.add_get("/_matrix/media/v3/download/test/{size}", _download)
     app.router.add_get("/_matrix/test/broken", _broken)
     app.router.add_get("/_matrix/test/slow", _slow)
+    app.router.add_route("*", "/_matrix/test/gzip", _gzip)
     app.router.add_route("*", "/{tail:.*}", _echo)
     return app
 
@@ -148,7 +165,8 @@ def upstream_app(seen: list[Seen]) -> web.Application:
 @pytest.fixture
 async def upstream(aiohttp_server: Any) -> Upstream:
     seen: list[Seen] = []
-    server: TestServer = await aiohttp_server(upstream_app(seen))
+    # Like a homeserver behind a proxy, it sees request bodies exactly as they arrive.
+    server: TestServer = await aiohttp_server(upstream_app(seen), auto_decompress=False)
     return Upstream(server, seen)
 
 

@@ -19,6 +19,7 @@ from dmz_api.gateway.store import CorruptRuleset
 from .conftest import (
     ADMIN,
     CHUNK,
+    GZIPPED,
     Gateway,
     MakeGateway,
     Upstream,
@@ -66,6 +67,17 @@ async def test_raw_path_query_and_body_pass_unchanged(
     async with http.get(raw(gateway.url, "/.well-known/matrix/server")) as resp:
         assert resp.status == 200
     assert upstream.seen[-1].raw_path == "/.well-known/matrix/server"
+
+
+async def test_compressed_bodies_pass_untouched(
+    gateway: Gateway, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    sent = gzip.compress(b'{"pdus": []}')
+    headers = {"Content-Encoding": "gzip", "Accept-Encoding": "gzip"}
+    async with http.put(raw(gateway.url, "/_matrix/test/gzip"), data=sent, headers=headers) as resp:
+        assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
+        assert await resp.read() == GZIPPED
+    assert upstream.seen[-1].body == sent
 
 
 async def test_forwarding_headers(
