@@ -7,7 +7,6 @@ author, and answer with the new ``version`` (also as ``ETag``).
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from datetime import UTC, datetime
@@ -16,40 +15,21 @@ from typing import Any
 from aiohttp import web
 
 from .. import appkeys
-from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
+from ..auth import requires_scope, validate_user_id
 from ..durations import parse_duration
-from ..errors import BadJson, InvalidParam, NotFound
+from ..errors import InvalidParam, NotFound
+from ..params import actor, json_body, query_choice, query_int, query_limit
 from .matrix_paths import request_info
 from .model import Outcome, RequestClass, RequestInfo, Source
 from .rules import RULE_ID
 from .service import GatewayService, WriteResult
 from .store import DecisionQuery
 
-MAX_LIMIT = 1000
 _SERVER_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]{1,255})(:\d{1,5})?$")
 
 
 def service(request: web.Request) -> GatewayService:
     return request.app[appkeys.GATEWAY]
-
-
-def author(request: web.Request) -> str:
-    user = acting_user(request)
-    return user if user is not None else f"api:{request[API_CLIENT].name}"
-
-
-async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
-    if not request.can_read_body:
-        if required:
-            raise BadJson("The request body must be a JSON object")
-        return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadJson("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadJson("The request body must be a JSON object")
-    return body
 
 
 def expected_version(request: web.Request) -> int | None:
@@ -114,7 +94,7 @@ async def add_rule(request: web.Request) -> web.Response:
     body = await json_body(request)
     result = await service(request).add_rule(
         body,
-        author=author(request),
+        author=actor(request),
         expected=expected_version(request),
         reason=write_reason(request, body),
     )
@@ -127,7 +107,7 @@ async def update_rule(request: web.Request) -> web.Response:
     result = await service(request).update_rule(
         rule_id(request),
         body,
-        author=author(request),
+        author=actor(request),
         expected=expected_version(request),
         reason=write_reason(request, body),
     )
@@ -139,7 +119,7 @@ async def delete_rule(request: web.Request) -> web.Response:
     body = await json_body(request, required=False)
     result = await service(request).delete_rule(
         rule_id(request),
-        author=author(request),
+        author=actor(request),
         expected=expected_version(request),
         reason=write_reason(request, body),
     )
@@ -151,7 +131,7 @@ async def promote_rule(request: web.Request) -> web.Response:
     body = await json_body(request, required=False)
     result = await service(request).promote(
         rule_id(request),
-        author=author(request),
+        author=actor(request),
         expected=expected_version(request),
         reason=write_reason(request, body),
     )
@@ -164,33 +144,17 @@ async def apply_preset(request: web.Request) -> web.Response:
     result = await service(request).apply_preset(
         request.match_info["name"],
         body,
-        author=author(request),
+        author=actor(request),
         expected=expected_version(request),
         reason=write_reason(request, body),
     )
     return write_response(result, status=201 if result.created else 200)
 
 
-def query_limit(request: web.Request, default: int = 50) -> int:
-    value = request.query.get("limit", str(default))
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        raise InvalidParam(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(value)
-
-
-def query_int(request: web.Request, name: str) -> int | None:
-    value = request.query.get(name)
-    if not value:
-        return None
-    if not value.isdigit() or len(value) > 18:
-        raise InvalidParam(f"{name} must be a whole number")
-    return int(value)
-
-
 @requires_scope("rules")
 async def rules_history(request: web.Request) -> web.Response:
     versions = await service(request).history(
-        limit=query_limit(request), before=query_int(request, "before")
+        limit=query_limit(request, default=50), before=query_int(request, "before")
     )
     return web.json_response({"versions": [v.to_json() for v in versions]})
 
@@ -215,30 +179,21 @@ def parse_since(value: str, now: float) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def _query_choice(request: web.Request, name: str, options: tuple[str, ...]) -> str | None:
-    value = request.query.get(name)
-    if not value:
-        return None
-    if value not in options:
-        raise InvalidParam(f"{name} must be one of {', '.join(options)}")
-    return value
-
-
 @requires_scope("decisions")
 async def list_decisions(request: web.Request) -> web.Response:
     since = request.query.get("since")
     origin = request.query.get("origin") or None
     user = request.query.get("user") or None
     query = DecisionQuery(
-        outcome=_query_choice(request, "decision", tuple(o.value for o in Outcome)),
+        outcome=query_choice(request, "decision", tuple(o.value for o in Outcome)),
         origin=origin.lower() if origin else None,
         user=validate_user_id(user, "user") if user else None,
         rule=request.query.get("rule") or None,
-        request_class=_query_choice(request, "class", tuple(c.value for c in RequestClass)),
-        source=_query_choice(request, "source", ("proxy", "authz", "antispam")),
+        request_class=query_choice(request, "class", tuple(c.value for c in RequestClass)),
+        source=query_choice(request, "source", ("proxy", "authz", "antispam")),
         since=parse_since(since, time.time()) if since else None,
         before_id=query_int(request, "before"),
-        limit=query_limit(request),
+        limit=query_limit(request, default=50),
     )
     decisions = await service(request).decisions(query)
     next_before = decisions[-1]["id"] if len(decisions) == query.limit else None

@@ -5,7 +5,6 @@ Scopes: ``tokens`` for /v1/tokens and sponsor revocation, ``guests`` for /v1/gue
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -15,14 +14,14 @@ from aiohttp import web
 from .. import appkeys
 from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
 from ..durations import parse_duration
-from ..errors import BadJson, InvalidParam, NotFound
+from ..errors import InvalidParam, NotFound
+from ..params import actor, json_body, query_choice, query_limit, query_user
 from .service import Minted, TokenView
 from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_NOTE = 500
-MAX_LIMIT = 1000
 
 
 def iso(ms: int | None) -> str | None:
@@ -68,49 +67,11 @@ def guest_json(guest: GuestRow) -> dict[str, Any]:
     }
 
 
-async def json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BadJson("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadJson("The request body must be a JSON object")
-    return body
-
-
-def query_choice(request: web.Request, name: str, options: tuple[str, ...]) -> str | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return None
-    if value not in options:
-        raise InvalidParam(f"{name} must be one of {', '.join(options)}")
-    return value
-
-
-def query_user(request: web.Request, name: str) -> str | None:
-    value = request.query.get(name)
-    return validate_user_id(value, name) if value else None
-
-
-def query_limit(request: web.Request) -> int:
-    value = request.query.get("limit", "100")
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        raise InvalidParam(f"limit must be a whole number from 1 to {MAX_LIMIT}")
-    return int(value)
-
-
 def token_id(request: web.Request) -> str:
     value = request.match_info["token_id"]
     if not TOKEN_ID.match(value):
         raise NotFound(f"Token {value[:40]} does not exist")
     return value
-
-
-def actor(request: web.Request) -> str:
-    user = acting_user(request)
-    return user if user is not None else f"api:{request[API_CLIENT].name}"
 
 
 @requires_scope("tokens")
@@ -120,7 +81,7 @@ async def mint_token(request: web.Request) -> web.Response:
     sponsor = acting_user(request)
     if sponsor is None:
         raise InvalidParam("X-Acting-User is required: the staff member who sponsors the guest")
-    body = await json_body(request)
+    body = await json_body(request, required=False)
     uses = body.get("uses", config.default_uses)
     if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= config.max_uses:
         raise InvalidParam(f"uses must be a whole number from 1 to {config.max_uses}")
@@ -177,7 +138,7 @@ async def revoke_token(request: web.Request) -> web.Response:
 @requires_scope("tokens")
 async def revoke_sponsor(request: web.Request) -> web.Response:
     sponsor = validate_user_id(request.match_info["user_id"], "user_id")
-    body = await json_body(request)
+    body = await json_body(request, required=False)
     guests = body.get("guests", "keep")
     if guests not in ("keep", "deactivate"):
         raise InvalidParam("guests must be keep or deactivate")
