@@ -25,10 +25,9 @@ from urllib.parse import quote
 
 from .dmz import DmzApi
 from .matrix import MatrixUser
-from .maubot import Maubot, build_mbp
 from .ports import free_port
 from .process import http_json
-from .stack import GuestBrowser, onboarding_url, token_id
+from .stack import GuestBrowser, control_room, onboarding_url, plugin_config, start_bot, token_id
 from .synapse import Synapse
 
 RULE_ID = re.compile(r"`(r[0-9a-z_-]+|[0-9a-f]{6,})`")
@@ -138,41 +137,25 @@ class DemoStack:
         self.staff = MatrixUser.register(self.internal, "alice", self.password)
         self.security = MatrixUser.register(self.internal, "sam", self.password)
         self.auditor = MatrixUser.register(self.internal, "ada", self.password)
-        self.room = self.staff.create_room(
-            invite=(self.security.user_id, self.auditor.user_id), name="Bastion control"
-        )
-        self.security.join(self.room)
-        self.auditor.join(self.room)
+        self.room = control_room(self.staff, self.security, self.auditor)
         say("starting maubot with the Bastion plugin")
-        self.maubot: Maubot = self._start(
-            Maubot(
-                self.workdir / "maubot",
-                mbp=build_mbp(self.workdir / "build"),
-                user_id=self.bot.user_id,
-                homeserver=self.internal.base_url,
-                access_token=self.bot.token,
-                plugin_config={
-                    "control_rooms": [self.room],
-                    "roles": {
-                        "operator": [self.staff.user_id],
-                        "gateway_admin": [self.security.user_id],
-                        "auditor": [self.auditor.user_id],
-                    },
-                    "identity": {"mode": "synapse_admin", "admin_token": self.internal.admin_token},
-                    "dmz": {
-                        "registrar_url": self.registrar.base_url,
-                        "gateway_url": self.gateway.base_url,
-                        "api_key": self.api_key,
-                        "timeout": "10s",
-                    },
-                    "on_staff_deactivated": {"revoke_tokens": True, "guests": "keep"},
-                    "sweep_interval": "1m",
-                    "audit": {"export_key": secrets.token_urlsafe(24)},
-                },
-            )
+        config = plugin_config(
+            self.room,
+            self.internal,
+            operators=[self.staff.user_id],
+            gateway_admins=[self.security.user_id],
+            auditors=[self.auditor.user_id],
+            registrar_url=self.registrar.base_url,
+            gateway_url=self.gateway.base_url,
+            api_key=self.api_key,
+            on_staff_deactivated={"revoke_tokens": True, "guests": "keep"},
+            sweep_interval="1m",
+            audit={"export_key": secrets.token_urlsafe(24)},
         )
-        self.staff.invite(self.room, self.bot.user_id)
-        self.staff.wait_membership(self.room, self.bot.user_id)
+        self.maubot = start_bot(
+            self.workdir, self.internal, self.bot, self.room, self.staff, config
+        )
+        self.running.append(self.maubot)
         return self
 
     def stop(self) -> None:

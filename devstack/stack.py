@@ -31,6 +31,70 @@ TOKEN_ID_IN_REPLY = re.compile(r"Token `([0-9a-f]+)`")
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+def control_room(owner: MatrixUser, *members: MatrixUser, name: str = "Bastion control") -> str:
+    """A private room ``owner`` creates, with ``members`` invited and joined."""
+    room = owner.create_room(invite=tuple(m.user_id for m in members), name=name)
+    for member in members:
+        member.join(room)
+    return room
+
+
+def plugin_config(
+    room: str,
+    internal: Synapse,
+    *,
+    operators: list[str] | tuple[str, ...] = (),
+    gateway_admins: list[str] | tuple[str, ...] = (),
+    auditors: list[str] | tuple[str, ...] = (),
+    registrar_url: str,
+    gateway_url: str,
+    api_key: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The plugin's config for one control room, live identity checks on ``internal``."""
+    return {
+        "control_rooms": [room],
+        "roles": {
+            "operator": list(operators),
+            "gateway_admin": list(gateway_admins),
+            "auditor": list(auditors),
+        },
+        "identity": {"mode": "synapse_admin", "admin_token": internal.admin_token},
+        "dmz": {
+            "registrar_url": registrar_url,
+            "gateway_url": gateway_url,
+            "api_key": api_key,
+            "timeout": "10s",
+        },
+        **extra,
+    }
+
+
+def start_bot(
+    workdir: Path, internal: Synapse, bot: MatrixUser, room: str, inviter: MatrixUser,
+    config: dict[str, Any],
+) -> Maubot:  # fmt: skip
+    """maubot with the freshly built plugin as ``bot``, invited into ``room`` and joined.
+
+    Messages sent before the bot's first sync are ignored, so the invite comes after start.
+    """
+    maubot = Maubot(
+        workdir / "maubot",
+        mbp=build_mbp(workdir / "build"),
+        user_id=bot.user_id,
+        homeserver=internal.base_url,
+        access_token=bot.token,
+        plugin_config=config,
+    ).start()
+    try:
+        inviter.invite(room, bot.user_id)
+        inviter.wait_membership(room, bot.user_id)
+    except Exception:
+        maubot.stop()
+        raise
+    return maubot
+
+
 class BotStack:
     def __init__(
         self,
@@ -60,11 +124,7 @@ class BotStack:
         self.staff = self.user("op1")
         self.auditor = self.user("aud")
         self.outsider = self.user("x")
-        self.room = self.staff.create_room(
-            invite=(self.auditor.user_id, self.outsider.user_id), name="Bastion control"
-        )
-        self.auditor.join(self.room)
-        self.outsider.join(self.room)
+        self.room = control_room(self.staff, self.auditor, self.outsider)
 
         self.registrar = DmzApi(
             self.workdir / "registrar",
@@ -84,34 +144,21 @@ class BotStack:
                 },
             },
         ).start()
-        plugin_config: dict[str, Any] = {
-            "control_rooms": [self.room],
-            "roles": {
-                "operator": [f"@{self.prefix}op*:{server}"],
-                "gateway_admin": [],
-                "auditor": [self.auditor.user_id],
-            },
-            "identity": {"mode": "synapse_admin", "admin_token": self.internal.admin_token},
-            "dmz": {
-                "registrar_url": self.registrar.base_url,
-                "gateway_url": self.registrar.base_url,
-                "api_key": self.registrar.api_key,
-                "timeout": "10s",
-            },
-            "sweep_interval": 0,
-            "audit": {"export_key": self.export_key},
+        config = plugin_config(
+            self.room,
+            self.internal,
+            operators=[f"@{self.prefix}op*:{server}"],
+            auditors=[self.auditor.user_id],
+            registrar_url=self.registrar.base_url,
+            gateway_url=self.registrar.base_url,
+            api_key=self.registrar.api_key,
+            sweep_interval=0,
+            audit={"export_key": self.export_key},
             **self.extra_config,
-        }
-        self.maubot = Maubot(
-            self.workdir / "maubot",
-            mbp=build_mbp(self.workdir / "build"),
-            user_id=self.bot.user_id,
-            homeserver=self.internal.base_url,
-            access_token=self.bot.token,
-            plugin_config=plugin_config,
-        ).start()
-        self.staff.invite(self.room, self.bot.user_id)
-        self.staff.wait_membership(self.room, self.bot.user_id)
+        )
+        self.maubot = start_bot(
+            self.workdir, self.internal, self.bot, self.room, self.staff, config
+        )
         return self
 
     def stop(self) -> None:

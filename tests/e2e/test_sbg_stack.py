@@ -16,8 +16,8 @@ import pytest
 
 from devstack.dmz import DmzApi
 from devstack.matrix import MatrixUser
-from devstack.maubot import Maubot, build_mbp
 from devstack.process import http_json
+from devstack.stack import control_room, plugin_config, start_bot
 from devstack.synapse import Synapse
 
 pytestmark = pytest.mark.slow
@@ -42,11 +42,9 @@ class SbgStack:
         self.security = self.user("sec")
         self.operator = self.user("op")
         self.auditor = self.user("aud")
-        self.room = self.security.create_room(
-            invite=(self.operator.user_id, self.auditor.user_id), name="Bastion security"
+        self.room = control_room(
+            self.security, self.operator, self.auditor, name="Bastion security"
         )
-        self.operator.join(self.room)
-        self.auditor.join(self.room)
         self.gateway = DmzApi(
             self.workdir / "gateway",
             {
@@ -59,31 +57,21 @@ class SbgStack:
             },
             name="gateway",
         ).start()
-        self.maubot = Maubot(
-            self.workdir / "maubot",
-            mbp=build_mbp(self.workdir / "build"),
-            user_id=self.bot.user_id,
-            homeserver=self.internal.base_url,
-            access_token=self.bot.token,
-            plugin_config={
-                "control_rooms": [self.room],
-                "roles": {
-                    "operator": [self.operator.user_id],
-                    "gateway_admin": [self.security.user_id],
-                    "auditor": [self.auditor.user_id],
-                },
-                "identity": {"mode": "synapse_admin", "admin_token": self.internal.admin_token},
-                "dmz": {
-                    "registrar_url": self.gateway.base_url,
-                    "gateway_url": self.gateway.base_url,
-                    "api_key": self.gateway.api_key,
-                    "timeout": "5s",
-                },
-                "sweep_interval": 0,
-            },
-        ).start()
-        self.security.invite(self.room, self.bot.user_id)
-        self.security.wait_membership(self.room, self.bot.user_id)
+        config = plugin_config(
+            self.room,
+            self.internal,
+            operators=[self.operator.user_id],
+            gateway_admins=[self.security.user_id],
+            auditors=[self.auditor.user_id],
+            registrar_url=self.gateway.base_url,
+            gateway_url=self.gateway.base_url,
+            api_key=self.gateway.api_key,
+            sweep_interval=0,
+        )
+        config["dmz"]["timeout"] = "5s"
+        self.maubot = start_bot(
+            self.workdir, self.internal, self.bot, self.room, self.security, config
+        )
         return self
 
     def stop(self) -> None:
