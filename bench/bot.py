@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import summary  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.stack import BotStack, GuestBrowser, onboarding_url  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
@@ -44,23 +44,6 @@ SYNC_FILTER = urllib.parse.quote(
         }
     )
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in samples]
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-        "max_ms": round(max(ms), 2),
-    }
 
 
 class Syncer:

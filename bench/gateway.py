@@ -115,11 +115,22 @@ def run_wrk(url: str, script: Path, seconds: float, connections: int) -> dict[st
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(
-    name: str, url: str, script: Path, args: argparse.Namespace
+    name: str, url: str, script: Path, args: argparse.Namespace, pid: int | None = None
 ) -> dict[str, Any]:
+    """One warm-up and one measured wrk run; with ``pid``, that process's CPU per request."""
     run_wrk(url, script, args.warmup, args.connections)
+    before = cpu_seconds(pid) if pid else 0.0
     result = run_wrk(url, script, args.seconds, args.connections)
+    if pid:
+        used = cpu_seconds(pid) - before
+        result["cpu_us_per_request"] = round(used / result["requests"] * 1e6, 1)
     if result["non_2xx"] or result["socket_errors"]:
         raise RuntimeError(f"{name}: failed requests during the run: {result}")
     return result
@@ -216,6 +227,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     script = workdir / "put.lua"
     script.write_text(WRK_SCRIPT)
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     upstream, upstream_port = start_upstream(workdir)
     nginx: Nginx | None = None
     dmz: DmzApi | None = None
@@ -225,7 +237,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         http: dict[str, Any] = {
             "direct": measure("direct", f"http://127.0.0.1:{upstream_port}", script, args),
             "nginx": measure("nginx", nginx.base_url, script, args),
-            "gateway": measure("gateway", proxy_url, script, args),
+            "gateway": measure("gateway", proxy_url, script, args, dmz.process.proc.pid),
         }
         time.sleep(1.0)  # one more flush interval of the decision log
         decisions = metric(dmz, "dmz_api_gateway_decisions_total")
@@ -261,7 +273,13 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "decide_p99_us_at_1000_rules": 50,
         },
         "duration_s": round(time.monotonic() - started, 1),
-        "machine": {"python": platform.python_version(), "cpus": len(os.sched_getaffinity(0))},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": len(os.sched_getaffinity(0)),
+            # Other work on the machine skews every figure: a load above ~0.5 before the run
+            # means the ratios are not to be trusted.
+            "load_1min_before": round(load_before, 2),
+        },
     }
 
 
@@ -282,7 +300,8 @@ def table(result: dict[str, Any]) -> str:
         )
     lines.append(
         f"gateway latency vs nginx: p50 {ratio['gateway']['p50']:.2f}x,"
-        f" p99 {ratio['gateway']['p99']:.2f}x"
+        f" p99 {ratio['gateway']['p99']:.2f}x;"
+        f" gateway CPU {http['gateway']['cpu_us_per_request']:.0f} µs per request"
     )
     for n, data in result["decide_us"].items():
         lines.append(

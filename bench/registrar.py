@@ -17,7 +17,6 @@ import json
 import platform
 import secrets
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -29,26 +28,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import summary  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "registrar.json"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ms = [s * 1000 for s in samples]
-    return {
-        "n": len(ms),
-        "p50_ms": round(percentile(ms, 50), 2),
-        "p99_ms": round(percentile(ms, 99), 2),
-        "mean_ms": round(statistics.fmean(ms), 2),
-    }
 
 
 async def mint_latencies(
