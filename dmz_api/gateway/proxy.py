@@ -91,6 +91,26 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
                 del headers[name]
 
 
+def _refuse(request: web.BaseRequest, status: int, errcode: str, error: str) -> web.Response:
+    response = json_error(status, errcode, error)
+    if request.body_exists and not request.content.is_eof():
+        # The unread body must not be taken for the next request on this connection.
+        response.force_close()
+    return response
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue``, once the request may go on (the low-level server
+    leaves it to the handler, so a refused client never sends its body)."""
+    expect = request.headers.get(hdrs.EXPECT)
+    if (
+        expect is not None
+        and expect.lower() == "100-continue"
+        and request.version >= aiohttp.HttpVersion11
+    ):
+        await request.writer.write(_CONTINUE)
+
+
 class GatewayProxy:
     """The proxy listener and its upstream connection pool."""
 
@@ -119,7 +139,11 @@ class GatewayProxy:
     @property
     def url(self) -> str:
         """The proxy's own base URL (with the bound port)."""
-        host = self._listen.host if self._listen.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        host = self._listen.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
         return f"{self._scheme}://{host}:{self.port}"
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -136,7 +160,9 @@ class GatewayProxy:
         timeouts = self.config.timeouts
         # No cap on upstream connections: each downstream connection has at most one request
         # in flight, and a cap would queue requests behind long-polling /sync calls.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        # Idle upstream connections are closed before the homeserver would close them (a
+        # request sent on a connection the other side is closing fails).
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
         self._session = aiohttp.ClientSession(
             connector=connector,
             # No total: a streamed response may last as long as it keeps sending.
@@ -189,7 +215,7 @@ class GatewayProxy:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         raw_path = request.raw_path
         if not raw_path.startswith(PREFIXES):
-            return json_error(404, "M_UNRECOGNIZED", "Unrecognized request")
+            return _refuse(request, 404, "M_UNRECOGNIZED", "Unrecognized request")
         method = request.method
         headers = request.headers
         path_info = classify(method, raw_path)
@@ -221,15 +247,9 @@ class GatewayProxy:
             info.malformed = problem
         decision = self.gateway.decide(info)
         if not decision.allowed:
-            refusal = json_error(decision.status, "M_FORBIDDEN", decision.reason)
-            if body is None and request.body_exists and not request.content.is_eof():
-                # The unread body must not be taken for the next request on this connection.
-                refusal.force_close()
-            return refusal
-        if body is None and request.version >= aiohttp.HttpVersion11:
-            expect = headers.get(hdrs.EXPECT)
-            if expect is not None and expect.lower() == "100-continue":
-                await request.writer.write(_CONTINUE)
+            return _refuse(request, decision.status, "M_FORBIDDEN", decision.reason)
+        if body is None:
+            await _continue(request)
         return await self._forward(request, peer, body)
 
     async def _read_inspected(
@@ -242,10 +262,7 @@ class GatewayProxy:
         length = request.content_length
         if length is not None and length > limit:
             return None, None, TOO_LARGE
-        if request.version >= aiohttp.HttpVersion11:
-            expect = request.headers.get(hdrs.EXPECT)
-            if expect is not None and expect.lower() == "100-continue":
-                await request.writer.write(_CONTINUE)
+        await _continue(request)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
@@ -305,14 +322,16 @@ class GatewayProxy:
             )
         except TimeoutError:
             self._timeouts.inc()
+            log.warning("The homeserver at %s did not answer in time", self._base)
             return json_error(504, "M_UNKNOWN", "The homeserver did not answer in time")
-        except (aiohttp.ClientConnectorError, OSError) as e:
+        except aiohttp.ClientConnectorError as e:
             self._connect_errors.inc()
             log.warning("Cannot reach the homeserver at %s: %s", self._base, type(e).__name__)
             return json_error(502, "M_UNKNOWN", "The homeserver cannot be reached")
-        except aiohttp.ClientError as e:
+        except (aiohttp.ClientError, OSError) as e:
+            # A dropped connection or an answer that is not HTTP.
             self._broken.inc()
-            log.warning("The homeserver's answer is not valid HTTP: %s", type(e).__name__)
+            log.warning("The request to the homeserver failed: %s", type(e).__name__)
             return json_error(502, "M_UNKNOWN", "The homeserver did not answer properly")
         try:
             return await self._relay(request, upstream)

@@ -208,15 +208,16 @@ class Gateway:
 
 
 def gateway_config(tmp_path: Path, upstream: str, **gateway: Any) -> Any:
-    listen = {"host": "127.0.0.1", "port": 0, **gateway.pop("listen", {})}
+    listen = gateway.pop("listen", {})
     section: dict[str, Any] = {
         "server_name": SERVER_NAME,
         "upstream": upstream,
-        "listen": listen,
         "decision_log": {"flush_interval": 0.05, "batch_size": 50},
         "reload_interval": 0.1,
         **gateway,
     }
+    if listen is not None:  # None: no proxy listener
+        section["listen"] = {"host": "127.0.0.1", "port": 0, **listen}
     return parse_config(
         {
             "server": {"public_url": "https://gateway.corp.example"},
