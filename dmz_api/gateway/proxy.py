@@ -13,8 +13,9 @@ event types. Such a body that cannot be judged (too large, compressed, not a JSO
 is refused as malformed.
 
 The hot path avoids what a naive proxy pays for: a low-level ``web.Server`` (no router,
-no middlewares, no access log), one ``ClientSession`` with pooled keep-alive upstream
-connections, one header copy each way, no regex compiled per request.
+no middlewares, no access log), a lean pooled keep-alive upstream client (``upstream``)
+instead of ``ClientSession``, the upstream request head serialised in one pass, no regex
+compiled per request.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
-from yarl import URL
 
 from .. import appkeys
 from ..errors import json_error
@@ -39,6 +39,15 @@ from .config import GatewayConfig
 from .matrix_paths import classify, request_info
 from .model import Source
 from .service import GatewayService
+from .upstream import (
+    BodySource,
+    UpstreamBroken,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger("dmz_api.gateway.proxy")
 
@@ -59,13 +68,15 @@ _HOP_BY_HOP = (
 # Listed in Connection or not, these frame or route the message: dropping them would
 # change what the upstream sees (a media upload without Content-Length is refused).
 _NEVER_DROP = frozenset({hdrs.CONTENT_LENGTH.lower(), hdrs.HOST.lower()})
-# The upstream request carries exactly the client's headers: no Accept, User-Agent or
-# Content-Type invented by the HTTP client.
-_SKIP_AUTO_HEADERS = frozenset(
-    {hdrs.ACCEPT, hdrs.ACCEPT_ENCODING, hdrs.USER_AGENT, hdrs.CONTENT_TYPE}
+# Lower-cased names the upstream request head never copies from the client: hop-by-hop
+# headers, Expect (answered here) and those the proxy sets itself.
+_NOT_COPIED = frozenset(
+    {name.lower() for name in _HOP_BY_HOP}
+    | {"expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
 )
+# Methods that get ``Content-Length: 0`` when they carry no body (as ClientSession did).
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_READ_BUFSIZE = 2**18
 # Bodies up to this size with a known length are passed on whole: header and body then
 # leave in one write instead of two (nginx buffers such bodies too). Larger ones stream.
 _SMALL_BODY = 2**16
@@ -89,6 +100,20 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
             name = token.strip()
             if name and name.lower() not in _NEVER_DROP and name in headers:
                 del headers[name]
+
+
+_HOP_BY_HOP_LOWER = frozenset(name.lower() for name in _HOP_BY_HOP)
+
+
+def _response_headers(raw: list[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers less hop-by-hop ones (``strip_hop_by_hop`` in one
+    pass over the parsed list)."""
+    dropped = _HOP_BY_HOP_LOWER
+    for name, value in raw:
+        if name.lower() == "connection":
+            named = {t.strip().lower() for t in value.split(",")} - _NEVER_DROP
+            dropped = dropped | named
+    return CIMultiDict([(name, value) for name, value in raw if name.lower() not in dropped])
 
 
 def _refuse(request: web.BaseRequest, status: int, errcode: str, error: str) -> web.Response:
@@ -132,7 +157,7 @@ class GatewayProxy:
         self._connect_errors = errors.labels("connect")
         self._timeouts = errors.labels("timeout")
         self._broken = errors.labels("broken")
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: UpstreamPool | None = None
         self._runner: web.ServerRunner | None = None
         self.port: int | None = None
 
@@ -162,19 +187,11 @@ class GatewayProxy:
         # in flight, and a cap would queue requests behind long-polling /sync calls.
         # Idle upstream connections are closed before the homeserver would close them (a
         # request sent on a connection the other side is closing fails).
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            # No total: a streamed response may last as long as it keeps sending.
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=timeouts.connect, sock_read=timeouts.read
-            ),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=_SKIP_AUTO_HEADERS,
-            read_bufsize=_READ_BUFSIZE,
-            raise_for_status=False,
-            requote_redirect_url=False,
+        self._pool = UpstreamPool(
+            self._base,
+            connect_timeout=timeouts.connect,
+            read_timeout=timeouts.read,
+            keepalive_timeout=30.0,
         )
         server = web.Server(
             self.handle,
@@ -206,9 +223,9 @@ class GatewayProxy:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     # ---- the hot path ----------------------------------------------------------------
 
@@ -279,59 +296,95 @@ class GatewayProxy:
             return body, None, NOT_JSON
         return body, content, None
 
-    def _upstream_headers(self, request: web.BaseRequest, peer: str | None) -> CIMultiDict[str]:
-        headers = CIMultiDict(request.headers)
-        strip_hop_by_hop(headers)
-        if hdrs.EXPECT in headers:
-            del headers[hdrs.EXPECT]  # answered here once the request was allowed
+    def _upstream_head(
+        self, request: web.BaseRequest, peer: str | None, length: int | None, chunked: bool
+    ) -> bytes:
+        """The upstream request's header lines: the client's, less hop-by-hop ones, with
+        the forwarding headers and the body framing (``length`` or ``chunked``) set here."""
+        headers = request.headers
+        connection = headers.get(hdrs.CONNECTION)
+        dropped = _NOT_COPIED
+        if connection:
+            named = {t.strip().lower() for t in connection.split(",")} - _NEVER_DROP
+            dropped = dropped | named
+        framed = length is not None or chunked
+        lines: list[str] = []
+        append = lines.append
+        has_host = False
+        has_length = False
+        for name, value in headers.items():
+            lower = name.lower()
+            if lower in dropped:
+                continue
+            if lower == "content-length":
+                if framed:
+                    continue
+                has_length = True
+            elif lower == "host":
+                has_host = True
+            append(f"{name}: {value}\r\n")
+        if not has_host:
+            pool = self._pool
+            assert pool is not None
+            append(f"Host: {pool.netloc}\r\n")
+        if length is not None:
+            append(f"Content-Length: {length}\r\n")
+        elif chunked:
+            append("Transfer-Encoding: chunked\r\n")
+        elif not has_length and request.method not in _BODYLESS_METHODS:
+            append("Content-Length: 0\r\n")
         if self._trusted and in_networks(peer, self._trusted):
             prior = headers.get(hdrs.X_FORWARDED_FOR)
-            if peer:
-                headers[hdrs.X_FORWARDED_FOR] = f"{prior}, {peer}" if prior else peer
-            headers.setdefault(hdrs.X_FORWARDED_PROTO, self._scheme)
-            headers.setdefault(hdrs.X_FORWARDED_HOST, request.host)
+            forwarded_for = (f"{prior}, {peer}" if prior else peer) if peer else prior
+            if forwarded_for:
+                append(f"X-Forwarded-For: {forwarded_for}\r\n")
+            append(f"X-Forwarded-Proto: {headers.get(hdrs.X_FORWARDED_PROTO, self._scheme)}\r\n")
+            append(f"X-Forwarded-Host: {headers.get(hdrs.X_FORWARDED_HOST, request.host)}\r\n")
         else:
             # Whatever an untrusted client claims about its address is dropped.
             if peer:
-                headers[hdrs.X_FORWARDED_FOR] = peer
-            elif hdrs.X_FORWARDED_FOR in headers:
-                del headers[hdrs.X_FORWARDED_FOR]
-            headers[hdrs.X_FORWARDED_PROTO] = self._scheme
-            headers[hdrs.X_FORWARDED_HOST] = request.host
-        return headers
+                append(f"X-Forwarded-For: {peer}\r\n")
+            append(f"X-Forwarded-Proto: {self._scheme}\r\nX-Forwarded-Host: {request.host}\r\n")
+        return "".join(lines).encode("utf-8", "surrogateescape")
 
     async def _forward(
         self, request: web.BaseRequest, peer: str | None, body: bytes | None
     ) -> web.StreamResponse:
-        session = self._session
-        assert session is not None
-        data: Any = body
-        if body is None and request.body_exists:
-            length = request.content_length
-            if length is not None and length <= _SMALL_BODY:
+        pool = self._pool
+        assert pool is not None
+        data: bytes | BodySource | None = body
+        length: int | None = None
+        chunked = False
+        if body is not None:
+            length = len(body)
+        elif request.body_exists:
+            content_length = request.content_length
+            if content_length is not None and content_length <= _SMALL_BODY:
                 data = await request.content.read()
+                length = len(data)
             else:
-                data = request.content
+                data = request.content.readany
+                chunked = content_length is None
         try:
-            upstream = await session.request(
+            upstream = await pool.request(
                 request.method,
-                URL(self._base + request.raw_path, encoded=True),
-                headers=self._upstream_headers(request, peer),
-                data=data,
-                allow_redirects=False,
+                request.raw_path,
+                self._upstream_head(request, peer, length, chunked),
+                data,
+                chunked=chunked,
             )
-        except TimeoutError:
+        except UpstreamTimeout:
             self._timeouts.inc()
             log.warning("The homeserver at %s did not answer in time", self._base)
             return json_error(504, "M_UNKNOWN", "The homeserver did not answer in time")
-        except aiohttp.ClientConnectorError as e:
+        except UpstreamConnectError as e:
             self._connect_errors.inc()
-            log.warning("Cannot reach the homeserver at %s: %s", self._base, type(e).__name__)
+            log.warning("Cannot reach the homeserver at %s: %s", self._base, e)
             return json_error(502, "M_UNKNOWN", "The homeserver cannot be reached")
-        except (aiohttp.ClientError, OSError) as e:
+        except (UpstreamBroken, OSError) as e:
             # A dropped connection or an answer that is not HTTP.
             self._broken.inc()
-            log.warning("The request to the homeserver failed: %s", type(e).__name__)
+            log.warning("The request to the homeserver failed: %s", e)
             return json_error(502, "M_UNKNOWN", "The homeserver did not answer properly")
         try:
             return await self._relay(request, upstream)
@@ -339,10 +392,9 @@ class GatewayProxy:
             upstream.release()
 
     async def _relay(
-        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse
+        self, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
-        headers = CIMultiDict(upstream.headers)
-        strip_hop_by_hop(headers)
+        headers = _response_headers(upstream.headers)
         length = upstream.content_length
         if (
             length is not None
@@ -352,7 +404,7 @@ class GatewayProxy:
         ):
             try:
                 body = await upstream.read()
-            except (aiohttp.ClientError, TimeoutError) as e:
+            except UpstreamError as e:
                 self._broken.inc()
                 log.warning("The homeserver's response broke off: %s", type(e).__name__)
                 return json_error(502, "M_UNKNOWN", "The homeserver's answer broke off")
@@ -367,11 +419,10 @@ class GatewayProxy:
         except ConnectionError:
             upstream.close()
             return response
-        reader = upstream.content
         while True:
             try:
-                chunk = await reader.readany()
-            except (aiohttp.ClientError, TimeoutError) as e:
+                chunk = await upstream.readany()
+            except UpstreamError as e:
                 # The body is cut short: end the connection rather than a clean last chunk, so
                 # the client cannot take a truncated body for a complete one.
                 self._broken.inc()

@@ -8,6 +8,8 @@ both build version N+1 and a reader never sees rules without their version.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,23 @@ _INSERT_DECISION = (
     " event_type, room, rule_id, mode, outcome, latency_us, version)"
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 )
+# SQLite: a batch is one multi-row INSERT, so the database thread binds it and runs one
+# step, taking the GIL once per statement rather than once per row (``executemany``). Its
+# placeholders are plain ``?``: the driver rewrites every ``$n`` with a regex, which for
+# thousands of them costs more than the insert itself. Rows per statement stay well below
+# SQLite's limit of 32766 parameters.
+_ROWS_PER_INSERT = 1000
+_DECISION_ROW = "(" + ", ".join("?" * len(DECISION_COLUMNS)) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_decisions_sql(rows: int) -> str:
+    # Only constant fragments and placeholders: every value is a bound parameter.
+    return (
+        _INSERT_DECISION.partition(" VALUES ")[0] + " VALUES " + ", ".join([_DECISION_ROW] * rows)
+    )
+
+
 _SELECT_DECISIONS = (
     "SELECT id, ts, source, class, origin, user_id, method, path, event_type, room, rule_id,"
     " mode, outcome, latency_us, version FROM gateway_decisions"
@@ -254,7 +273,26 @@ class RuleStore:
         ]
 
     async def insert_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        """Write a batch atomically: multi-row INSERTs on SQLite, a pipelined
+        ``executemany`` in one transaction on PostgreSQL."""
+        if not records:
+            return
         conn: Connection
+        if self.db.scheme == Scheme.SQLITE:
+            size = _ROWS_PER_INSERT
+            async with self.db.acquire() as conn:
+                if len(records) <= size:
+                    await conn.execute(
+                        _insert_decisions_sql(len(records)), *itertools.chain.from_iterable(records)
+                    )
+                    return
+                async with conn.transaction():
+                    for start in range(0, len(records), size):
+                        part = records[start : start + size]
+                        await conn.execute(
+                            _insert_decisions_sql(len(part)), *itertools.chain.from_iterable(part)
+                        )
+            return
         async with self.db.acquire() as conn, conn.transaction():
             await conn.executemany(_INSERT_DECISION, records)
 
