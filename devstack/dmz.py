@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from .ports import free_port
-from .process import ManagedProcess, StartupError, http_json, url_answers, wait_until
+from .process import ManagedProcess, http_json, url_answers
 
 
 class DmzApi:
@@ -61,12 +61,7 @@ class DmzApi:
 
     def start(self, timeout: float = 30.0) -> DmzApi:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        proc = self.process.start()
-        try:
-            wait_until(url_answers(f"{self.base_url}/healthz"), timeout, self.name, proc)
-        except StartupError as e:
-            self.stop()
-            raise StartupError(f"{e}\n{self.process.log_tail()}") from None
+        self.process.start_until(url_answers(f"{self.base_url}/healthz"), timeout)
         return self
 
     def stop(self) -> None:

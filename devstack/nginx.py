@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from .ports import free_port
-from .process import ManagedProcess, StartupError, wait_until
+from .process import ManagedProcess, port_listening
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -54,19 +54,7 @@ http {{
     def start(self, timeout: float = 10.0) -> Nginx:
         (self.workdir / "tmp").mkdir(exist_ok=True)
         self.config_path.write_text(self.render())
-        proc = self.process.start()
-
-        def listening() -> bool:
-            import socket
-
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-
-        try:
-            wait_until(listening, timeout, "nginx", proc)
-        except StartupError as e:
-            self.stop()
-            raise StartupError(f"{e}\n{self.process.log_tail()}") from None
+        self.process.start_until(port_listening(self.port), timeout)
         return self
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -67,6 +68,14 @@ def wait_until(
     raise StartupError(f"{what} did not become ready in {timeout:.0f} s")
 
 
+def port_listening(port: int, host: str = "127.0.0.1") -> Callable[[], bool]:
+    def check() -> bool:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+
+    return check
+
+
 def url_answers(url: str) -> Callable[[], bool]:
     def check() -> bool:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -108,6 +117,15 @@ class ManagedProcess:
         )
         log.close()
         return self.proc
+
+    def start_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Start, then wait for ``ready``; on failure stop and raise with the log's tail."""
+        proc = self.start()
+        try:
+            wait_until(ready, timeout, self.name, proc)
+        except StartupError as e:
+            self.stop()
+            raise StartupError(f"{e}\n{self.log_tail()}") from None
 
     @property
     def running(self) -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from .ports import free_port
-from .process import ManagedProcess, StartupError, http_json, url_answers, wait_until
+from .process import ManagedProcess, http_json, url_answers
 
 # Lenient limits: tests fire many requests from one address.
 _RATE_LIMIT = {"per_second": 1000, "burst_count": 1000}
@@ -221,17 +221,7 @@ class Synapse:
 
     def start(self, timeout: float = 60.0) -> Synapse:
         self.write_config()
-        proc = self.process.start()
-        try:
-            wait_until(
-                url_answers(f"{self.base_url}/_matrix/client/versions"),
-                timeout,
-                f"Synapse {self.name}",
-                proc,
-            )
-        except StartupError as e:
-            self.stop()
-            raise StartupError(f"{e}\n{self.process.log_tail()}") from None
+        self.process.start_until(url_answers(f"{self.base_url}/_matrix/client/versions"), timeout)
         self.admin_token = self.register_user(self.admin_user, self.admin_password, admin=True)
         return self
 
