@@ -12,30 +12,29 @@ bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state
 event types. Such a body that cannot be judged (too large, compressed, not a JSON object)
 is refused as malformed.
 
-The hot path avoids what a naive proxy pays for: a low-level ``web.Server`` (no router,
-no middlewares, no access log), a lean pooled keep-alive upstream client (``upstream``)
-instead of ``ClientSession``, the upstream request head serialised in one pass, no regex
-compiled per request.
+The hot path avoids what a naive proxy pays for: a plain asyncio protocol server with
+``httptools`` (``listener``: no router, no middlewares, no access log, no request or
+response objects beyond what is forwarded), a lean pooled keep-alive upstream client
+(``upstream``) instead of ``ClientSession``, both heads serialised in one pass from the raw
+header bytes, no regex compiled per request.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from .. import appkeys
-from ..errors import json_error
 from ..metrics import Metrics
 from .authz import client_ip, in_networks
 from .config import GatewayConfig
+from .listener import HttpListener, ServerRequest
 from .matrix_paths import classify, request_info
 from .model import Source
 from .service import GatewayService
@@ -68,15 +67,15 @@ _HOP_BY_HOP = (
 # Listed in Connection or not, these frame or route the message: dropping them would
 # change what the upstream sees (a media upload without Content-Length is refused).
 _NEVER_DROP = frozenset({hdrs.CONTENT_LENGTH.lower(), hdrs.HOST.lower()})
+_NEVER_DROP_B = frozenset(name.encode() for name in _NEVER_DROP)
 # Lower-cased names the upstream request head never copies from the client: hop-by-hop
 # headers, Expect (answered here) and those the proxy sets itself.
 _NOT_COPIED = frozenset(
-    {name.lower() for name in _HOP_BY_HOP}
-    | {"expect", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}
+    {name.lower().encode() for name in _HOP_BY_HOP}
+    | {b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 )
 # Methods that get ``Content-Length: 0`` when they carry no body (as ClientSession did).
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Bodies up to this size with a known length are passed on whole: header and body then
 # leave in one write instead of two (nginx buffers such bodies too). Larger ones stream.
 _SMALL_BODY = 2**16
@@ -103,37 +102,29 @@ def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
 
 
 _HOP_BY_HOP_LOWER = frozenset(name.lower() for name in _HOP_BY_HOP)
+# What the answer to the client never copies from the upstream's: hop-by-hop headers and
+# the framing, which the listener sets for its own side.
+_NOT_RELAYED = _HOP_BY_HOP_LOWER | {"content-length"}
 
 
-def _response_headers(raw: list[tuple[str, str]]) -> CIMultiDict[str]:
-    """The upstream's response headers less hop-by-hop ones (``strip_hop_by_hop`` in one
-    pass over the parsed list)."""
-    dropped = _HOP_BY_HOP_LOWER
+def _connection_named(value: str) -> set[str]:
+    return {t.strip().lower() for t in value.split(",")} - _NEVER_DROP
+
+
+def _response_head(raw: list[tuple[str, str]]) -> bytes:
+    """The upstream's response header lines less hop-by-hop ones and the framing."""
+    dropped = _NOT_RELAYED
     for name, value in raw:
-        if name.lower() == "connection":
-            named = {t.strip().lower() for t in value.split(",")} - _NEVER_DROP
-            dropped = dropped | named
-    return CIMultiDict([(name, value) for name, value in raw if name.lower() not in dropped])
+        if len(name) == 10 and name.lower() == "connection":
+            dropped = dropped | _connection_named(value)
+    lines = [f"{name}: {value}\r\n" for name, value in raw if name.lower() not in dropped]
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
-def _refuse(request: web.BaseRequest, status: int, errcode: str, error: str) -> web.Response:
-    response = json_error(status, errcode, error)
-    if request.body_exists and not request.content.is_eof():
-        # The unread body must not be taken for the next request on this connection.
-        response.force_close()
-    return response
-
-
-async def _continue(request: web.BaseRequest) -> None:
-    """Answer ``Expect: 100-continue``, once the request may go on (the low-level server
-    leaves it to the handler, so a refused client never sends its body)."""
-    expect = request.headers.get(hdrs.EXPECT)
-    if (
-        expect is not None
-        and expect.lower() == "100-continue"
-        and request.version >= aiohttp.HttpVersion11
-    ):
-        await request.writer.write(_CONTINUE)
+def _refuse(request: ServerRequest, status: int, errcode: str, error: str) -> None:
+    # The listener closes the connection when the body was not received in full: the unread
+    # rest must not be taken for the next request.
+    request.respond_json(status, errcode, error)
 
 
 class GatewayProxy:
@@ -158,7 +149,7 @@ class GatewayProxy:
         self._timeouts = errors.labels("timeout")
         self._broken = errors.labels("broken")
         self._pool: UpstreamPool | None = None
-        self._runner: web.ServerRunner | None = None
+        self._listener: HttpListener | None = None
         self.port: int | None = None
 
     @property
@@ -193,24 +184,10 @@ class GatewayProxy:
             read_timeout=timeouts.read,
             keepalive_timeout=30.0,
         )
-        server = web.Server(
-            self.handle,
-            handler_cancellation=True,
-            access_log=None,
-            auto_decompress=False,
+        self._listener = HttpListener(self.handle)
+        self.port = await self._listener.start(
+            self._listen.host, self._listen.port, ssl_context=self._ssl_context(), backlog=1024
         )
-        self._runner = web.ServerRunner(server, shutdown_timeout=_STOP_GRACE)
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            self._listen.host,
-            self._listen.port,
-            ssl_context=self._ssl_context(),
-            backlog=1024,
-            shutdown_timeout=_STOP_GRACE,
-        )
-        await site.start()
-        self.port = site.port
         log.info(
             "Gateway proxy listening on %s:%d (%s), forwarding to %s",
             self._listen.host,
@@ -220,41 +197,40 @@ class GatewayProxy:
         )
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.stop(_STOP_GRACE)
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
 
     # ---- the hot path ----------------------------------------------------------------
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: ServerRequest) -> None:
         raw_path = request.raw_path
         if not raw_path.startswith(PREFIXES):
             return _refuse(request, 404, "M_UNRECOGNIZED", "Unrecognized request")
         method = request.method
-        headers = request.headers
         path_info = classify(method, raw_path)
         body: bytes | None = None
         content: Any = None
         problem: str | None = None
         if path_info.inspect_body:
             body, content, problem = await self._read_inspected(request)
-        peer = request.remote
+        peer = request.peer
         ip = peer
         if self._trusted:
             ip = client_ip(
                 peer,
-                headers.getall(hdrs.X_FORWARDED_FOR, ()),
-                headers.get("X-Real-IP"),
+                request.header_all(b"x-forwarded-for"),
+                request.header(b"x-real-ip"),
                 self._trusted,
             )
         info = request_info(
             method,
             raw_path,
-            headers.getall(hdrs.AUTHORIZATION, ()),
-            user_agent=headers.get(hdrs.USER_AGENT, ""),
+            request.header_all(b"authorization"),
+            user_agent=request.header(b"user-agent") or "",
             ip=ip,
             body=content,
             source=Source.PROXY,
@@ -266,23 +242,22 @@ class GatewayProxy:
         if not decision.allowed:
             return _refuse(request, decision.status, "M_FORBIDDEN", decision.reason)
         if body is None:
-            await _continue(request)
-        return await self._forward(request, peer, body)
+            request.send_continue()
+        await self._forward(request, peer, body)
 
-    async def _read_inspected(
-        self, request: web.BaseRequest
-    ) -> tuple[bytes | None, Any, str | None]:
+    async def _read_inspected(self, request: ServerRequest) -> tuple[bytes | None, Any, str | None]:
         """(raw body, parsed JSON, problem) of a body the rules must see."""
-        if request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity":
+        encoding = request.header(b"content-encoding")
+        if encoding is not None and encoding.lower() != "identity":
             return None, None, ENCODED
         limit = self._max_body
         length = request.content_length
         if length is not None and length > limit:
             return None, None, TOO_LARGE
-        await _continue(request)
+        request.send_continue()
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_any():
+        while chunk := await request.readany():
             size += len(chunk)
             if size > limit:
                 return None, None, TOO_LARGE
@@ -297,59 +272,65 @@ class GatewayProxy:
         return body, content, None
 
     def _upstream_head(
-        self, request: web.BaseRequest, peer: str | None, length: int | None, chunked: bool
+        self, request: ServerRequest, peer: str | None, length: int | None, chunked: bool
     ) -> bytes:
         """The upstream request's header lines: the client's, less hop-by-hop ones, with
         the forwarding headers and the body framing (``length`` or ``chunked``) set here."""
-        headers = request.headers
-        connection = headers.get(hdrs.CONNECTION)
+        connection = request.fields.get(b"connection")
         dropped = _NOT_COPIED
         if connection:
-            named = {t.strip().lower() for t in connection.split(",")} - _NEVER_DROP
+            named = {t.strip().lower() for t in connection.split(b",")} - _NEVER_DROP_B
             dropped = dropped | named
         framed = length is not None or chunked
-        lines: list[str] = []
-        append = lines.append
+        parts: list[bytes] = []
+        append = parts.append
         has_host = False
         has_length = False
-        for name, value in headers.items():
-            lower = name.lower()
+        for lower, name, value in request.headers:
             if lower in dropped:
                 continue
-            if lower == "content-length":
+            if lower == b"content-length":
                 if framed:
                     continue
                 has_length = True
-            elif lower == "host":
+            elif lower == b"host":
                 has_host = True
-            append(f"{name}: {value}\r\n")
+            append(b"%b: %b\r\n" % (name, value))
+        lines: list[str] = []
         if not has_host:
             pool = self._pool
             assert pool is not None
-            append(f"Host: {pool.netloc}\r\n")
+            lines.append(f"Host: {pool.netloc}\r\n")
         if length is not None:
-            append(f"Content-Length: {length}\r\n")
+            lines.append(f"Content-Length: {length}\r\n")
         elif chunked:
-            append("Transfer-Encoding: chunked\r\n")
+            lines.append("Transfer-Encoding: chunked\r\n")
         elif not has_length and request.method not in _BODYLESS_METHODS:
-            append("Content-Length: 0\r\n")
+            lines.append("Content-Length: 0\r\n")
         if self._trusted and in_networks(peer, self._trusted):
-            prior = headers.get(hdrs.X_FORWARDED_FOR)
+            prior = request.header(b"x-forwarded-for")
             forwarded_for = (f"{prior}, {peer}" if prior else peer) if peer else prior
             if forwarded_for:
-                append(f"X-Forwarded-For: {forwarded_for}\r\n")
-            append(f"X-Forwarded-Proto: {headers.get(hdrs.X_FORWARDED_PROTO, self._scheme)}\r\n")
-            append(f"X-Forwarded-Host: {headers.get(hdrs.X_FORWARDED_HOST, request.host)}\r\n")
+                lines.append(f"X-Forwarded-For: {forwarded_for}\r\n")
+            proto = request.header(b"x-forwarded-proto")
+            if proto is None:
+                proto = self._scheme
+            lines.append(f"X-Forwarded-Proto: {proto}\r\n")
+            host = request.header(b"x-forwarded-host")
+            if host is None:
+                host = request.host
+            lines.append(f"X-Forwarded-Host: {host}\r\n")
         else:
             # Whatever an untrusted client claims about its address is dropped.
             if peer:
-                append(f"X-Forwarded-For: {peer}\r\n")
-            append(f"X-Forwarded-Proto: {self._scheme}\r\nX-Forwarded-Host: {request.host}\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+                lines.append(f"X-Forwarded-For: {peer}\r\n")
+            lines.append(
+                f"X-Forwarded-Proto: {self._scheme}\r\nX-Forwarded-Host: {request.host}\r\n"
+            )
+        append("".join(lines).encode("utf-8", "surrogateescape"))
+        return b"".join(parts)
 
-    async def _forward(
-        self, request: web.BaseRequest, peer: str | None, body: bytes | None
-    ) -> web.StreamResponse:
+    async def _forward(self, request: ServerRequest, peer: str | None, body: bytes | None) -> None:
         pool = self._pool
         assert pool is not None
         data: bytes | BodySource | None = body
@@ -360,10 +341,10 @@ class GatewayProxy:
         elif request.body_exists:
             content_length = request.content_length
             if content_length is not None and content_length <= _SMALL_BODY:
-                data = await request.content.read()
+                data = await request.read()
                 length = len(data)
             else:
-                data = request.content.readany
+                data = request.readany
                 chunked = content_length is None
         try:
             upstream = await pool.request(
@@ -376,49 +357,42 @@ class GatewayProxy:
         except UpstreamTimeout:
             self._timeouts.inc()
             log.warning("The homeserver at %s did not answer in time", self._base)
-            return json_error(504, "M_UNKNOWN", "The homeserver did not answer in time")
+            return request.respond_json(504, "M_UNKNOWN", "The homeserver did not answer in time")
         except UpstreamConnectError as e:
             self._connect_errors.inc()
             log.warning("Cannot reach the homeserver at %s: %s", self._base, e)
-            return json_error(502, "M_UNKNOWN", "The homeserver cannot be reached")
+            return request.respond_json(502, "M_UNKNOWN", "The homeserver cannot be reached")
         except (UpstreamBroken, OSError) as e:
             # A dropped connection or an answer that is not HTTP.
             self._broken.inc()
             log.warning("The request to the homeserver failed: %s", e)
-            return json_error(502, "M_UNKNOWN", "The homeserver did not answer properly")
+            return request.respond_json(502, "M_UNKNOWN", "The homeserver did not answer properly")
         try:
-            return await self._relay(request, upstream)
+            await self._relay(request, upstream)
         finally:
             upstream.release()
 
-    async def _relay(
-        self, request: web.BaseRequest, upstream: UpstreamResponse
-    ) -> web.StreamResponse:
-        headers = _response_headers(upstream.headers)
+    async def _relay(self, request: ServerRequest, upstream: UpstreamResponse) -> None:
+        head = _response_head(upstream.headers)
         length = upstream.content_length
+        status = upstream.status
         if (
             length is not None
             and length <= _SMALL_BODY
             and request.method != "HEAD"
-            and upstream.status not in _NO_BODY_STATUS
+            and status not in _NO_BODY_STATUS
         ):
             try:
                 body = await upstream.read()
             except UpstreamError as e:
                 self._broken.inc()
                 log.warning("The homeserver's response broke off: %s", type(e).__name__)
-                return json_error(502, "M_UNKNOWN", "The homeserver's answer broke off")
-            return web.Response(
-                status=upstream.status, reason=upstream.reason, headers=headers, body=body
-            )
-        response = web.StreamResponse(
-            status=upstream.status, reason=upstream.reason, headers=headers
-        )
-        try:
-            await response.prepare(request)
-        except ConnectionError:
-            upstream.close()
-            return response
+                return request.respond_json(502, "M_UNKNOWN", "The homeserver's answer broke off")
+            return request.respond(status, upstream.reason, head, body)
+        request.start(status, upstream.reason, head, length)
+        if request.method == "HEAD" or status in _NO_BODY_STATUS:
+            request.finish()
+            return
         while True:
             try:
                 chunk = await upstream.readany()
@@ -428,19 +402,16 @@ class GatewayProxy:
                 self._broken.inc()
                 log.warning("The homeserver's response broke off: %s", type(e).__name__)
                 upstream.close()
-                if request.transport is not None:
-                    request.transport.close()
-                return response
+                request.abort()
+                return
             if not chunk:
                 break
             try:
-                await response.write(chunk)
+                await request.write(chunk)
             except ConnectionError:
                 upstream.close()  # the client left; the rest of the body is not wanted
-                return response
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
+                return
+        request.finish()
 
 
 async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
