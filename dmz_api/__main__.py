@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -31,6 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """The loop the service runs on: uvloop unless the config asks for asyncio's own."""
+    if kind == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger("dmz_api").warning(
+                "uvloop is not installed; running on asyncio's event loop instead"
+            )
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -50,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     app = init_app(config)
     web.run_app(
         app,
+        loop=new_event_loop(config.server.event_loop),
         host=config.server.host,
         port=config.server.port,
         access_log=None,

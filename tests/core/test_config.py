@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 
-from dmz_api.__main__ import main
+from dmz_api.__main__ import main, new_event_loop
 from dmz_api.config import ConfigError, hash_api_key, load_config, parse_config
 from dmz_api.durations import parse_duration
 
@@ -69,10 +71,27 @@ def test_valid_config_parses_and_hashes_keys() -> None:
         ),
         ({"registrar": None}, "enable at least one role"),
         ({"log_level": "LOUD"}, "log_level: must be one of"),
+        (
+            {"server": {"public_url": "https://a", "event_loop": "tokio"}},
+            "server.event_loop: must be one of uvloop, asyncio",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(change: dict[str, Any], expected: str) -> None:
     assert expected in error_of(base(**change))
+
+
+def test_event_loop_defaults_to_uvloop_and_asyncio_can_be_chosen() -> None:
+    assert parse_config(base()).server.event_loop == "uvloop"
+    chosen = base(server={"public_url": "https://a", "event_loop": "asyncio"})
+    assert parse_config(chosen).server.event_loop == "asyncio"
+    for kind, loop_type in (("uvloop", uvloop.Loop), ("asyncio", asyncio.BaseEventLoop)):
+        loop = new_event_loop(kind)
+        try:
+            assert isinstance(loop, loop_type)
+            assert isinstance(loop, uvloop.Loop) == (kind == "uvloop")
+        finally:
+            loop.close()
 
 
 def test_not_a_mapping() -> None:
