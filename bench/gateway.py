@@ -1,6 +1,7 @@
 """Gateway benchmark: our reverse proxy vs nginx ``proxy_pass`` vs direct, and decision time.
 
     .venv/bin/python bench/gateway.py [--seconds 8] [--warmup 2] [--connections 32]
+        [--event-loop uvloop|asyncio]
 
 Starts, on loopback, one trivial aiohttp upstream (a separate process), nginx
 (``proxy_pass`` with a keep-alive upstream pool) and ``python -m dmz_api`` with the gateway
@@ -174,12 +175,13 @@ def start_nginx(workdir: Path, upstream_port: int) -> Nginx:
     ).start()
 
 
-def start_gateway(workdir: Path, upstream_port: int) -> tuple[DmzApi, str]:
+def start_gateway(workdir: Path, upstream_port: int, event_loop: str) -> tuple[DmzApi, str]:
     proxy_port = free_port()
     dmz = DmzApi(
         workdir / "dmz_api",
         {
             "log_level": "WARNING",
+            "server": {"event_loop": event_loop},
             "gateway": {
                 "server_name": "corp.example",
                 "upstream": f"http://127.0.0.1:{upstream_port}",
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     dmz: DmzApi | None = None
     try:
         nginx = start_nginx(workdir, upstream_port)
-        dmz, proxy_url = start_gateway(workdir, upstream_port)
+        dmz, proxy_url = start_gateway(workdir, upstream_port, args.event_loop)
         http: dict[str, Any] = {
             "direct": measure("direct", f"http://127.0.0.1:{upstream_port}", script, args),
             "nginx": measure("nginx", nginx.base_url, script, args),
@@ -252,6 +254,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     decide = {str(n): decide_benchmark(n, iterations=args.iterations) for n in (10, 1000)}
     return {
         "request": f"PUT {PATH} (small JSON body)",
+        "event_loop": args.event_loop,
         "wrk": {
             "threads": 1,
             "connections": args.connections,
@@ -293,7 +296,7 @@ def table(result: dict[str, Any]) -> str:
     for name in ("direct", "nginx", "gateway"):
         data = http[name]
         vs = f"{ratio[name]['throughput']:.2f}x" if name in ratio else "1.00x"
-        label = "gateway proxy (3 rules)" if name == "gateway" else name
+        label = f"gateway ({result['event_loop']})" if name == "gateway" else name
         lines.append(
             f"{label:22} {data['requests_per_s']:>9.0f} {data['p50_ms']:>8.2f}"
             f" {data['p99_ms']:>8.2f} {vs:>9}"
@@ -324,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured wrk run before")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--iterations", type=int, default=50_000, help="timed decisions")
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the gateway's server.event_loop (default: uvloop, as deployed)",
+    )
     parser.add_argument("--upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.upstream:
