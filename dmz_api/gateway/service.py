@@ -19,8 +19,9 @@ While no ruleset can be loaded or compiled every request is refused (fail closed
 
 Rule changes go through ``add_rule``/``update_rule``/``delete_rule``/``promote``/
 ``apply_preset``: each is one new version in the store and is live for the next request
-in this process; other replicas sharing the database pick it up within
-``reload_interval``.
+in this process. Other replicas sharing a PostgreSQL database hear of it at once (LISTEN/
+NOTIFY); every replica also checks the stored version each ``reload_interval``, which is
+how SQLite replicas see changes and what covers a notification lost with its connection.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ log = logging.getLogger("dmz_api.gateway")
 
 
 NOT_LOADED = "the rules have not been loaded yet"
+# Seconds between attempts to listen for rule changes again (PostgreSQL), doubling.
+_LISTEN_RETRY_FIRST = 0.1
+_LISTEN_RETRY_LAST = 10.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class GatewayService:
         self._unavailable = unavailable_decision(0)
         self._write_lock = asyncio.Lock()
         self._poll_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        # Set when another replica may have written a version: wakes the poll loop early.
+        self._changed = asyncio.Event()
         self._counters = {
             Outcome.ALLOW: metrics.allow,
             Outcome.BLOCK: metrics.block,
@@ -96,13 +103,16 @@ class GatewayService:
         await self.reload()
         self.decision_log.start()
         self._poll_task = asyncio.create_task(self._poll(), name="gateway-rule-reload")
+        if self.store.notifies:
+            self._listen_task = asyncio.create_task(self._listen(), name="gateway-rule-listen")
 
     async def stop(self) -> None:
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
-            self._poll_task = None
+        for task in (self._listen_task, self._poll_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._listen_task = self._poll_task = None
         await self.decision_log.stop()
 
     @property
@@ -164,9 +174,31 @@ class GatewayService:
             return
         self.install(compiled)
 
+    async def _listen(self) -> None:
+        retry = _LISTEN_RETRY_FIRST
+        while True:
+            started = time.monotonic()
+            try:
+                await self.store.listen(self._changed.set)
+                log.warning("Lost the connection that hears rule changes; reconnecting")
+            except Exception as e:
+                log.warning(
+                    "Cannot listen for rule changes (%s); polling every %g s meanwhile",
+                    type(e).__name__,
+                    self.config.reload_interval,
+                )
+            # A connection that lived a while is retried at once; one that keeps failing,
+            # less and less often.
+            if time.monotonic() - started > _LISTEN_RETRY_LAST:
+                retry = _LISTEN_RETRY_FIRST
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, _LISTEN_RETRY_LAST)
+
     async def _poll(self) -> None:
         while True:
-            await asyncio.sleep(self.config.reload_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.config.reload_interval)
+            self._changed.clear()
             try:
                 current = await self.store.current_version()
             except Exception as e:

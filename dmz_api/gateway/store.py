@@ -4,10 +4,16 @@ A write is one transaction: check the expected version, read the rules, apply th
 write the rules and a new version row (author, time, reason, diff). The first statement
 takes the write lock (SQLite) or locks the version table (PostgreSQL), so two writers never
 both build version N+1 and a reader never sees rules without their version.
+
+On PostgreSQL a write also sends ``NOTIFY dmz_api_gateway_rules`` (delivered at commit),
+and ``listen`` holds a connection that hears it, so replicas sharing the database reload
+at once instead of at their next poll.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -20,6 +26,9 @@ from mautrix.util.async_db import Connection, Database, Scheme
 from ..errors import Conflict
 from .model import iso
 from .rules import Rule
+
+# The PostgreSQL channel a rule write notifies (the payload is the new version).
+RULES_CHANNEL = "dmz_api_gateway_rules"
 
 _SELECT_RULES = (
     "SELECT id, kind, params, mode, enabled, priority, note, author, created, updated"
@@ -172,6 +181,38 @@ class RuleStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @property
+    def notifies(self) -> bool:
+        """Whether writes notify other replicas (PostgreSQL) and ``listen`` works."""
+        return self.db.scheme in (Scheme.POSTGRES, Scheme.COCKROACH)
+
+    async def listen(self, on_change: Callable[[], None]) -> None:
+        """Hear rule writes from every replica: ``on_change()`` once listening (a write may
+        have come before) and on each notification. Returns when the connection is lost;
+        runs until cancelled otherwise. PostgreSQL only."""
+        conn: Connection
+        async with self.db.acquire() as conn:
+            raw = conn.wrapped
+            lost = asyncio.Event()
+
+            def notified(*_: object) -> None:
+                on_change()
+
+            def terminated(_conn: object) -> None:
+                lost.set()
+
+            raw.add_termination_listener(terminated)
+            await raw.add_listener(RULES_CHANNEL, notified)
+            try:
+                on_change()
+                await lost.wait()
+            finally:
+                raw.remove_termination_listener(terminated)
+                if not raw.is_closed():
+                    # A connection dying under us may refuse the UNLISTEN: it goes anyway.
+                    with contextlib.suppress(Exception):
+                        await raw.remove_listener(RULES_CHANNEL, notified)
+
     async def current_version(self) -> int:
         return int(await self.db.fetchval("SELECT MAX(version) FROM gateway_versions"))
 
@@ -245,6 +286,8 @@ class RuleStore:
                 reason,
                 json.dumps(change.diff, separators=(",", ":")),
             )
+            if self.notifies:
+                await conn.execute("SELECT pg_notify($1, $2)", RULES_CHANNEL, str(version))
         return version, change
 
     async def history(self, *, limit: int, before: int | None = None) -> list[VersionRow]:

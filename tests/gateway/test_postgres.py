@@ -82,12 +82,67 @@ async def pg(postgres_url: str) -> AsyncIterator[Database]:
     await db.stop()
 
 
-def service(db: Database) -> GatewayService:
+def service(db: Database, reload_interval: float = 0.05) -> GatewayService:
     config = parse_gateway_config(
-        Section({"server_name": "corp.example", "reload_interval": 0.05,
+        Section({"server_name": "corp.example", "reload_interval": reload_interval,
                  "decision_log": {"flush_interval": 0.02}})
     )  # fmt: skip
     return GatewayService(config, RuleStore(db), GatewayMetrics(Metrics()))
+
+
+async def wait_for_version(gateway: GatewayService, version: int, within: float) -> float:
+    """Seconds until ``gateway`` enforces ``version``; fails after ``within``."""
+    start = time.monotonic()
+    while gateway.version != version:
+        assert time.monotonic() - start < within, (gateway.version, version)
+        await asyncio.sleep(0.005)
+    return time.monotonic() - start
+
+
+async def listening_backends(db: Database) -> list[int]:
+    rows = await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE query = $1",
+        'LISTEN "dmz_api_gateway_rules"',
+    )
+    return [row["pid"] for row in rows]
+
+
+async def test_replicas_hear_rule_changes_at_once(pg: Database) -> None:
+    # Polling every 60 s: only the notification can bring a change within the test.
+    a, b = service(pg, reload_interval=60), service(pg, reload_interval=60)
+    await a.start()
+    await b.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(await listening_backends(pg)) < 2:
+            assert time.monotonic() < deadline, "the replicas never started listening"
+            await asyncio.sleep(0.02)
+        for i in range(1, 6):
+            writer, reader = (a, b) if i % 2 else (b, a)
+            result = await writer.add_rule(
+                {"kind": "server_block", "params": {"servers": [f"n{i}.example"]}}, author=None
+            )
+            assert writer.version == result.version == i
+            await wait_for_version(reader, i, within=2.0)
+
+        # The listening connection dies (a PostgreSQL restart, a network cut): the replica
+        # reconnects and hears the next change without waiting for its poll.
+        before = await listening_backends(pg)
+        for pid in before:
+            await pg.execute("SELECT pg_terminate_backend($1)", pid)
+        deadline = time.monotonic() + 10
+        while True:
+            now = await listening_backends(pg)
+            if len(now) == 2 and not set(now) & set(before):
+                break
+            assert time.monotonic() < deadline, "the replicas did not listen again"
+            await asyncio.sleep(0.05)
+        await a.add_rule({"kind": "server_block", "params": {"servers": ["x"]}}, author=None)
+        await wait_for_version(b, 6, within=2.0)
+    finally:
+        await a.stop()
+        await b.stop()
+    assert await listening_backends(pg) == []
 
 
 async def test_replicas_share_rules_versions_and_decisions(pg: Database) -> None:
