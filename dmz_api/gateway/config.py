@@ -56,6 +56,8 @@ class GatewayConfig:
     # The server name of the homeserver the gateway protects (tells local users from remote).
     server_name: str
     upstream: str | None
+    # CA certificates that verify an https upstream (None: the system's trust store).
+    upstream_ca_file: Path | None
     listen: ListenConfig | None
     decision_log: DecisionLogConfig
     authz: AuthzConfig
@@ -108,6 +110,13 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
     upstream = section.url("upstream") if section.has("upstream") else None
     if listen is not None and upstream is None:
         raise section.error("upstream", "is required when listen is set (the proxy forwards to it)")
+    upstream_ca_file = None
+    if section.has("upstream_ca_file"):
+        if upstream is None or not upstream.startswith("https://"):
+            raise section.error("upstream_ca_file", "is only for an https:// upstream")
+        upstream_ca_file = section.base_dir / section.str("upstream_ca_file")
+        if not upstream_ca_file.is_file():
+            raise section.error("upstream_ca_file", f"{upstream_ca_file} is not a readable file")
 
     log = _optional(section, "decision_log")
     decision_log = DecisionLogConfig(
@@ -131,6 +140,7 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
     return GatewayConfig(
         server_name=server_name,
         upstream=upstream,
+        upstream_ca_file=upstream_ca_file,
         listen=listen,
         decision_log=decision_log,
         authz=AuthzConfig(secret=secret, allowed_peers=allowed_peers),

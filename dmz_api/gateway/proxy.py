@@ -184,6 +184,7 @@ class GatewayProxy:
             connect_timeout=timeouts.connect,
             read_timeout=timeouts.read,
             keepalive_timeout=30.0,
+            ca_file=str(ca) if (ca := self.config.upstream_ca_file) is not None else None,
         )
         self._listener = HttpListener(self.handle)
         self.port = await self._listener.start(

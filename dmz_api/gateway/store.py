@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from mautrix.util.async_db import Connection, Database, Scheme
 
 from ..errors import Conflict
@@ -192,7 +193,7 @@ class RuleStore:
         runs until cancelled otherwise. PostgreSQL only."""
         conn: Connection
         async with self.db.acquire() as conn:
-            raw = conn.wrapped
+            raw: asyncpg.Connection = conn.wrapped
             lost = asyncio.Event()
 
             def notified(*_: object) -> None:

@@ -390,6 +390,7 @@ class UpstreamPool:
         connect_timeout: float,
         read_timeout: float,
         keepalive_timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
         parts = urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -401,9 +402,9 @@ class UpstreamPool:
         self.netloc = host if default_port else f"{host}:{self.port}"
         # The path prefix of the upstream URL, if any, goes before every request path.
         self.prefix = parts.path.rstrip("/")
-        # Default verification, as ClientSession does it.
+        # Full verification (hostname and chain), against ca_file or the system's store.
         self._ssl: ssl.SSLContext | None = (
-            ssl.create_default_context() if parts.scheme == "https" else None
+            ssl.create_default_context(cafile=ca_file) if parts.scheme == "https" else None
         )
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout

@@ -47,6 +47,13 @@ def test_full(tmp_path: Path) -> None:
     assert config.authz.secret == "s" * 30
     assert [str(n) for n in config.trusted_proxies] == ["10.0.0.1/32", "fd00::/8"]
     assert config.decision_log.retention == 7 * 86400
+    assert config.upstream_ca_file is None
+
+
+def test_upstream_ca_file_is_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    config = parse({"upstream": "https://hs.example", "upstream_ca_file": "ca.pem"}, tmp_path)
+    assert config.upstream_ca_file == tmp_path / "ca.pem"
 
 
 @pytest.mark.parametrize(
@@ -61,6 +68,14 @@ def test_full(tmp_path: Path) -> None:
         ({"decision_log": {"batch_size": 0}}, "gateway.decision_log.batch_size"),
         ({"decision_log": {"retention": "soon"}}, "gateway.decision_log.retention"),
         ({"reload_interval": 0}, "gateway.reload_interval"),
+        (
+            {"upstream": "http://127.0.0.1:8008", "upstream_ca_file": "ca.pem"},
+            "gateway.upstream_ca_file: is only for an https:// upstream",
+        ),
+        (
+            {"upstream": "https://hs.example", "upstream_ca_file": "/nonexistent/ca.pem"},
+            "gateway.upstream_ca_file: /nonexistent/ca.pem is not a readable file",
+        ),
     ],
 )
 def test_errors(data: dict[str, Any], message: str) -> None:

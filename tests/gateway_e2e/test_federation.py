@@ -3,8 +3,8 @@
 ``home`` is named ``localhost:<gateway proxy port>``, so every federation request the
 ``partner`` makes to it reaches the gateway's proxy listener first (TLS, the same
 self-signed certificate Synapse uses); the proxy forwards what it allows to home's TLS
-federation listener. The proxy verifies the upstream certificate: the gateway process
-trusts the self-signed certificate through ``SSL_CERT_FILE`` (its SAN names 127.0.0.1).
+federation listener. The proxy verifies the upstream certificate
+against ``gateway.upstream_ca_file`` (its SAN names 127.0.0.1).
 
 Home → partner traffic (invites, home's events) goes straight to the partner: the
 gateway judges what comes in. A 403 on a federation ``/send`` makes the partner back off
@@ -80,7 +80,7 @@ def federation(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterato
                     "tls_private_key": str(key),
                 },
                 upstream=home.federation_url,
-                env={"SSL_CERT_FILE": str(cert)},
+                upstream_ca_file=str(cert),
             )
         )
 

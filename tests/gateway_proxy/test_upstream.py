@@ -247,6 +247,14 @@ async def test_https_upstream_certificates_are_verified(tmp_path: Path) -> None:
         # A certificate nobody vouches for is refused, as ClientSession refused it.
         with pytest.raises(UpstreamConnectError):
             await get(pool)
+        # With its CA given (gateway.upstream_ca_file) the same upstream is trusted.
+        trusting = UpstreamPool(
+            f"https://127.0.0.1:{port}", connect_timeout=2, read_timeout=5, ca_file=str(cert)
+        )
+        try:
+            assert await get(trusting) == b"ok"
+        finally:
+            await trusting.close()
     finally:
         await pool.close()
         server.close()
