@@ -21,6 +21,10 @@ from attrs import field, frozen
 from .config import Config
 from .durations import parse_timestamp
 
+# The registrar's largest page, and the most pages a full listing follows (a loop guard).
+PAGE_SIZE = 1000
+MAX_PAGES = 1000
+
 
 @frozen
 class Acting:
@@ -218,11 +222,23 @@ class Registrar:
         sponsor: str | None = None,
         limit: int | None = None,
     ) -> list[Token]:
-        params = {key: value for key, value in (("status", status), ("sponsor", sponsor)) if value}
-        if limit:
-            params["limit"] = str(limit)
-        data = await self.api.request("GET", "/v1/tokens", acting=acting, params=params)
-        return [Token.from_json(item) for item in _items(data, "tokens")]
+        """The first page, newest first."""
+        params = _filters(status=status, sponsor=sponsor)
+        items, _ = await self._page(acting, "/v1/tokens", "tokens", params, limit)
+        return [Token.from_json(item) for item in items]
+
+    async def all_tokens(
+        self,
+        acting: Acting,
+        *,
+        status: str | None = None,
+        sponsor: str | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> list[Token]:
+        """Every page, newest first."""
+        params = _filters(status=status, sponsor=sponsor)
+        items = await self._every(acting, "/v1/tokens", "tokens", params, page_size)
+        return [Token.from_json(item) for item in items]
 
     async def token(self, acting: Acting, token_id: str) -> Token:
         data = await self.api.request(
@@ -257,16 +273,71 @@ class Registrar:
         status: str | None = None,
         limit: int | None = None,
     ) -> list[Guest]:
-        params = {key: value for key, value in (("sponsor", sponsor), ("status", status)) if value}
-        if limit:
-            params["limit"] = str(limit)
-        data = await self.api.request("GET", "/v1/guests", acting=acting, params=params)
-        return [Guest.from_json(item) for item in _items(data, "guests")]
+        """The first page, newest first."""
+        params = _filters(sponsor=sponsor, status=status)
+        items, _ = await self._page(acting, "/v1/guests", "guests", params, limit)
+        return [Guest.from_json(item) for item in items]
+
+    async def all_guests(
+        self,
+        acting: Acting,
+        *,
+        sponsor: str | None = None,
+        status: str | None = None,
+        page_size: int = PAGE_SIZE,
+    ) -> list[Guest]:
+        """Every page, newest first."""
+        params = _filters(sponsor=sponsor, status=status)
+        items = await self._every(acting, "/v1/guests", "guests", params, page_size)
+        return [Guest.from_json(item) for item in items]
 
     async def deactivate_guest(self, acting: Acting, user_id: str) -> None:
         await self.api.request(
             "POST", f"/v1/guests/{quote(user_id, safe='@:')}/deactivate", acting=acting
         )
+
+    async def _page(
+        self,
+        acting: Acting,
+        path: str,
+        key: str,
+        params: Mapping[str, str],
+        limit: int | None,
+        cursor: str | None = None,
+    ) -> tuple[list[Any], str | None]:
+        """One page of a list call: its items and the cursor of the next (None at the end)."""
+        query = dict(params)
+        if limit:
+            query["limit"] = str(limit)
+        if cursor:
+            query["cursor"] = cursor
+        data = await self.api.request("GET", path, acting=acting, params=query)
+        items = _items(data, key)
+        next_cursor = data.get("next_cursor")
+        return items, next_cursor if isinstance(next_cursor, str) and next_cursor else None
+
+    async def _every(
+        self, acting: Acting, path: str, key: str, params: Mapping[str, str], page_size: int
+    ) -> list[Any]:
+        """Every page of a list call, following ``next_cursor`` for at most MAX_PAGES pages."""
+        items: list[Any] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            page, cursor = await self._page(acting, path, key, params, page_size, cursor)
+            items.extend(page)
+            if cursor is None:
+                return items
+            if cursor in seen:
+                raise DmzError(200, "M_BAD_JSON", f"the registrar repeated a {key} page")
+            seen.add(cursor)
+        raise DmzError(
+            200, "M_TOO_LARGE", f"the registrar listed more than {MAX_PAGES} pages of {key}"
+        )
+
+
+def _filters(**values: str | None) -> dict[str, str]:
+    return {key: value for key, value in values.items() if value}
 
 
 def _items(data: Any, key: str) -> list[Any]:

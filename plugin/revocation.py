@@ -19,8 +19,6 @@ from .dmz import Acting, DmzFailure
 from .services import Services
 
 COMMAND = "revoke on deactivation"
-# The registrar's largest page; it has no paging, so a sweep sees at most this many.
-SWEEP_LIMIT = 1000
 
 
 class Revoker:
@@ -46,10 +44,10 @@ class Revoker:
         acting = Acting(self.services.client.mxid, secrets.token_hex(8))
         registrar = self.services.registrar
         try:
-            tokens = await registrar.tokens(acting, status="active", limit=SWEEP_LIMIT)
+            tokens = await registrar.all_tokens(acting, status="active")
             sponsors = {token.sponsor for token in tokens}
             if self.config.guests_on_deactivation == "deactivate":
-                guests = await registrar.guests(acting, status="active", limit=SWEEP_LIMIT)
+                guests = await registrar.all_guests(acting, status="active")
                 sponsors |= {guest.sponsor for guest in guests}
         except DmzFailure as e:
             self.log.warning("Sweep skipped: %s", e)

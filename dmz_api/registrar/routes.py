@@ -15,7 +15,7 @@ from .. import appkeys
 from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
-from ..params import actor, json_body, query_choice, query_limit, query_user
+from ..params import actor, json_body, query_choice, query_page, query_user
 from .service import Minted, TokenView
 from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow
 
@@ -115,12 +115,17 @@ async def mint_token(request: web.Request) -> web.Response:
 
 @requires_scope("tokens")
 async def list_tokens(request: web.Request) -> web.Response:
+    page = query_page(request)
     views = await request.app[appkeys.REGISTRAR].list_tokens(
         status=query_choice(request, "status", TOKEN_STATUSES),
         sponsor=query_user(request, "sponsor"),
-        limit=query_limit(request),
+        limit=page.fetch,
+        after=page.after,
     )
-    return web.json_response({"tokens": [token_json(view) for view in views]})
+    views, next_cursor = page.cut(views, lambda view: (view.row.created_at, view.row.id))
+    return web.json_response(
+        {"tokens": [token_json(view) for view in views], "next_cursor": next_cursor}
+    )
 
 
 @requires_scope("tokens")
@@ -152,12 +157,17 @@ async def revoke_sponsor(request: web.Request) -> web.Response:
 
 @requires_scope("guests")
 async def list_guests(request: web.Request) -> web.Response:
+    page = query_page(request)
     guests = await request.app[appkeys.REGISTRAR].list_guests(
         sponsor=query_user(request, "sponsor"),
         status=query_choice(request, "status", GUEST_STATUSES),
-        limit=query_limit(request),
+        limit=page.fetch,
+        after=page.after,
     )
-    return web.json_response({"guests": [guest_json(guest) for guest in guests]})
+    guests, next_cursor = page.cut(guests, lambda guest: (guest.created_at, guest.user_id))
+    return web.json_response(
+        {"guests": [guest_json(guest) for guest in guests], "next_cursor": next_cursor}
+    )
 
 
 @requires_scope("guests")

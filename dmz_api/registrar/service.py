@@ -35,7 +35,7 @@ from .homeserver import (
     RegistrationRefused,
     TokenExists,
 )
-from .store import GuestRow, RegistrarStore, TokenRow, TokenStatus
+from .store import GuestRow, Position, RegistrarStore, TokenRow, TokenStatus
 
 log = logging.getLogger("dmz_api.registrar")
 
@@ -305,11 +305,18 @@ class RegistrarService:
         return TokenView(row, row.status(self.now_ms()), tuple(used_by))
 
     async def list_tokens(
-        self, *, status: str | None = None, sponsor: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        sponsor: str | None = None,
+        limit: int = 100,
+        after: Position | None = None,
     ) -> list[TokenView]:
         await self.sync()
         now = self.now_ms()
-        rows = await self.store.list_tokens(now, status=status, sponsor=sponsor, limit=limit)
+        rows = await self.store.list_tokens(
+            now, status=status, sponsor=sponsor, limit=limit, after=after
+        )
         used_by = await self.store.guests_of_tokens([row.id for row in rows])
         return [TokenView(row, row.status(now), tuple(used_by.get(row.id, ()))) for row in rows]
 
@@ -436,9 +443,16 @@ class RegistrarService:
     # ---- guests ----
 
     async def list_guests(
-        self, *, sponsor: str | None = None, status: str | None = None, limit: int = 100
+        self,
+        *,
+        sponsor: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: Position | None = None,
     ) -> list[GuestRow]:
-        return await self.store.list_guests(sponsor=sponsor, status=status, limit=limit)
+        return await self.store.list_guests(
+            sponsor=sponsor, status=status, limit=limit, after=after
+        )
 
     async def deactivate_guest(self, user_id: str, actor: str) -> GuestRow:
         guest = await self.store.get_guest(user_id)

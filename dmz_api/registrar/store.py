@@ -35,6 +35,15 @@ _TK_COLUMNS = (
 _GUEST_COLUMNS = "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by"
 
 Row = Any
+# A place in a list, newest first: (created_at, id); a page holds the rows after it.
+Position = tuple[int, str]
+
+
+def _after(position: Position, key: str, args: list[Any]) -> str:
+    """The condition for rows after ``position`` in ``ORDER BY created_at DESC, <key>``."""
+    args.extend(position)
+    at, item = f"${len(args) - 1}", f"${len(args)}"
+    return f"(created_at < {at} OR (created_at = {at} AND {key} > {item}))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +159,13 @@ class RegistrarStore:
         return TokenRow.from_row(row) if row else None
 
     async def list_tokens(
-        self, now_ms: int, *, status: str | None, sponsor: str | None, limit: int
+        self,
+        now_ms: int,
+        *,
+        status: str | None,
+        sponsor: str | None,
+        limit: int,
+        after: Position | None = None,
     ) -> list[TokenRow]:
         conditions: list[str] = ["1=1"]
         args: list[Any] = []
@@ -163,6 +178,8 @@ class RegistrarStore:
         if sponsor is not None:
             args.append(sponsor)
             conditions.append(f"sponsor=${len(args)}")
+        if after is not None:
+            conditions.append(_after(after, "id", args))
         args.append(limit)
         query = (
             f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE {' AND '.join(conditions)}"
@@ -270,7 +287,12 @@ class RegistrarStore:
         return GuestRow.from_row(row) if row else None
 
     async def list_guests(
-        self, *, sponsor: str | None, status: str | None, limit: int
+        self,
+        *,
+        sponsor: str | None,
+        status: str | None,
+        limit: int,
+        after: Position | None = None,
     ) -> list[GuestRow]:
         conditions: list[str] = ["1=1"]
         args: list[Any] = []
@@ -280,6 +302,8 @@ class RegistrarStore:
         if status is not None:
             args.append(status)
             conditions.append(f"status=${len(args)}")
+        if after is not None:
+            conditions.append(_after(after, "user_id", args))
         args.append(limit)
         query = (
             f"SELECT {_GUEST_COLUMNS} FROM registrar_guests WHERE {' AND '.join(conditions)}"

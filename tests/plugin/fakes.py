@@ -51,6 +51,8 @@ class FakeRegistrar:
     # (status, body) answered to every authenticated request while set.
     fail: tuple[int, Any] | None = None
     minted: int = 0
+    # The most items a list call answers, whatever its limit (the real default is 100).
+    page_cap: int | None = None
 
     def add_token(self, sponsor: str, *, status: str = "active", note: str = "") -> str:
         token_id = secrets.token_hex(6)
@@ -143,14 +145,35 @@ class FakeRegistrar:
     def _public(self, token: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in token.items() if k != "plaintext"}
 
-    async def list_tokens(self, request: web.Request) -> web.Response:
+    def _page(
+        self, request: web.Request, key: str, items: list[dict[str, Any]], id_key: str
+    ) -> web.Response:
+        """Newest (last added) first; the cursor is the last item's id, a position like the
+        real one's: it stays valid when that item no longer matches the filters."""
+        limit = int(request.query.get("limit", "100"))
+        if self.page_cap is not None:
+            limit = min(limit, self.page_cap)
+        ordered = items[::-1]
+        start = 0
+        if cursor := request.query.get("cursor"):
+            ids = [item[id_key] for item in ordered]
+            if cursor not in ids:
+                return error(400, "M_INVALID_PARAM", "cursor must be the next_cursor of a page")
+            start = ids.index(cursor) + 1
         status, sponsor = request.query.get("status"), request.query.get("sponsor")
         found = [
-            self._public(t)
-            for t in self.tokens.values()
-            if (not status or t["status"] == status) and (not sponsor or t["sponsor"] == sponsor)
+            item
+            for item in ordered[start:]
+            if (not status or item["status"] == status)
+            and (not sponsor or item["sponsor"] == sponsor)
         ]
-        return web.json_response({"tokens": found})
+        page = found[:limit]
+        next_cursor = page[-1][id_key] if len(found) > limit else None
+        return web.json_response({key: page, "next_cursor": next_cursor})
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        tokens = [self._public(t) for t in self.tokens.values()]
+        return self._page(request, "tokens", tokens, "id")
 
     async def get_token(self, request: web.Request) -> web.Response:
         token = self.tokens.get(request.match_info["token_id"])
@@ -183,13 +206,7 @@ class FakeRegistrar:
         return web.json_response({"tokens_revoked": revoked, "guests_deactivated": deactivated})
 
     async def list_guests(self, request: web.Request) -> web.Response:
-        status, sponsor = request.query.get("status"), request.query.get("sponsor")
-        found = [
-            g
-            for g in self.guests.values()
-            if (not status or g["status"] == status) and (not sponsor or g["sponsor"] == sponsor)
-        ]
-        return web.json_response({"guests": found})
+        return self._page(request, "guests", list(self.guests.values()), "user_id")
 
     async def deactivate_guest(self, request: web.Request) -> web.Response:
         guest = self.guests.get(request.match_info["user_id"])

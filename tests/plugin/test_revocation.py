@@ -16,7 +16,7 @@ from mautrix.types import (
     UserID,
 )
 
-from plugin import BastionBot
+from plugin import BastionBot, dmz
 
 from .conftest import BOT, CONTROL, OTHER_ROOM, STAFF, Chat
 from .fakes import FakeHomeserver, FakeRegistrar
@@ -175,3 +175,50 @@ async def test_sweep_runs_at_start_and_periodically(
     assert len(registrar.calls("GET", "/v1/tokens")) == 2
     await bot.internal_stop()
     assert bot.sweep_task is None
+
+
+async def test_sweep_follows_every_page(
+    bot: BastionBot, registrar: FakeRegistrar, homeserver: FakeHomeserver, bob: list[str]
+) -> None:
+    registrar.page_cap = 2  # newest first: bob's two (the oldest) are on pages 2 and 3
+    newer = [registrar.add_token(STAFF) for _ in range(3)]
+    assert await bot.revoker.sweep() == 1
+    assert [registrar.tokens[t]["status"] for t in bob] == ["revoked", "revoked"]
+    assert all(registrar.tokens[t]["status"] == "active" for t in newer)
+    calls = registrar.calls("GET", "/v1/tokens")
+    assert [call.query.get("cursor") for call in calls] == [None, newer[1], bob[1]]
+    assert {call.query["limit"] for call in calls} == {"1000"}
+    assert all(call.query["status"] == "active" for call in calls)
+
+
+async def test_sweep_follows_every_page_of_guests(
+    bot: BastionBot, registrar: FakeRegistrar, homeserver: FakeHomeserver, maubot_plugin_config: Any
+) -> None:
+    maubot_plugin_config["on_staff_deactivated.guests"] = "deactivate"
+    registrar.page_cap = 1
+    homeserver.add_user(BOB, deactivated=True)
+    registrar.add_guest("@g:partners.example.test", BOB)
+    registrar.add_guest("@h:partners.example.test", STAFF)
+    assert await bot.revoker.sweep() == 1
+    assert registrar.guests["@g:partners.example.test"]["status"] == "deactivated"
+    assert len(registrar.calls("GET", "/v1/guests")) == 2
+
+
+async def test_sweep_stops_on_a_repeated_cursor(
+    bot: BastionBot, registrar: FakeRegistrar, bob: list[str]
+) -> None:
+    registrar.fail = (200, {"tokens": [], "next_cursor": "again"})
+    assert await bot.revoker.sweep() == 0
+    assert len(registrar.calls("GET", "/v1/tokens")) == 2
+    registrar.fail = None
+    assert await bot.revoker.sweep() == 1
+
+
+async def test_sweep_gives_up_past_the_page_bound(
+    bot: BastionBot, registrar: FakeRegistrar, bob: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dmz, "MAX_PAGES", 1)
+    registrar.page_cap = 1
+    assert await bot.revoker.sweep() == 0
+    assert len(registrar.calls("GET", "/v1/tokens")) == 1
+    assert [registrar.tokens[t]["status"] for t in bob] == ["active", "active"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from dmz_api import appkeys
 from dmz_api.openapi import document
+from dmz_api.registrar.store import GuestRow
 
-from .conftest import GUESTS_ONLY_KEY, SPONSOR, auth, csrf_of
+from .conftest import GUESTS_ONLY_KEY, SPONSOR, Clock, auth, csrf_of
 from .fakes import FakeHomeserver
 
 Client = TestClient[Any, Any]
@@ -129,6 +132,122 @@ async def test_list_show_revoke(client: Client, fake_hs: FakeHomeserver) -> None
     assert resp.status == 404
     resp = await client.delete(f"/v1/tokens/{b['id']}", headers=auth(acting=None))
     assert (await resp.json())["revoked_by"] == "api:bot"
+
+
+async def pages(client: Client, path: str, key: str, **params: str) -> list[tuple[list[Any], Any]]:
+    """Every page of a list call, following next_cursor: (items, next_cursor) each."""
+    found: list[tuple[list[Any], Any]] = []
+    cursor = None
+    while len(found) < 20:
+        query = params | ({"cursor": cursor} if cursor else {})
+        resp = await client.get(path, params=query, headers=auth())
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        found.append((body[key], body["next_cursor"]))
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return found
+        assert isinstance(cursor, str) and re.fullmatch(r"[A-Za-z0-9_-]+", cursor)
+    raise AssertionError("the pages never end")
+
+
+async def test_tokens_are_paged(client: Client) -> None:
+    # 25 tokens minted at three instants (12, 8 and 5 of them): pages of 10 break inside
+    # runs of tokens created in the same millisecond.
+    clock = client.app[appkeys.REGISTRAR].clock = Clock()
+    for n in range(25):
+        if n in (12, 20):
+            clock.advance(1)
+        await mint(client, {"note": f"t{n}"})
+    resp = await client.get("/v1/tokens", params={"limit": "100"}, headers=auth())
+    body = await resp.json()
+    everything = [t["id"] for t in body["tokens"]]
+    assert body["next_cursor"] is None and len(set(everything)) == 25
+    notes = [t["note"] for t in body["tokens"]]
+    assert sorted(notes[:5]) == [f"t{n}" for n in range(20, 25)], "newest first"
+
+    found = await pages(client, "/v1/tokens", "tokens", limit="10")
+    assert [len(items) for items, _ in found] == [10, 10, 5]
+    assert [t["id"] for items, _ in found for t in items] == everything, "no gap, no repeat"
+
+    exact = await pages(client, "/v1/tokens", "tokens", limit="5")
+    assert [len(items) for items, _ in exact] == [5] * 5, "no empty page after a full last one"
+
+
+async def test_token_pages_survive_changes_between_pages(client: Client) -> None:
+    for n in range(6):
+        await mint(client, {"note": f"t{n}"})
+    resp = await client.get("/v1/tokens", params={"status": "active"}, headers=auth())
+    everything = [t["id"] for t in (await resp.json())["tokens"]]
+    resp = await client.get("/v1/tokens", params={"status": "active", "limit": "3"}, headers=auth())
+    first = await resp.json()
+    assert [t["id"] for t in first["tokens"]] == everything[:3]
+    for token_id in everything[:3]:  # an offset would now skip three tokens
+        await client.delete(f"/v1/tokens/{token_id}", headers=auth())
+    _, newer = await mint(client, {"note": "minted between pages"})
+    params = {"status": "active", "limit": "3", "cursor": first["next_cursor"]}
+    second = await (await client.get("/v1/tokens", params=params, headers=auth())).json()
+    assert [t["id"] for t in second["tokens"]] == everything[3:]
+    assert newer["id"] not in everything and second["next_cursor"] is None
+
+
+async def test_guests_are_paged(client: Client) -> None:
+    _, minted = await mint(client, {"uses": 30})
+    store = client.app[appkeys.REGISTRAR].store
+    for n in range(25):
+        sponsor = SPONSOR if n % 5 else "@bob:corp.example"
+        await store.insert_guest(
+            GuestRow(
+                f"@g{n}:dmz.test", sponsor, minted["id"], 1_000 + n // 10, "active", None, None
+            )
+        )
+    resp = await client.get("/v1/guests", params={"limit": "100"}, headers=auth())
+    body = await resp.json()
+    everything = [g["user_id"] for g in body["guests"]]
+    assert body["next_cursor"] is None and sorted(everything) == sorted(
+        f"@g{n}:dmz.test" for n in range(25)
+    )
+    found = await pages(client, "/v1/guests", "guests", limit="10")
+    assert [len(items) for items, _ in found] == [10, 10, 5]
+    assert [g["user_id"] for items, _ in found for g in items] == everything
+
+    alices = [user for user in everything if int(user[2:].split(":")[0]) % 5]
+    found = await pages(client, "/v1/guests", "guests", limit="7", sponsor=SPONSOR)
+    assert [len(items) for items, _ in found] == [7, 7, 6]
+    assert [g["user_id"] for items, _ in found for g in items] == alices
+
+
+def cursor_of(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("path", ["/v1/tokens", "/v1/guests"])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not a cursor",
+        "!!!!",
+        "A" * 401,
+        cursor_of("1700000000000:" + "x" * 400),
+        cursor_of("1700000000000"),
+        cursor_of("1700000000000:"),
+        cursor_of(":abc"),
+        cursor_of("17e3:abc"),
+        cursor_of("-5:abc"),
+        cursor_of("0017:abc"),
+        cursor_of("1" * 19 + ":abc"),
+        cursor_of("\u0661\u0662:abc"),
+        cursor_of("12:ab\nc"),
+        cursor_of("12:abc") + "==",
+        "_w",
+        cursor_of("12:abcd")[:-1] + "B",  # the same bytes, spelled another way
+    ],
+)
+async def test_bad_cursor_is_refused(client: Client, path: str, cursor: str) -> None:
+    resp = await client.get(path, params={"cursor": cursor}, headers=auth())
+    body = await resp.json()
+    assert (resp.status, body["errcode"]) == (400, "M_INVALID_PARAM")
+    assert body["error"].startswith("cursor")
 
 
 async def register(client: Client, token: str, username: str) -> int:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 from mautrix.util.async_db import Database
 
 from dmz_api.registrar.store import GuestRow, RegistrarStore, TokenRow
+
+Row = TypeVar("Row", TokenRow, GuestRow)
 
 NOW = 1_700_000_000_000
 HOUR = 3_600_000
@@ -196,3 +201,90 @@ async def test_transaction_rolls_back(pg_store: RegistrarStore) -> None:
             raise RuntimeError("boom")
     row = await pg_store.get_token("a" * 12)
     assert row is not None and row.uses_completed == 0
+
+
+async def all_pages(
+    fetch: Callable[..., Awaitable[list[Row]]],
+    position: Callable[[Row], tuple[int, str]],
+    limit: int,
+) -> list[list[Row]]:
+    """Follow positions page by page, as the API does with its cursor."""
+    pages: list[list[Row]] = []
+    after = None
+    for _ in range(100):
+        page = await fetch(limit=limit, after=after)
+        pages.append(page)
+        if len(page) < limit:
+            return pages
+        after = position(page[-1])
+    raise AssertionError("the pages never end")
+
+
+def token_position(row: TokenRow) -> tuple[int, str]:
+    return row.created_at, row.id
+
+
+async def test_token_pages_follow_one_another(pg_store: RegistrarStore) -> None:
+    # 25 tokens minted at three instants (12, 8 and 5 of them), in no particular order:
+    # pages of 10 break inside runs of equal created_at.
+    rng = random.Random(25)
+    times = [NOW] * 12 + [NOW + 1] * 8 + [NOW + 2] * 5
+    rng.shuffle(times)
+    for created_at in times:
+        await pg_store.insert_token(token(rng.randbytes(6).hex(), created_at=created_at))
+    everything = await pg_store.list_tokens(NOW, status=None, sponsor=None, limit=100)
+    keys = [(row.created_at, row.id) for row in everything]
+    assert keys == sorted(keys, key=lambda key: (-key[0], key[1])) and len(set(keys)) == 25
+
+    async def fetch(limit: int, after: tuple[int, str] | None) -> list[TokenRow]:
+        return await pg_store.list_tokens(NOW, status=None, sponsor=None, limit=limit, after=after)
+
+    pages = await all_pages(fetch, token_position, 10)
+    assert [len(page) for page in pages] == [10, 10, 5]
+    assert [row for page in pages for row in page] == everything
+    assert pages[0][-1].created_at == pages[1][0].created_at == NOW + 1
+    assert pages[1][-1].created_at == pages[2][0].created_at == NOW
+
+
+async def test_token_pages_keep_their_filters(pg_store: RegistrarStore) -> None:
+    for n in range(12):
+        await pg_store.insert_token(
+            token(
+                f"{n:012x}",
+                sponsor="@bob:corp" if n % 4 == 0 else "@alice:corp.example",
+                revoked_at=NOW if n % 3 == 0 else None,
+                created_at=NOW + n // 5,
+            )
+        )
+
+    async def fetch(limit: int, after: tuple[int, str] | None) -> list[TokenRow]:
+        return await pg_store.list_tokens(
+            NOW, status="active", sponsor="@alice:corp.example", limit=limit, after=after
+        )
+
+    wanted = await fetch(100, None)
+    assert [row.id[-1] for row in wanted] == ["a", "b", "5", "7", "1", "2"]
+    pages = await all_pages(fetch, token_position, 4)
+    assert [len(page) for page in pages] == [4, 2]
+    assert [row for page in pages for row in page] == wanted
+
+
+async def test_guest_pages_follow_one_another(pg_store: RegistrarStore) -> None:
+    await pg_store.insert_token(token(uses_allowed=30))
+    # Case and punctuation that collations order differently: pages must follow the
+    # database's own order, whatever it is.
+    names = [f"@{prefix}{n}:dmz.test" for n in range(5) for prefix in ("g", "G", "g_", "g-", "g.")]
+    for n, user_id in enumerate(names):
+        await pg_store.insert_guest(
+            dataclasses.replace(guest(user_id, "a" * 12), created_at=NOW + n // 10)
+        )
+    everything = await pg_store.list_guests(sponsor=None, status=None, limit=100)
+    assert sorted(g.user_id for g in everything) == sorted(names)
+    assert [g.created_at for g in everything] == [NOW + 2] * 5 + [NOW + 1] * 10 + [NOW] * 10
+
+    async def fetch(limit: int, after: tuple[int, str] | None) -> list[GuestRow]:
+        return await pg_store.list_guests(sponsor=None, status=None, limit=limit, after=after)
+
+    for limit in (1, 3, 10):
+        pages = await all_pages(fetch, lambda g: (g.created_at, g.user_id), limit)
+        assert [g for page in pages for g in page] == everything, f"pages of {limit}"
