@@ -51,6 +51,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/registrar.py
 	$(BIN)/python bench/bot.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/replicas.py
 
 clean:
 	rm -rf $(VENV) *.mbp .demo tests/artifacts .mypy_cache .ruff_cache .pytest_cache

@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stats import summary  # noqa: E402
+from bench.stats import summary, write_results  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.stack import BotStack, GuestBrowser, onboarding_url  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
@@ -152,9 +152,7 @@ def main() -> None:
     print(
         f"!token generate / !whoami: {result['ratio_p50']}x at p50, {result['ratio_p99']}x at p99"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(ROOT)}")
+    write_results(RESULTS, result)
 
 
 if __name__ == "__main__":

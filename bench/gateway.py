@@ -16,7 +16,6 @@ from ``/metrics`` (it must be 0). Prints a table and writes ``bench/results/gate
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -32,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.stats import write_results  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
 from devstack.nginx import Nginx  # noqa: E402
 from devstack.ports import free_port  # noqa: E402
@@ -344,9 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(ROOT)}")
+    write_results(RESULTS, result)
     failures = []
     if result["decision_log"]["dropped"]:
         failures.append("decision records were dropped")

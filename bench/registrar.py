@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import platform
 import secrets
 import shutil
@@ -28,7 +27,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stats import summary  # noqa: E402
+from bench.stats import summary, write_results  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
 
@@ -185,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         hs.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(result))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(ROOT)}")
+    write_results(RESULTS, result)
     return 0
 
 

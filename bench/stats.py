@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
+from typing import Any
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -21,3 +24,10 @@ def summary(samples: list[float]) -> dict[str, float]:
         "mean_ms": round(statistics.fmean(ms), 2),
         "max_ms": round(max(ms), 2),
     }
+
+
+def write_results(path: Path, result: dict[str, Any]) -> None:
+    """Write a benchmark's figures as JSON under bench/results/ and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {path.relative_to(path.parents[2])}")

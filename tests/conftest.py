@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.postgres import Postgres
 from devstack.synapse import Synapse
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -44,6 +45,13 @@ def internal_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synap
     """The corporate homeserver where staff and the bot live."""
     with Synapse(tmp_path_factory.mktemp("internal-synapse"), name="corp") as hs:
         yield hs
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on loopback; each user makes its own database."""
+    with Postgres() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 from mautrix.util.async_db import Database
 
-from devstack.ports import free_port
+from devstack.postgres import Postgres
 from dmz_api.config import Section
 from dmz_api.errors import Conflict
 from dmz_api.gateway.config import parse_gateway_config
@@ -29,54 +23,9 @@ from dmz_api.metrics import Metrics
 pytestmark = pytest.mark.slow
 
 
-def _as_postgres(argv: list[str]) -> list[str]:
-    # initdb refuses to run as root: drop to the postgres account the Debian package made.
-    if os.geteuid() == 0:
-        return ["su", "postgres", "-c", " ".join(argv)]
-    return argv
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not found:
-        pytest.fail("PostgreSQL is missing: `make test` installs it (apt-get install postgresql)")
-    bindir = Path(found[-1]).parent
-    workdir = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(workdir, "postgres")
-    port = free_port()
-    data = workdir / "data"
-    subprocess.run(
-        _as_postgres([str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"]),
-        check=True,
-        capture_output=True,
-    )
-    options = f"'-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off'"
-    subprocess.run(
-        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                      str(workdir / "log"), "-w", "start"]),
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgres://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]),
-            capture_output=True,
-        )
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
 @pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[Database]:
-    db = Database.create(postgres_url, upgrade_table=upgrade_table)
-    await db.start()
-    for table in ("gateway_rules", "gateway_versions", "gateway_decisions", "gateway_version"):
-        await db.execute(f"DROP TABLE IF EXISTS {table}")
-    await db.stop()
-    db = Database.create(postgres_url, upgrade_table=upgrade_table)
+async def pg(postgres: Postgres) -> AsyncIterator[Database]:
+    db = Database.create(await postgres.new_database(), upgrade_table=upgrade_table)
     await db.start()
     yield db
     await db.stop()
@@ -101,7 +50,7 @@ async def wait_for_version(gateway: GatewayService, version: int, within: float)
 
 async def listening_backends(db: Database) -> list[int]:
     rows = await db.fetch(
-        "SELECT pid FROM pg_stat_activity WHERE query = $1",
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
         'LISTEN "dmz_api_gateway_rules"',
     )
     return [row["pid"] for row in rows]

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import re
-import secrets
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from mautrix.util.async_db import Database
 
-from devstack.ports import free_port
+from devstack.postgres import Postgres
 from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
@@ -168,54 +164,7 @@ async def client(
     return test_client
 
 
-# ---- PostgreSQL (the shared-state engine), when the Debian server binaries are present ----
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return found[-1].parent if found else None
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL cluster on loopback (run as the postgres user when root)."""
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries not installed")
-    # Not under pytest's tmp dir: that is private to root, and initdb refuses to run as root.
-    workdir = Path(tempfile.mkdtemp(prefix="bastion-pg-"))
-    data = workdir / "data"
-    port = free_port()
-    run_as: list[str] = []
-    if _is_root():
-        shutil.chown(workdir, "postgres")
-        run_as = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "bastion", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(workdir / "pg.log"),
-         "-o", f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off",
-         "-w", "start"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    try:
-        yield f"postgres://bastion@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-            capture_output=True,
-        )
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _is_root() -> bool:
-    import os
-
-    return os.geteuid() == 0
+# ---- PostgreSQL (the shared-state engine): ``postgres`` from tests/conftest.py ----
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -224,16 +173,8 @@ async def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         url = f"sqlite:{tmp_path / 'registrar.db'}"
     else:
-        import asyncpg
-
-        base: str = request.getfixturevalue("postgres_url")
-        name = f"t_{secrets.token_hex(6)}"
-        conn = await asyncpg.connect(base)
-        try:
-            await conn.execute(f"CREATE DATABASE {name}")
-        finally:
-            await conn.close()
-        url = f"{base.rsplit('/', 1)[0]}/{name}"
+        cluster: Postgres = request.getfixturevalue("postgres")
+        url = await cluster.new_database()
     database = Database.create(url, upgrade_table=upgrade_table, db_args={"min_size": 4})
     await database.start()
     yield database
