@@ -58,7 +58,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         errcode = _STATUS_ERRCODES.get(e.status, "M_UNKNOWN")
         message = e.reason if e.status != 404 else "Unrecognized request"
-        response = json_error(e.status, errcode, message)
+        # A 405 must say which methods the resource has (RFC 9110); Retry-After likewise.
+        kept = {k: v for k, v in e.headers.items() if k in ("Allow", "Retry-After")}
+        response = json_error(e.status, errcode, message, headers=kept or None)
     except Exception:
         log.exception(
             "Unhandled error in %s %s [%s]", request.method, route_name, request_id(request)

@@ -100,6 +100,7 @@ async def test_errors_are_json_and_hide_internals(client: TestClient[Any, Any]) 
     assert (await error(resp))[:2] == (404, "M_UNRECOGNIZED")
     resp = await client.post("/public")
     assert (await error(resp))[:2] == (405, "M_UNRECOGNIZED")
+    assert set(resp.headers["Allow"].split(",")) >= {"GET"}  # RFC 9110: a 405 lists them
 
 
 async def test_request_id_kept_or_made(client: TestClient[Any, Any]) -> None:
