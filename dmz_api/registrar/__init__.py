@@ -2,7 +2,7 @@
 
 ``setup(app)`` adds the admin API and the public page, and a cleanup context that builds
 the ``RegistrarService`` (with its own HTTP session to the homeserver) once the shared
-database is open.
+database is open; on PostgreSQL the page's rate limits move into that database.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from .crypto import RegistrarKeys
 from .homeserver import make_adapter
 from .migrations import upgrade_table
 from .onboarding import OnboardingPage
+from .ratelimit import RateLimiter, SharedRateLimiter
 from .routes import add_routes
 from .service import RegistrarMetrics, RegistrarService
 from .store import RegistrarStore
@@ -37,7 +38,8 @@ def setup(app: web.Application) -> None:
         )
     metrics = RegistrarMetrics(app[appkeys.METRICS])
     add_routes(app)
-    OnboardingPage(config, registrar, keys).add_routes(app)
+    page = OnboardingPage(config, registrar, keys)
+    page.add_routes(app)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         hs = registrar.homeserver
@@ -46,10 +48,19 @@ def setup(app: web.Application) -> None:
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, raise_for_status=False
         ) as session:
+            store = RegistrarStore(app[appkeys.DATABASE])
+            if store.shared and isinstance(page.limiter, RateLimiter):
+                # Replicas share PostgreSQL: they share the page's rate limits too.
+                page.limiter = SharedRateLimiter(
+                    store,
+                    registrar.rate_limit.per_minute,
+                    registrar.rate_limit.burst,
+                    fallback=page.limiter,
+                )
             app[appkeys.REGISTRAR] = RegistrarService(
                 registrar,
                 config.server.public_url,
-                RegistrarStore(app[appkeys.DATABASE]),
+                store,
                 make_adapter(hs, session),
                 keys,
                 metrics,

@@ -63,3 +63,22 @@ async def upgrade_v1(conn: Connection) -> None:
 
 
 upgrade_table.register(upgrade_v1, description="Tokens, guests and idempotent mint replies")
+
+
+async def upgrade_v2(conn: Connection) -> None:
+    # The onboarding page's token buckets when replicas share PostgreSQL (ratelimit.py);
+    # updated is wall-clock seconds, allowed the outcome of the last request.
+    await conn.execute(
+        """CREATE TABLE registrar_rate_buckets (
+            client  TEXT PRIMARY KEY,
+            tokens  DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL,
+            allowed BOOLEAN NOT NULL
+        )"""
+    )
+    await conn.execute(
+        "CREATE INDEX registrar_rate_buckets_updated ON registrar_rate_buckets (updated)"
+    )
+
+
+upgrade_table.register(upgrade_v2, description="Shared rate limits of the onboarding page")

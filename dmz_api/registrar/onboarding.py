@@ -11,8 +11,8 @@ import hashlib
 import ipaddress
 import logging
 import time
-from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -24,6 +24,7 @@ from .. import appkeys
 from ..config import Config
 from .config import RegistrarConfig
 from .crypto import NONCE_PATTERN, RegistrarKeys, hash_token, new_nonce
+from .ratelimit import Limiter, RateLimiter
 from .service import (
     FormRejected,
     PageState,
@@ -89,39 +90,6 @@ _STATE_PAGES: dict[str, tuple[int, str, list[str]]] = {
 }
 
 
-class RateLimiter:
-    """A token bucket per client address, in memory, with a bounded number of addresses."""
-
-    def __init__(
-        self,
-        per_minute: int,
-        burst: int,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        max_clients: int = 10_000,
-    ) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = float(burst)
-        self.clock = clock
-        self.max_clients = max_clients
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-
-    def hit(self, client: str) -> float:
-        """Take one request; returns 0 when allowed, else the seconds until the next one."""
-        now = self.clock()
-        tokens, updated = self._buckets.pop(client, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - updated) * self.rate)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate
-        self._buckets[client] = (tokens, now)
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
-        return wait
-
-
 def _networks(values: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     networks = []
     for value in values:
@@ -169,7 +137,10 @@ class OnboardingPage:
         self.keys = keys
         self.secure_cookie = config.server.public_url.startswith("https://")
         self.trusted = _networks(config.server.trusted_proxies)
-        self.limiter = RateLimiter(registrar.rate_limit.per_minute, registrar.rate_limit.burst)
+        # In memory until setup() swaps in the shared buckets (PostgreSQL).
+        self.limiter: Limiter = RateLimiter(
+            registrar.rate_limit.per_minute, registrar.rate_limit.burst
+        )
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("dmz_api.registrar", "templates"),
             autoescape=True,
@@ -277,8 +248,8 @@ class OnboardingPage:
             )
         return response
 
-    def limited(self, request: web.Request, service: RegistrarService) -> web.Response | None:
-        wait = self.limiter.hit(client_key(request, self.trusted))
+    async def limited(self, request: web.Request, service: RegistrarService) -> web.Response | None:
+        wait = await self.limiter.take(client_key(request, self.trusted))
         if wait <= 0:
             return None
         service.metrics.rate_limited.inc()
@@ -302,7 +273,7 @@ class OnboardingPage:
 
     async def get_register(self, request: web.Request) -> web.Response:
         service = request.app[appkeys.REGISTRAR]
-        if (refusal := self.limited(request, service)) is not None:
+        if (refusal := await self.limited(request, service)) is not None:
             return refusal
         token = request.query.get("token", "").strip()
         try:
@@ -316,7 +287,7 @@ class OnboardingPage:
 
     async def post_register(self, request: web.Request) -> web.Response:
         service = request.app[appkeys.REGISTRAR]
-        if (refusal := self.limited(request, service)) is not None:
+        if (refusal := await self.limited(request, service)) is not None:
             return refusal
         try:
             form = await request.post()

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mautrix.util.async_db import Connection, Database
+from mautrix.util.async_db import Connection, Database, Scheme
 
 TokenStatus = Literal["active", "used", "expired", "revoked"]
 GuestStatus = Literal["active", "deactivated"]
@@ -108,9 +108,47 @@ class IdempotencyRow:
         return cls(**{name: row[name] for name in cls.__slots__})
 
 
+def _take_token_sql(least: str, greatest: str) -> str:
+    # $1 client, $2 burst, $3 now (s), $4 refill rate (tokens/s). Every SET expression sees
+    # the row as it was, so the bucket is refilled, judged and taken in one statement.
+    refill = f"{least}($2, b.tokens + {greatest}(0, $3 - b.updated) * $4)"
+    return (
+        "INSERT INTO registrar_rate_buckets AS b (client, tokens, updated, allowed)"
+        " VALUES ($1, $2 - 1, $3, TRUE)"
+        f" ON CONFLICT (client) DO UPDATE SET allowed = ({refill} >= 1),"
+        f" tokens = {refill} - CASE WHEN {refill} >= 1 THEN 1 ELSE 0 END,"
+        f" updated = {greatest}(b.updated, $3)"
+        " RETURNING allowed, tokens"
+    )
+
+
+_TAKE_TOKEN = {
+    "postgres": _take_token_sql("LEAST", "GREATEST"),
+    "sqlite": _take_token_sql("MIN", "MAX"),
+}
+
+
 class RegistrarStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @property
+    def shared(self) -> bool:
+        """Whether this database is one that replicas share (PostgreSQL)."""
+        return self.db.scheme in (Scheme.POSTGRES, Scheme.COCKROACH)
+
+    async def take_rate_token(
+        self, client: str, now: float, burst: float, rate: float
+    ) -> tuple[bool, float]:
+        """Take one token from ``client``'s bucket: (allowed, tokens left)."""
+        sql = _TAKE_TOKEN["postgres" if self.shared else "sqlite"]
+        row = await self.db.fetchrow(sql, client, burst, now, rate)
+        assert row is not None  # an upsert with RETURNING always returns its row
+        return bool(row["allowed"]), float(row["tokens"])
+
+    async def prune_rate_buckets(self, full_since: float) -> None:
+        """Forget buckets untouched since ``full_since`` (refilled, as good as absent)."""
+        await self.db.execute("DELETE FROM registrar_rate_buckets WHERE updated < $1", full_since)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:

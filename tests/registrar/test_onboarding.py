@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 
 from dmz_api import appkeys
 from dmz_api.app import init_app
-from dmz_api.registrar.onboarding import CSRF_COOKIE, RateLimiter, client_key
+from dmz_api.registrar.onboarding import CSRF_COOKIE, client_key
+from dmz_api.registrar.ratelimit import RateLimiter
 
 from .conftest import app_config, auth, csrf_of, registrar_section
 from .fakes import FakeHomeserver
