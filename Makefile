@@ -49,6 +49,7 @@ plugin: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/registrar.py
+	$(BIN)/python bench/registrar.py --database postgres
 	$(BIN)/python bench/bot.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/replicas.py

@@ -1,12 +1,14 @@
 """Registrar benchmark: mint latency through dmz_api vs Synapse's admin API, page throughput.
 
     .venv/bin/python bench/registrar.py [--mints 300] [--seconds 5] [--concurrency 32]
+        [--database sqlite|postgres]
 
-Starts a throwaway Synapse and ``python -m dmz_api`` (registrar, kind synapse, SQLite) on
-loopback. Mints alternate between dmz_api (``POST /v1/tokens``: auth, validation, Synapse
-admin call, database insert) and the same Synapse admin call made directly, so both see
-the same conditions; then ``GET /register?token=`` is driven at a fixed concurrency.
-Prints a table and writes ``bench/results/registrar.json``.
+Starts a throwaway Synapse and ``python -m dmz_api`` (registrar, kind synapse) on loopback,
+on SQLite or on a throwaway PostgreSQL (where the page's rate limits live in the database).
+Mints alternate between dmz_api (``POST /v1/tokens``: auth, validation, Synapse admin call,
+database insert) and the same Synapse admin call made directly, so both see the same
+conditions; then ``GET /register?token=`` is driven at a fixed concurrency. Prints a table
+and writes ``bench/results/registrar.json`` (``registrar-postgres.json``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stats import summary, write_results  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
+from devstack.postgres import Postgres  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "registrar.json"
@@ -120,6 +123,7 @@ async def run(args: argparse.Namespace, dmz: DmzApi, hs: Synapse) -> dict[str, A
         "page_get_form": form,
         "page_get_unknown_token": unknown,
         "concurrency": args.concurrency,
+        "database": args.database,
         "machine": {"python": platform.python_version(), "cpus": _cpus()},
     }
 
@@ -153,15 +157,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mints", type=int, default=300, help="timed mints per path")
     parser.add_argument("--seconds", type=float, default=5.0, help="page GET duration")
     parser.add_argument("--concurrency", type=int, default=32, help="page GET connections")
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgres"), default="sqlite", help="dmz_api's database"
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bastion-bench-registrar-"))
     hs = Synapse(workdir / "synapse", name="bench")
     dmz: DmzApi | None = None
+    postgres: Postgres | None = None
     try:
         hs.start()
+        database: dict[str, str] = {}
+        if args.database == "postgres":
+            postgres = Postgres().start()
+            database["database"] = asyncio.run(postgres.new_database())
         dmz = DmzApi(
             workdir / "dmz_api",
             {
+                **database,
                 "log_level": "WARNING",
                 "registrar": {
                     "homeserver": {
@@ -181,10 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if dmz is not None:
             dmz.stop()
+        if postgres is not None:
+            postgres.stop()
         hs.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     print(table(result))
-    write_results(RESULTS, result)
+    suffix = "" if args.database == "sqlite" else f"-{args.database}"
+    write_results(RESULTS.with_name(f"registrar{suffix}.json"), result)
     return 0
 
 
