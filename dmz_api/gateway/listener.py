@@ -24,6 +24,8 @@ from typing import cast
 
 import httptools
 
+from .flow import WriteFlow
+
 log = logging.getLogger("dmz_api.gateway.listener")
 
 # Request body buffered per connection before reading from the client pauses.
@@ -276,10 +278,11 @@ _REASONS = {
 }
 
 
-class _HttpConnection(asyncio.Protocol):
+class _HttpConnection(WriteFlow):
     """One client connection."""
 
     def __init__(self, listener: HttpListener) -> None:
+        super().__init__()
         self.listener = listener
         self.loop = listener.loop
         self._parser = httptools.HttpRequestParser(self)
@@ -295,8 +298,6 @@ class _HttpConnection(asyncio.Protocol):
         self.current: ServerRequest | None = None
         self.task: asyncio.Task[None] | None = None
         self._read_paused = False
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._ignore = False
 
     # ---- asyncio.Protocol ------------------------------------------------------------
@@ -345,18 +346,7 @@ class _HttpConnection(asyncio.Protocol):
         task = self.task
         if task is not None and not task.done():
             task.cancel()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(gone)
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._end_drain(gone)
 
     # ---- httptools callbacks ---------------------------------------------------------
 
@@ -505,14 +495,7 @@ class _HttpConnection(asyncio.Protocol):
     async def drain(self) -> None:
         if self.closed:
             raise ConnectionResetError("the client left")
-        if not self._write_paused:
-            return
-        waiter = self.loop.create_future()
-        self._drain_waiter = waiter
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
+        await self._writable(self.loop)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

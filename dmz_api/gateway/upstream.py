@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from .flow import WriteFlow
+
 # Response body buffered per connection before reading from the upstream pauses.
 _HIGH_WATER = 2**18
 _LOW_WATER = 2**16
@@ -50,10 +52,11 @@ class UpstreamBroken(UpstreamError):
     """The connection dropped or the answer is not valid HTTP."""
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(WriteFlow):
     """One upstream connection; at most one request at a time."""
 
     def __init__(self, pool: UpstreamPool) -> None:
+        super().__init__()
         self._pool = pool
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
@@ -65,8 +68,6 @@ class _Connection(asyncio.Protocol):
         # Per exchange:
         self._head_waiter: asyncio.Future[None] | None = None
         self._body_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
         self._read_paused = False
         self._head_only = False
         self.received = False
@@ -111,18 +112,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(UpstreamBroken("the upstream connection was lost"))
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._end_drain(UpstreamBroken("the upstream connection was lost"))
 
     # ---- httptools callbacks ---------------------------------------------------------
 
@@ -275,14 +265,7 @@ class _Connection(asyncio.Protocol):
             raise self._error
         if self.closed:
             raise UpstreamBroken("the upstream connection was lost")
-        if not self._write_paused:
-            return
-        waiter = self._loop.create_future()
-        self._drain_waiter = waiter
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
+        await self._writable(self._loop)
 
     def watch(self) -> None:
         self._last_data = self._loop.time()
