@@ -9,7 +9,7 @@ proxy enforcing a 3-rule pipeline (the compliance-ledger preset, a ``server_allo
 ``client_allow``). ``wrk`` (one thread) drives the same request, a ``PUT .../send/
 m.room.message/{txnId}`` with a small JSON body, at each target in turn: throughput and
 p50/p99 latency, as ratios to nginx. Then it times ``GatewayService.decide`` at 10 and
-1,000 rules (``dmz_api.gateway.bench``), and reads ``dmz_api_gateway_decisions_dropped_total``
+1,000 rules (``bench.decisions``), and reads ``dmz_api_gateway_decisions_dropped_total``
 from ``/metrics`` (it must be 0). Prints a table and writes ``bench/results/gateway.json``.
 """
 
@@ -224,7 +224,7 @@ def ratios(result: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    from dmz_api.gateway.bench import decide_benchmark
+    from bench.decisions import decide_benchmark
 
     script = workdir / "put.lua"
     script.write_text(WRK_SCRIPT)

@@ -9,7 +9,7 @@ from mautrix.util.async_db import Database
 
 if TYPE_CHECKING:
     from .config import Config
-    from .gateway.proxy import GatewayProxy
+    from .gateway.enforce.proxy import GatewayProxy
     from .gateway.service import GatewayService
     from .keys import KeyRing
     from .metrics import Metrics

@@ -1,10 +1,19 @@
 """The gateway role: the rule pipeline every federation and client request is checked
-against, its admin API, and the decision endpoints (forward-auth, antispam callbacks).
+against, the points that enforce it, and its admin API.
+
+Where to look:
+
+* ``http/`` — transport: the proxy's HTTP/1.1 listener and pooled upstream client;
+* ``policy/`` — what a request is (``matrix_paths``, ``model``) and what the rules say
+  (``rules``, ``compile``, ``evaluate``); pure, no I/O;
+* ``enforce/`` — enforcement points: the reverse ``proxy``, nginx forward-auth ``authz``,
+  and Synapse ``antispam`` callbacks; each calls ``GatewayService.decide``;
+* state and admin, here: ``service`` (the live ruleset, ``decide``, rule writes),
+  ``store`` and ``migrations`` (versioned rules, decisions), ``decisions`` (the batched
+  decision log and metrics), ``routes`` (the admin API), ``config``.
 
 ``setup(app)`` adds the routes and a cleanup context that builds the ``GatewayService``
-into ``app[appkeys.GATEWAY]`` once the shared database is open (see ``service.py`` for the
-interface enforcement points use: ``decide(RequestInfo) -> Decision``, and
-``matrix_paths.request_info``/``classify`` to describe a request).
+once the shared database is open.
 """
 
 from __future__ import annotations
@@ -14,10 +23,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .. import appkeys
-from . import antispam, authz, routes
+from . import routes
 from .decisions import GatewayMetrics
+from .enforce import antispam, authz
+from .enforce.proxy import proxy_ctx
 from .migrations import upgrade_table
-from .proxy import proxy_ctx
 from .service import GatewayService
 from .store import RuleStore
 

@@ -19,9 +19,9 @@ from ..auth import requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
 from ..params import actor, json_body, query_choice, query_int, query_limit
-from .matrix_paths import request_info
-from .model import Outcome, RequestClass, RequestInfo, Source
-from .rules import RULE_ID
+from .policy.matrix_paths import request_info
+from .policy.model import Outcome, RequestClass, RequestInfo, Source
+from .policy.rules import RULE_ID
 from .service import GatewayService, WriteResult
 from .store import DecisionQuery
 

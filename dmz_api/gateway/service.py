@@ -37,12 +37,20 @@ from time import perf_counter_ns
 from typing import Any
 
 from ..errors import Conflict, InvalidParam, NotFound
-from .compile import UNAVAILABLE_RULE, CompiledRuleset, unavailable_decision
 from .config import GatewayConfig
 from .decisions import DecisionLog, GatewayMetrics
-from .evaluate import explain
-from .model import Decision, Mode, Outcome, RequestInfo
-from .rules import PRESETS, Rule, new_rule, parse_mode, parse_priority, parse_rule_id, patch_rule
+from .policy.compile import UNAVAILABLE_RULE, CompiledRuleset, unavailable_decision
+from .policy.evaluate import explain
+from .policy.model import Decision, Mode, Outcome, RequestInfo
+from .policy.rules import (
+    PRESETS,
+    Rule,
+    new_rule,
+    parse_mode,
+    parse_priority,
+    parse_rule_id,
+    patch_rule,
+)
 from .store import Change, CorruptRuleset, DecisionQuery, RuleStore, VersionRow
 
 log = logging.getLogger("dmz_api.gateway")

@@ -25,8 +25,8 @@ import asyncpg
 from mautrix.util.async_db import Connection, Database, Scheme
 
 from ..errors import Conflict
-from .model import iso
-from .rules import Rule
+from .policy.model import iso
+from .policy.rules import Rule
 
 # The PostgreSQL channel a rule write notifies (the payload is the new version).
 RULES_CHANNEL = "dmz_api_gateway_rules"

@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 
 from dmz_api import __main__ as dmz_api_main
 from dmz_api.config import load_config
-from dmz_api.gateway.antispam import CALLBACKS
+from dmz_api.gateway.enforce.antispam import CALLBACKS
 from plugin.config import Config
 
 from .conftest import DEPLOY, DMZ_CONFIGS, ROOT, load_yaml, secret_files, write_secrets

@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from dmz_api.app import init_app
 from dmz_api.config import Config, parse_config
-from dmz_api.gateway.model import Mode
-from dmz_api.gateway.rules import Kind, Rule, validate_params
+from dmz_api.gateway.policy.model import Mode
+from dmz_api.gateway.policy.rules import Kind, Rule, validate_params
 
 RULES_KEY = "gateway-rules-key-" + "r" * 24
 DECISIONS_KEY = "gateway-decisions-key-" + "d" * 24

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from dmz_api.gateway.bench import decide_benchmark, synthetic_rules
-from dmz_api.gateway.compile import CompiledRuleset, ServerIndex, make_ref
-from dmz_api.gateway.evaluate import explain, server_matches
-from dmz_api.gateway.model import RequestClass, RequestInfo, Source
-from dmz_api.gateway.rules import Kind
+from bench.decisions import decide_benchmark, synthetic_rules
+from dmz_api.gateway.policy.compile import CompiledRuleset, ServerIndex, make_ref
+from dmz_api.gateway.policy.evaluate import explain, server_matches
+from dmz_api.gateway.policy.model import RequestClass, RequestInfo, Source
+from dmz_api.gateway.policy.rules import Kind
 
 from .conftest import make_rule
 

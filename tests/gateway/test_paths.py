@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dmz_api.gateway.matrix_paths import (
+from dmz_api.gateway.policy.matrix_paths import (
     classify,
     create_room_event_types,
     parse_x_matrix,
     request_info,
     x_matrix_origin,
 )
-from dmz_api.gateway.model import RequestClass, Source
+from dmz_api.gateway.policy.model import RequestClass, Source
 
 ENC = "m.room.encryption"
 ROOM = "!abc:corp.example"

@@ -14,8 +14,8 @@ from dmz_api.config import Section
 from dmz_api.errors import Conflict
 from dmz_api.gateway.config import parse_gateway_config
 from dmz_api.gateway.decisions import GatewayMetrics
-from dmz_api.gateway.matrix_paths import request_info
 from dmz_api.gateway.migrations import upgrade_table
+from dmz_api.gateway.policy.matrix_paths import request_info
 from dmz_api.gateway.service import GatewayService
 from dmz_api.gateway.store import DecisionQuery, RuleStore
 from dmz_api.metrics import Metrics

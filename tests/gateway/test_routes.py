@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from dmz_api.gateway.authz import client_ip
 from dmz_api.gateway.config import IPNetwork
+from dmz_api.gateway.enforce.authz import client_ip
 from dmz_api.openapi import document
 
 from .conftest import ADMIN, AUTHZ_SECRET, READER, TOKENS_KEY, GatewayClient

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from dmz_api.gateway.compile import CompiledRuleset, unavailable_decision
-from dmz_api.gateway.evaluate import explain
-from dmz_api.gateway.matrix_paths import request_info
-from dmz_api.gateway.model import Decision, Mode, Outcome, RequestClass, RequestInfo, Source
-from dmz_api.gateway.rules import Rule
+from dmz_api.gateway.policy.compile import CompiledRuleset, unavailable_decision
+from dmz_api.gateway.policy.evaluate import explain
+from dmz_api.gateway.policy.matrix_paths import request_info
+from dmz_api.gateway.policy.model import Decision, Mode, Outcome, RequestClass, RequestInfo, Source
+from dmz_api.gateway.policy.rules import Rule
 
 from .conftest import make_rule
 

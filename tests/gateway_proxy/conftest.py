@@ -24,7 +24,7 @@ from yarl import URL
 from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
-from dmz_api.gateway.proxy import GatewayProxy
+from dmz_api.gateway.enforce.proxy import GatewayProxy
 from dmz_api.gateway.service import GatewayService
 
 RULES_KEY = "proxy-tests-rules-key-" + "r" * 24

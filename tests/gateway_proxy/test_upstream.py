@@ -13,7 +13,7 @@ import pytest
 
 from devstack.ports import free_port
 from devstack.synapse import make_self_signed_cert
-from dmz_api.gateway.upstream import (
+from dmz_api.gateway.http.upstream import (
     UpstreamBroken,
     UpstreamConnectError,
     UpstreamPool,

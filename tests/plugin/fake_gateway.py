@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
-from dmz_api.gateway.model import RequestClass, RequestInfo, Source
+from dmz_api.gateway.policy.model import RequestClass, RequestInfo, Source
 from dmz_api.gateway.service import GatewayService
 
 from .fakes import REGISTRAR_KEY, Recorded

@@ -26,7 +26,7 @@ import httptools
 
 from .flow import WriteFlow
 
-log = logging.getLogger("dmz_api.gateway.listener")
+log = logging.getLogger("dmz_api.gateway.http.listener")
 
 # Request body buffered per connection before reading from the client pauses.
 _HIGH_WATER = 2**18

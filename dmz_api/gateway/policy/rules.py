@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from ..errors import InvalidParam
+from ...errors import InvalidParam
 from .model import Mode, iso
 
 

@@ -31,15 +31,11 @@ from typing import Any
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from .. import appkeys
-from ..metrics import Metrics
-from .authz import client_ip, in_networks
-from .config import GatewayConfig
-from .listener import HttpListener, ServerRequest
-from .matrix_paths import classify, request_info
-from .model import Source
-from .service import GatewayService
-from .upstream import (
+from ... import appkeys
+from ...metrics import Metrics
+from ..config import GatewayConfig
+from ..http.listener import HttpListener, ServerRequest
+from ..http.upstream import (
     BodySource,
     UpstreamBroken,
     UpstreamConnectError,
@@ -48,8 +44,12 @@ from .upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from ..policy.matrix_paths import classify, request_info
+from ..policy.model import Source
+from ..service import GatewayService
+from .authz import client_ip, in_networks
 
-log = logging.getLogger("dmz_api.gateway.proxy")
+log = logging.getLogger("dmz_api.gateway.enforce.proxy")
 
 PREFIXES = ("/_matrix/", "/.well-known/matrix/")
 

@@ -27,10 +27,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import appkeys
-from ..errors import json_error
+from ... import appkeys
+from ...errors import json_error
+from ..policy.model import RequestClass, RequestInfo, Source
 from .authz import caller_problem
-from .model import RequestClass, RequestInfo, Source
 
 PREFIX = "/v1/antispam"
 _MEMBER = ("m.room.member",)

@@ -4,7 +4,7 @@
 server names, event types, partner scopes, client user-agent regexes and networks), then
 times ``decide`` (decision plus queuing the log record) over a mix of federation and client
 requests, and separately ``request_info`` (path classification) plus ``decide``. Used by
-``bench/gateway.py``; run alone with ``python -m dmz_api.gateway.bench``.
+``bench/gateway.py``; run alone with ``python -m bench.decisions``.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import sys
 import time
 from typing import Any
 
-from ..config import Section
-from ..metrics import Metrics
-from .compile import CompiledRuleset
-from .config import parse_gateway_config
-from .decisions import GatewayMetrics
-from .matrix_paths import request_info
-from .model import Mode, RequestInfo, Source
-from .rules import Kind, Rule, validate_params
-from .service import GatewayService
+from dmz_api.config import Section
+from dmz_api.gateway.config import parse_gateway_config
+from dmz_api.gateway.decisions import GatewayMetrics
+from dmz_api.gateway.policy.compile import CompiledRuleset
+from dmz_api.gateway.policy.matrix_paths import request_info
+from dmz_api.gateway.policy.model import Mode, RequestInfo, Source
+from dmz_api.gateway.policy.rules import Kind, Rule, validate_params
+from dmz_api.gateway.service import GatewayService
+from dmz_api.metrics import Metrics
 
 _TYPES = ["m.room.message", "m.reaction", "m.room.member", "m.room.name", "m.room.topic"]
 _AGENTS = [
@@ -37,7 +37,7 @@ _AGENTS = [
 
 def synthetic_rules(n: int, seed: int = 7) -> list[Rule]:
     """``n`` valid rules of every kind, most in enforce mode, a few in audit or disabled."""
-    rng = random.Random(seed)  # noqa: S311 (synthetic test data, not secrets)
+    rng = random.Random(seed)
     rules: list[Rule] = []
     for i in range(n):
         pick = i % 10
@@ -97,7 +97,7 @@ def _rule(rule_id: str, kind: Kind, params: dict[str, Any]) -> Rule:
 
 def sample_requests(count: int, seed: int = 11) -> list[tuple[str, str, list[str], str, str]]:
     """(method, raw path, Authorization values, User-Agent, ip) of a realistic request mix."""
-    rng = random.Random(seed)  # noqa: S311 (synthetic test data, not secrets)
+    rng = random.Random(seed)
     requests: list[tuple[str, str, list[str], str, str]] = []
     for i in range(count):
         roll = rng.random()

@@ -23,11 +23,11 @@ from collections.abc import Iterable, Sequence
 
 from aiohttp import web
 
-from .. import appkeys
-from ..errors import json_error
-from .config import AuthzConfig, IPNetwork
-from .matrix_paths import request_info
-from .model import Decision, Source
+from ... import appkeys
+from ...errors import json_error
+from ..config import AuthzConfig, IPNetwork
+from ..policy.matrix_paths import request_info
+from ..policy.model import Decision, Source
 
 PREFIX = "/v1/authz"
 
