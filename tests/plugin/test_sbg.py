@@ -10,13 +10,8 @@ from typing import Any
 import pytest
 from mautrix.types import UserID
 
-from plugin.commands.sbg import (
-    DryRunClientArgs,
-    RuleAddArgs,
-    broad_effects,
-    describe_params,
-    match_all,
-)
+from plugin.commands.sbg.args import DryRunClientArgs, RuleAddArgs
+from plugin.commands.sbg.render import broad_effects, describe_params, match_all
 from plugin.dmz import GatewayRule
 from plugin.syntax import ArgumentSyntaxError
 

@@ -11,521 +11,48 @@ names the ruleset version before and after (``version 7 -> 8``).
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
-import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, ClassVar, Self
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import attrs
-from attrs import frozen
 from maubot import MessageEvent
 from maubot.handlers import command
 from maubot.handlers.command import CommandHandler
 
-from .. import fmt
-from ..confirm import Action
-from ..dmz import DmzError, DmzFailure, DmzUnavailable, Gateway, GatewayRule, Ruleset, RuleWrite
-from ..durations import format_duration, parse_duration, parse_timestamp
-from ..gate import Context, Failed, GatedHandler, Refused, Role, command_spec, gated
-from ..services import Services
-from ..syntax import Words, arguments, bad, user_id, whole_number
-from .base import CommandFamily, NoArgs, Subcommand
+from ... import fmt
+from ...confirm import Action
+from ...dmz import DmzError, DmzFailure, DmzUnavailable, Gateway, GatewayRule, Ruleset, RuleWrite
+from ...durations import format_duration
+from ...gate import Context, Failed, Refused, Role, command_spec, gated
+from ...services import Services
+from ...syntax import arguments
+from ..base import CommandFamily, NoArgs, Subcommand
+from .args import (
+    KIND_USAGE,
+    DecisionsArgs,
+    DryRunClientArgs,
+    DryRunFederationArgs,
+    HistoryArgs,
+    PresetArgs,
+    RuleAddArgs,
+    RuleIdArgs,
+)
+from .failures import gateway_errors, guarded, translate
+from .render import (
+    broad_effects,
+    describe_decision,
+    describe_diff,
+    describe_params,
+    describe_request,
+    describe_rule,
+    ruleset_table,
+    timestamp,
+    trace_table,
+)
 
-KIND_USAGE = {
-    "server_allow": "server_allow <server> [<server> ...]",
-    "server_block": "server_block <server> [<server> ...]",
-    "event_type_block": "event_type_block <type> [<type> ...] [--scope client|federation|both]",
-    "partner_scope": "partner_scope <server> [...] [--rooms !a:x,!b:x] [--types t1,t2]",
-    "client_allow": 'client_allow [--user-agent "REGEX"] ... [--network CIDR] ...',
-}
-SCOPES = ("client", "federation", "both")
-RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-SERVER_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]{1,255})(:\d{1,5})?$")
-PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,63}$")
-METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "PATCH")
-MAX_PRIORITY = 1_000_000
 # How far back a promotion prompt counts what the rule would have refused ("24 hours").
 WOULD_BLOCK_WINDOW = 86400
 WOULD_BLOCK_LIMIT = 1000
-MAX_SHOWN_SERVERS = 10
-
-
-# ---- arguments ------------------------------------------------------------------------
-
-
-def rule_id(value: str) -> str:
-    if not RULE_ID.match(value):
-        raise bad("A rule id is letters, digits, '.', '_' or '-' (at most 64).")
-    return value
-
-
-def listed(value: str) -> list[str]:
-    """``a,b c`` style lists: commas separate, empty items are dropped."""
-    return [item for item in (part.strip() for part in value.split(",")) if item]
-
-
-def remaining(words: Words) -> list[str]:
-    """Every word left that is not an ``--option``, commas splitting further."""
-    found = [word for word in words.words if not word.startswith("--")]
-    words.words = [word for word in words.words if word.startswith("--")]
-    return [item for word in found for item in listed(word)]
-
-
-def repeated(words: Words, name: str) -> list[str]:
-    """All values of an option that may be given several times."""
-    values: list[str] = []
-    while True:
-        index = next(
-            (
-                i
-                for i, word in enumerate(words.words)
-                if word == name or word.startswith(name + "=")
-            ),
-            None,
-        )
-        if index is None:
-            return values
-        word = words.words.pop(index)
-        if word != name:
-            values.append(word[len(name) + 1 :])
-        elif index < len(words.words) and not words.words[index].startswith("--"):
-            values.append(words.words.pop(index))
-        else:
-            raise bad(f"{name} needs a value.")
-
-
-def choice(name: str, options: Sequence[str]) -> Callable[[str], str]:
-    def convert(value: str) -> str:
-        if value not in options:
-            raise bad(f"{name} must be one of {', '.join(options)}.")
-        return value
-
-    return convert
-
-
-def server_name(label: str) -> Callable[[str], str]:
-    def convert(value: str) -> str:
-        if not SERVER_NAME.match(value):
-            raise bad(f"{label} must be a server name such as partner.example.org.")
-        return value.lower()
-
-    return convert
-
-
-def duration_ago(value: str) -> int:
-    try:
-        return parse_duration(value)
-    except ValueError:
-        raise bad("--since must be a duration such as 15m, 1h or 7d.") from None
-
-
-def http_method(value: str) -> str:
-    if value.upper() not in METHODS:
-        raise bad(f"The HTTP method must be one of {', '.join(METHODS)}.")
-    return value.upper()
-
-
-def _servers(kind: str, words: Words) -> dict[str, Any]:
-    servers = remaining(words)
-    if not servers:
-        raise bad(f"{kind} needs at least one server name or glob, such as partner.example.org.")
-    return {"servers": servers}
-
-
-def _event_type_block(kind: str, words: Words) -> dict[str, Any]:
-    scope = words.option("--scope", choice("--scope", SCOPES))
-    types = remaining(words)
-    if not types:
-        raise bad("event_type_block needs at least one event type, such as m.room.encryption.")
-    return {"event_types": types} | ({"scope": scope} if scope else {})
-
-
-def _partner_scope(kind: str, words: Words) -> dict[str, Any]:
-    rooms = words.option("--rooms", listed)
-    types = words.option("--types", listed)
-    params = _servers(kind, words)
-    if not rooms and not types:
-        raise bad("partner_scope needs --rooms and/or --types the servers may reach.")
-    return params | ({"rooms": rooms} if rooms else {}) | ({"event_types": types} if types else {})
-
-
-def _client_allow(kind: str, words: Words) -> dict[str, Any]:
-    agents = repeated(words, "--user-agent")
-    networks = [net for value in repeated(words, "--network") for net in listed(value)]
-    if not agents and not networks:
-        raise bad("client_allow needs --user-agent REGEX and/or --network CIDR.")
-    params: dict[str, Any] = {"user_agents": agents} if agents else {}
-    return params | ({"networks": networks} if networks else {})
-
-
-PARAMS: dict[str, Callable[[str, Words], dict[str, Any]]] = {
-    "server_allow": _servers,
-    "server_block": _servers,
-    "event_type_block": _event_type_block,
-    "partner_scope": _partner_scope,
-    "client_allow": _client_allow,
-}
-
-
-@frozen
-class RuleAddArgs:
-    USAGE: ClassVar[str] = "<kind> <params...> [--audit] [--priority N] [--note TEXT]"
-    kind: str
-    params: dict[str, Any]
-    audit: bool = False
-    priority: int | None = None
-    note: str | None = None
-    yes: bool = False
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        if not words.words or words.words[0].startswith("--"):
-            raise bad(f"The rule kind is missing; it is one of {', '.join(KIND_USAGE)}.")
-        kind = words.words.pop(0)
-        if kind not in PARAMS:
-            raise bad(f"Unknown rule kind {kind!r}; it is one of {', '.join(KIND_USAGE)}.")
-        audit = words.flag("--audit")
-        yes = words.flag("--yes")
-        priority = words.option("--priority", whole_number("--priority", 0, MAX_PRIORITY))
-        note = words.text("--note")
-        if note is not None and len(note) > 500:
-            raise bad("--note must be at most 500 characters.")
-        params = PARAMS[kind](kind, words)
-        words.finish()
-        return cls(kind, params, audit, priority, note, yes)
-
-    def spec(self) -> dict[str, Any]:
-        """The body of ``POST /v1/rules``."""
-        body: dict[str, Any] = {"kind": self.kind, "params": self.params}
-        if self.audit:
-            body["mode"] = "audit"
-        if self.priority is not None:
-            body["priority"] = self.priority
-        if self.note:
-            body["note"] = self.note
-        return body
-
-
-@frozen
-class RuleIdArgs:
-    USAGE: ClassVar[str] = "<id> [--yes]"
-    rule_id: str
-    yes: bool = False
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        yes = words.flag("--yes")
-        result = cls(words.positional("The rule id", rule_id), yes)
-        words.finish()
-        return result
-
-
-@frozen
-class HistoryArgs:
-    USAGE: ClassVar[str] = "[--limit N]"
-    limit: int = 10
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        limit = words.option("--limit", whole_number("--limit", 1, 50))
-        words.finish()
-        return cls(limit or 10)
-
-
-@frozen
-class PresetArgs:
-    USAGE: ClassVar[str] = "compliance-ledger"
-    name: str
-    # Accepted like on every other write; a preset never asks first.
-    yes: bool = False
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        yes = words.flag("--yes")
-
-        def preset(value: str) -> str:
-            if not PRESET_NAME.match(value):
-                raise bad("A preset name is lower-case letters, digits and '-'.")
-            return value
-
-        result = cls(words.positional("The preset name", preset), yes)
-        words.finish()
-        return result
-
-
-@frozen
-class DryRunFederationArgs:
-    USAGE: ClassVar[str] = "<origin> [--room R] [--type T]"
-    origin: str
-    room: str | None = None
-    event_type: str | None = None
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        room = words.option("--room", str)
-        event_type = words.option("--type", str)
-        origin = words.positional("The origin server", server_name("The origin"))
-        words.finish()
-        return cls(origin, room, event_type)
-
-
-@frozen
-class DryRunClientArgs:
-    USAGE: ClassVar[str] = "<@user|--user-agent UA> <METHOD> <path> [--ip ADDRESS]"
-    method: str
-    path: str
-    user: str | None = None
-    user_agent: str | None = None
-    ip: str | None = None
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        user_agent = words.option("--user-agent", str)
-        ip = words.option("--ip", str)
-        user = None
-        if words.words and words.words[0].startswith("@"):
-            user = user_id("The user")(words.words.pop(0))
-        if user is None and user_agent is None:
-            raise bad("Give the user (@alice:corp.example) or --user-agent.")
-        method = words.positional("The HTTP method", http_method)
-        path = words.positional("The path", str)
-        if not path.startswith("/"):
-            raise bad("The path must start with /, such as /_matrix/client/v3/createRoom.")
-        words.finish()
-        return cls(method, path, user, user_agent, ip)
-
-
-@frozen
-class DecisionsArgs:
-    USAGE: ClassVar[str] = "[--blocked] [--since 1h] [--origin X] [--limit N]"
-    blocked: bool = False
-    since: int | None = None
-    origin: str | None = None
-    limit: int = 20
-
-    @classmethod
-    def parse(cls, raw: str) -> Self:
-        words = Words(raw)
-        blocked = words.flag("--blocked")
-        seconds = words.option("--since", duration_ago)
-        origin = words.option("--origin", server_name("--origin"))
-        limit = words.option("--limit", whole_number("--limit", 1, 100))
-        words.finish()
-        return cls(blocked, seconds, origin, limit or 20)
-
-
-# ---- what a change does -----------------------------------------------------------------
-
-
-def match_all(pattern: str) -> bool:
-    """``*`` (or ``*:*``): a server glob that every server matches."""
-    return pattern.split(":", 1)[0].strip("*") == "" and pattern.startswith("*")
-
-
-def _enforced(rules: Iterable[GatewayRule], kind: str) -> list[GatewayRule]:
-    return [r for r in rules if r.kind == kind and r.enabled and r.mode == "enforce"]
-
-
-def _patterns(rules: Iterable[GatewayRule]) -> list[str]:
-    found = [str(p) for rule in rules for p in rule.params.get("servers") or []]
-    return list(dict.fromkeys(found))
-
-
-def _some(items: Sequence[str]) -> str:
-    shown = ", ".join(fmt.code(item) for item in items[:MAX_SHOWN_SERVERS])
-    more = len(items) - MAX_SHOWN_SERVERS
-    return f"{shown} and {more} more" if more > 0 else shown
-
-
-def broad_effects(before: Sequence[GatewayRule], after: Sequence[GatewayRule]) -> list[str]:
-    """What a change does to federation as a whole, one sentence each; empty when narrow.
-
-    Only enforced, enabled rules count: audit rules record, they never refuse.
-    """
-    allow_before = _enforced(before, "server_allow")
-    allow_after = _enforced(after, "server_allow")
-    star_allow_before = any(match_all(p) for p in _patterns(allow_before))
-    star_allow_after = any(match_all(p) for p in _patterns(allow_after))
-    star_block_before = any(match_all(p) for p in _patterns(_enforced(before, "server_block")))
-    star_block_after = any(match_all(p) for p in _patterns(_enforced(after, "server_block")))
-    effects: list[str] = []
-    if star_block_after and not star_block_before:
-        effects.append("Federation with every server will be refused (server_block `*`).")
-    if star_block_before and not star_block_after:
-        effects.append("The block of every server (server_block `*`) will be lifted.")
-    opened = (
-        "Every server will be allowed to federate (server_allow `*`): "
-        "the allow list no longer limits anyone."
-    )
-    if allow_before and not allow_after:
-        effects.append(
-            "Federation will no longer be limited to listed servers: "
-            "every server that is not blocked may federate."
-        )
-    elif allow_after and (not allow_before or star_allow_after != star_allow_before):
-        if star_allow_after:
-            effects.append(opened)
-        else:
-            listed_servers = _some(_patterns(allow_after))
-            effects.append(f"Federation will be refused from every server except {listed_servers}.")
-    return effects
-
-
-def describe_params(kind: str, params: dict[str, Any]) -> str:
-    """A rule's parameters in one plain line."""
-
-    def items(key: str) -> str:
-        return ", ".join(str(v) for v in params.get(key) or [])
-
-    if kind in ("server_allow", "server_block"):
-        return items("servers")
-    if kind == "event_type_block":
-        return f"{items('event_types')} ({params.get('scope', 'both')})"
-    if kind == "partner_scope":
-        parts = [items("servers")]
-        if params.get("rooms"):
-            parts.append(f"rooms {items('rooms')}")
-        if params.get("event_types"):
-            parts.append(f"types {items('event_types')}")
-        return "; ".join(parts)
-    if kind == "client_allow":
-        parts = []
-        if params.get("user_agents"):
-            parts.append(f"user agents {items('user_agents')}")
-        if params.get("networks"):
-            parts.append(f"networks {items('networks')}")
-        return "; ".join(parts)
-    return json.dumps(params, sort_keys=True)
-
-
-def describe_rule(rule: GatewayRule) -> str:
-    """``rule-id`` (kind params), in markdown."""
-    return f"{fmt.code(rule.id)} ({rule.kind} {fmt.md(describe_params(rule.kind, rule.params))})"
-
-
-def _cell(value: object, width: int) -> str:
-    text = " ".join(str(value).replace("`", "'").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A monospace table (mautrix's markdown has no table syntax; a code block shows in every
-    client and keeps user text inert)."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    ]
-    return "```text\n" + "\n".join(lines) + "\n```"
-
-
-def ruleset_table(ruleset: Ruleset) -> str:
-    rows = [
-        [
-            _cell(rule.id, 64),
-            rule.kind,
-            _cell(describe_params(rule.kind, rule.params), 60),
-            rule.mode,
-            "yes" if rule.enabled else "no",
-            str(rule.priority),
-            _cell(rule.note, 40),
-        ]
-        for rule in ruleset.rules
-    ]
-    return table(("ID", "KIND", "PARAMS", "MODE", "ENABLED", "PRIORITY", "NOTE"), rows)
-
-
-def _when(value: Any) -> str:
-    moment = parse_timestamp(value)
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "?"
-
-
-def _rule_json(data: Any) -> GatewayRule | None:
-    try:
-        return GatewayRule.from_json(data)
-    except DmzError:
-        return None
-
-
-def describe_diff(diff: Any) -> list[str]:
-    """A version's diff (added, removed, changed) as markdown phrases."""
-    diff = diff if isinstance(diff, dict) else {}
-    parts: list[str] = []
-    for verb in ("added", "removed"):
-        for item in diff.get(verb) or []:
-            rule = _rule_json(item)
-            if rule is not None:
-                mode = " in audit mode" if verb == "added" and rule.mode == "audit" else ""
-                parts.append(f"{verb} {describe_rule(rule)}{mode}")
-    for item in diff.get("changed") or []:
-        if not isinstance(item, dict):
-            continue
-        old, new = item.get("before") or {}, item.get("after") or {}
-        changes = []
-        for key in ("params", "mode", "enabled", "priority", "note"):
-            if old.get(key) != new.get(key):
-                was, now = old.get(key), new.get(key)
-                if key == "params" and isinstance(was, dict) and isinstance(now, dict):
-                    kind = str(new.get("kind", ""))
-                    was, now = describe_params(kind, was), describe_params(kind, now)
-                changes.append(f"{key} {fmt.md(was)} → {fmt.md(now)}")
-        parts.append(f"changed {fmt.code(item.get('id', '?'))}: {', '.join(changes) or 'nothing'}")
-    return parts
-
-
-# ---- gateway failures -------------------------------------------------------------------
-
-
-def translate(error: DmzFailure) -> Failed:
-    """What to say, and to audit, when the gateway did not do what was asked."""
-    if isinstance(error, DmzUnavailable):
-        return Failed(
-            f"The gateway did not answer in {error.timeout:g} s; nothing was changed.",
-            f"gateway unavailable: {error.reason}",
-        )
-    if isinstance(error, DmzError):
-        if error.status >= 500:
-            message = f"The gateway failed (HTTP {error.status}); nothing was changed."
-        else:
-            message = f"The gateway refused the request: {fmt.md(error.error)}"
-        return Failed(message, f"{error.status} {error.errcode}")
-    return Failed("The gateway call failed; nothing was changed.", type(error).__name__)
-
-
-def guarded(action: Action) -> Action:
-    """``action`` with gateway failures turned into replies (for confirmed actions)."""
-
-    @functools.wraps(action)
-    async def run(ctx: Context) -> None:
-        try:
-            await action(ctx)
-        except DmzFailure as e:
-            raise translate(e) from None
-
-    return run
-
-
-def gateway_errors(fn: GatedHandler) -> GatedHandler:
-    """A handler with gateway failures turned into replies; under ``@gated``."""
-
-    @functools.wraps(fn)
-    async def handler(self: Any, evt: MessageEvent, ctx: Context, args: Any) -> None:
-        try:
-            await fn(self, evt, ctx, args)
-        except DmzFailure as e:
-            raise translate(e) from None
-
-    return handler
-
-
-# ---- the commands -----------------------------------------------------------------------
 
 
 class SbgCommands(CommandFamily):
@@ -624,7 +151,7 @@ class SbgCommands(CommandFamily):
             reason = f": {fmt.md(item['reason'])}" if item.get("reason") else ""
             changes = "; ".join(describe_diff(item.get("diff")))
             lines.append(
-                f"* **Version {item.get('version')}**, {_when(item.get('time'))}{by}{reason}"
+                f"* **Version {item.get('version')}**, {timestamp(item.get('time'))}{by}{reason}"
                 + (f" — {changes}" if changes else "")
             )
         await ctx.reply("\n".join(lines))
@@ -976,21 +503,7 @@ class SbgCommands(CommandFamily):
             f"Judged as: {fmt.md(describe_request(result.get('request')))}.",
         ]
         trace = [entry for entry in result.get("trace") or [] if isinstance(entry, dict)]
-        if trace:
-            rows = [
-                [
-                    "→" if entry.get("decisive") else "",
-                    _cell(entry.get("rule", "?"), 64),
-                    str(entry.get("kind", "")),
-                    str(entry.get("mode", "")),
-                    str(entry.get("result", "")),
-                    _cell(entry.get("detail", ""), 60),
-                ]
-                for entry in trace
-            ]
-            lines.append(table(("", "RULE", "KIND", "MODE", "RESULT", "DETAIL"), rows))
-        else:
-            lines.append("No rule applies.")
+        lines.append(trace_table(trace) if trace else "No rule applies.")
         await ctx.reply("\n\n".join(lines))
 
     # ---- decisions -------------------------------------------------------------------
@@ -1025,44 +538,3 @@ class SbgCommands(CommandFamily):
             f"The last {fmt.plural(len(records), 'decision')}{scope}, newest first "
             f"(ruleset now at version {ruleset.version}):\n\n" + "\n".join(lines)
         )
-
-
-def describe_request(request: Any) -> str:
-    """The request as the rules saw it, in one plain line."""
-    request = request if isinstance(request, dict) else {}
-    head = f"{request.get('class', '?')} request"
-    if request.get("origin"):
-        head += f" from {request['origin']}"
-    if request.get("user"):
-        head += f" by {request['user']}"
-    parts = [head]
-    if request.get("path") and request.get("path") != "-":
-        parts.append(f"{request.get('method', '')} {request['path']}".strip())
-    if request.get("event_types"):
-        parts.append("event types " + ", ".join(map(str, request["event_types"])))
-    if request.get("room"):
-        parts.append(f"room {request['room']}")
-    if request.get("user_agent"):
-        parts.append(f"user agent {request['user_agent']}")
-    if request.get("ip"):
-        parts.append(f"from address {request['ip']}")
-    return ", ".join(parts)
-
-
-def describe_decision(record: dict[str, Any]) -> str:
-    who = ""
-    if record.get("origin"):
-        who = f" from {fmt.md(record['origin'])}"
-    elif record.get("user"):
-        who = f" by {fmt.md(record['user'])}"
-    what = f" {fmt.code(str(record.get('method', '')) + ' ' + str(record.get('path', '')))}"
-    types = f" {fmt.md(record['event_type'])}" if record.get("event_type") else ""
-    room = f" in {fmt.md(record['room'])}" if record.get("room") else ""
-    rule = record.get("rule")
-    mode = f" ({record['mode']})" if record.get("mode") else ""
-    decided = f" — rule {fmt.code(rule)}{mode}" if rule else " — no rule"
-    return (
-        f"{_when(record.get('time'))} **{fmt.md(record.get('outcome', '?'))}** "
-        f"{fmt.md(record.get('class', ''))}{who}{what}{types}{room}{decided}, "
-        f"version {record.get('version', '?')}"
-    )
