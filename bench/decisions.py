@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from dmz_api.config import Section
+from dmz_api.config_reader import Section
 from dmz_api.gateway.config import parse_gateway_config
 from dmz_api.gateway.decisions import GatewayMetrics
 from dmz_api.gateway.policy.compile import CompiledRuleset

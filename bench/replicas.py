@@ -31,7 +31,7 @@ from mautrix.util.async_db import Database  # noqa: E402
 
 from bench.stats import summary, write_results  # noqa: E402
 from devstack.postgres import Postgres  # noqa: E402
-from dmz_api.config import Section  # noqa: E402
+from dmz_api.config_reader import Section  # noqa: E402
 from dmz_api.gateway.config import parse_gateway_config  # noqa: E402
 from dmz_api.gateway.decisions import GatewayMetrics  # noqa: E402
 from dmz_api.gateway.migrations import upgrade_table  # noqa: E402

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from . import __version__
 from .app import init_app
-from .config import ConfigError, load_config
+from .config import load_config
+from .config_reader import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,21 +1,27 @@
 """``init_app(config)``: the shared core (config, keys, database, metrics, errors) plus the
-roles the config enables. Each role package exposes ``upgrade_table`` and ``setup(app)``.
+roles the config enables.
+
+Each role package exposes ``upgrade_table`` and a ``setup(app, section, ...)`` that is
+handed its own config section; the roles are imported here only when enabled, and they
+import the core, never this module or ``dmz_api.config``, so no import goes in a circle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from types import ModuleType
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
 
 from aiohttp import web
+from mautrix.util.async_db import UpgradeTable
+from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import appkeys
 from .auth import auth_middleware
-from .config import Config
-from .db import open_database
-from .keys import KeyRing
-from .metrics import Metrics, metrics_handler
+from .config import CONFIG, Config
+from .db import DATABASE, open_database
+from .keys import KEYRING, KeyRing
+from .metrics import METRICS, Metrics
 from .middlewares import error_middleware, request_id_middleware
 from .openapi import openapi_handler
 
@@ -24,16 +30,30 @@ log = logging.getLogger("dmz_api")
 ENABLED_ROLES = web.AppKey("enabled_roles", tuple[str, ...])
 
 
-def enabled_roles(config: Config) -> list[tuple[str, ModuleType]]:
-    roles: list[tuple[str, ModuleType]] = []
+@dataclass(frozen=True)
+class Role:
+    name: str
+    upgrade_table: UpgradeTable
+    setup: Callable[[web.Application], None]
+
+
+def enabled_roles(config: Config) -> list[Role]:
+    roles: list[Role] = []
     if config.registrar is not None:
         from . import registrar
 
-        roles.append(("registrar", registrar))
+        setup = partial(
+            registrar.setup,
+            config=config.registrar,
+            public_url=config.server.public_url,
+            trusted_proxies=config.server.trusted_proxies,
+        )
+        roles.append(Role("registrar", registrar.upgrade_table, setup))
     if config.gateway is not None:
         from . import gateway
 
-        roles.append(("gateway", gateway))
+        setup = partial(gateway.setup, config=config.gateway)
+        roles.append(Role("gateway", gateway.upgrade_table, setup))
     return roles
 
 
@@ -42,27 +62,32 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "roles": [*roles]})
 
 
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def init_app(config: Config) -> web.Application:
     app = web.Application(
         middlewares=[request_id_middleware, error_middleware, auth_middleware],
         client_max_size=1024**2,
     )
     roles = enabled_roles(config)
-    app[appkeys.CONFIG] = config
-    app[appkeys.KEYRING] = KeyRing(config.api_keys)
-    app[appkeys.METRICS] = Metrics()
-    app[ENABLED_ROLES] = tuple(name for name, _ in roles)
+    app[CONFIG] = config
+    app[KEYRING] = KeyRing(config.api_keys)
+    app[METRICS] = Metrics()
+    app[ENABLED_ROLES] = tuple(role.name for role in roles)
 
     async def database_ctx(app: web.Application) -> AsyncIterator[None]:
-        tables = [module.upgrade_table for _, module in roles]
+        tables = [role.upgrade_table for role in roles]
         async with open_database(config.database, tables, config.database_opts) as db:
-            app[appkeys.DATABASE] = db
+            app[DATABASE] = db
             yield
 
     app.cleanup_ctx.append(database_ctx)
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     app.router.add_get("/v1/openapi.json", openapi_handler, name="openapi")
-    for _, module in roles:
-        module.setup(app)
+    for role in roles:
+        role.setup(app)
     return app

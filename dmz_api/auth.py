@@ -14,9 +14,8 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from . import appkeys
-from .config import ApiKey
 from .errors import Forbidden, InvalidParam, MissingToken, UnknownToken
+from .keys import KEYRING, ApiKey
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Callable[..., Any])
@@ -64,7 +63,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     kind, _, presented = header.partition(" ")
     if kind.lower() != "bearer" or not presented.strip():
         raise MissingToken("Malformed Authorization header: expected Bearer <key>")
-    key = request.app[appkeys.KEYRING].authenticate(presented.strip())
+    key = request.app[KEYRING].authenticate(presented.strip())
     if key is None:
         raise UnknownToken("Unknown API key")
     if scope not in key.scopes:

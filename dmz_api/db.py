@@ -1,7 +1,8 @@
 """The service database: SQLite by default, PostgreSQL by URL, one migration table per role.
 
 Each role keeps its own ``UpgradeTable`` (and version table) so the roles evolve their
-schemas independently while sharing one database and one connection pool.
+schemas independently while sharing one database and one connection pool, which
+``init_app`` opens in a cleanup context and puts under ``DATABASE``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from aiohttp import web
 from mautrix.util.async_db import Database, UpgradeTable
 from mautrix.util.logging import TraceLogger
 
 log = logging.getLogger("dmz_api.db")
+
+DATABASE: web.AppKey[Database] = web.AppKey("database", Database)
 
 
 def create_database(url: str, db_args: Mapping[str, Any] | None = None) -> Database:

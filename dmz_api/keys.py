@@ -1,11 +1,29 @@
-"""API keys: hashed at rest, compared in constant time, each with its scopes."""
+"""API keys: hashed at rest, compared in constant time, each with its scopes.
+
+``init_app`` puts a ``KeyRing`` of the configured keys under ``KEYRING``; the auth
+middleware asks it which key, if any, a request presents.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from .config import ApiKey, hash_api_key
+from aiohttp import web
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    key_hash: bytes
+    scopes: frozenset[str]
+
+
+def hash_api_key(key: str) -> bytes:
+    # API keys are ≥128-bit random strings, so one SHA-256 is enough at rest (no stretching).
+    return hashlib.sha256(key.encode()).digest()
 
 
 class KeyRing:
@@ -20,3 +38,6 @@ class KeyRing:
             if hmac.compare_digest(digest, key.key_hash):
                 found = key
         return found
+
+
+KEYRING: web.AppKey[KeyRing] = web.AppKey("keyring", KeyRing)

@@ -1,4 +1,8 @@
-"""Prometheus metrics, one registry per application so tests and roles stay separate."""
+"""Prometheus metrics, one registry per application so tests and roles stay separate.
+
+``init_app`` puts the application's ``Metrics`` under ``METRICS``; each role registers its
+own counters on it, and ``GET /metrics`` (in ``app.py``) renders it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,12 @@ from collections.abc import Sequence
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
 )
-
-from . import appkeys
 
 
 class Metrics:
@@ -41,6 +42,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def metrics_handler(request: web.Request) -> web.Response:
-    body = request.app[appkeys.METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)

@@ -8,9 +8,9 @@ import secrets
 
 from aiohttp import web
 
-from . import appkeys
 from .auth import Handler
 from .errors import ApiError, json_error
+from .metrics import METRICS
 
 log = logging.getLogger("dmz_api.http")
 
@@ -48,7 +48,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Every failure leaves as ``{"errcode", "error"}``; unexpected ones never show their text."""
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
-    metrics = request.app[appkeys.METRICS]
+    metrics = request.app[METRICS]
     try:
         response = await handler(request)
     except ApiError as e:

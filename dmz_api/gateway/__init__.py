@@ -12,8 +12,10 @@ Where to look:
   ``store`` and ``migrations`` (versioned rules, decisions), ``decisions`` (the batched
   decision log and metrics), ``routes`` (the admin API), ``config``.
 
-``setup(app)`` adds the routes and a cleanup context that builds the ``GatewayService``
-once the shared database is open.
+``setup(app, config)`` is handed the ``gateway:`` section; it adds the routes and a
+cleanup context that builds the ``GatewayService`` under ``GATEWAY`` once the shared
+database (``DATABASE``) is open, then the proxy under ``GATEWAY_PROXY`` when
+``gateway.listen`` is set.
 """
 
 from __future__ import annotations
@@ -22,28 +24,28 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .. import appkeys
+from ..db import DATABASE
+from ..metrics import METRICS
 from . import routes
+from .config import GatewayConfig
 from .decisions import GatewayMetrics
 from .enforce import antispam, authz
-from .enforce.proxy import proxy_ctx
+from .enforce.proxy import GATEWAY_PROXY, proxy_ctx
 from .migrations import upgrade_table
-from .service import GatewayService
+from .service import GATEWAY, GatewayService
 from .store import RuleStore
 
 
-def setup(app: web.Application) -> None:
-    config = app[appkeys.CONFIG].gateway
-    assert config is not None
-    metrics = GatewayMetrics(app[appkeys.METRICS])
+def setup(app: web.Application, config: GatewayConfig) -> None:
+    metrics = GatewayMetrics(app[METRICS])
     routes.add_routes(app)
     authz.add_routes(app)
     antispam.add_routes(app, config.server_name)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        service = GatewayService(config, RuleStore(app[appkeys.DATABASE]), metrics)
+        service = GatewayService(config, RuleStore(app[DATABASE]), metrics)
         await service.start()
-        app[appkeys.GATEWAY] = service
+        app[GATEWAY] = service
         try:
             yield
         finally:
@@ -53,4 +55,4 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(proxy_ctx)
 
 
-__all__ = ["GatewayService", "setup", "upgrade_table"]
+__all__ = ["GATEWAY", "GATEWAY_PROXY", "GatewayService", "setup", "upgrade_table"]

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Section
+from ..config_reader import Section
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import appkeys
 from ..auth import requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
@@ -22,14 +21,14 @@ from ..params import actor, json_body, query_choice, query_int, query_limit
 from .policy.matrix_paths import request_info
 from .policy.model import Outcome, RequestClass, RequestInfo, Source
 from .policy.rules import RULE_ID
-from .service import GatewayService, WriteResult
+from .service import GATEWAY, GatewayService, WriteResult
 from .store import DecisionQuery
 
 _SERVER_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]{1,255})(:\d{1,5})?$")
 
 
 def service(request: web.Request) -> GatewayService:
-    return request.app[appkeys.GATEWAY]
+    return request.app[GATEWAY]
 
 
 def expected_version(request: web.Request) -> int | None:

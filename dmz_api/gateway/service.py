@@ -3,7 +3,7 @@
 The interface for enforcement points (the reverse proxy, ``/v1/authz``, the antispam
 callbacks)::
 
-    gateway: GatewayService = app[appkeys.GATEWAY]     # built by gateway.setup()'s cleanup_ctx
+    gateway: GatewayService = app[GATEWAY]             # built by gateway.setup()'s cleanup_ctx
     info: RequestInfo = matrix_paths.request_info(...)   # see matrix_paths' docstring
     decision: Decision = gateway.decide(info)            # sync, no await, a few µs
     if not decision.allowed:                             # outcome "block"
@@ -35,6 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Any
+
+from aiohttp import web
 
 from ..errors import Conflict, InvalidParam, NotFound
 from .config import GatewayConfig
@@ -462,3 +464,7 @@ class GatewayService:
         )
         created = "added" in change.diff
         return WriteResult(version, not change.empty, change.result, created=created)
+
+
+# Built by the gateway's setup() once the shared database is open.
+GATEWAY: web.AppKey[GatewayService] = web.AppKey("gateway", GatewayService)

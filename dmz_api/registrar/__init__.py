@@ -1,65 +1,72 @@
 """The registrar role: single-use registration tokens, the guest onboarding page, guests.
 
-``setup(app)`` adds the admin API and the public page, and a cleanup context that builds
-the ``RegistrarService`` (with its own HTTP session to the homeserver) once the shared
-database is open; on PostgreSQL the page's rate limits move into that database.
+``setup(app, config, ...)`` is handed the ``registrar:`` section and the server's public
+URL and trusted proxies; it adds the admin API and the public page, and a cleanup context
+that builds the ``RegistrarService`` (with its own HTTP session to the homeserver) under
+``REGISTRAR`` once the shared database (``DATABASE``) is open; on PostgreSQL the page's
+rate limits move into that database.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
 
-from .. import appkeys
+from ..db import DATABASE
+from ..metrics import METRICS
+from .config import RegistrarConfig
 from .crypto import RegistrarKeys
 from .homeserver import make_adapter
 from .migrations import upgrade_table
 from .onboarding import OnboardingPage
 from .ratelimit import RateLimiter, SharedRateLimiter
 from .routes import add_routes
-from .service import RegistrarMetrics, RegistrarService
+from .service import REGISTRAR, RegistrarMetrics, RegistrarService
 from .store import RegistrarStore
 
 log = logging.getLogger("dmz_api.registrar")
 
 
-def setup(app: web.Application) -> None:
-    config = app[appkeys.CONFIG]
-    registrar = config.registrar
-    assert registrar is not None
-    keys = RegistrarKeys(registrar.secret)
+def setup(
+    app: web.Application,
+    config: RegistrarConfig,
+    *,
+    public_url: str,
+    trusted_proxies: Sequence[str],
+) -> None:
+    keys = RegistrarKeys(config.secret)
     if keys.ephemeral:
         log.warning(
             "registrar.secret is not set: open onboarding forms and idempotent mint replies "
             "will not survive a restart (and replicas cannot share them)"
         )
-    metrics = RegistrarMetrics(app[appkeys.METRICS])
+    metrics = RegistrarMetrics(app[METRICS])
     add_routes(app)
-    page = OnboardingPage(config, registrar, keys)
+    page = OnboardingPage(config, keys, public_url=public_url, trusted_proxies=trusted_proxies)
     page.add_routes(app)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        hs = registrar.homeserver
+        hs = config.homeserver
         timeout = aiohttp.ClientTimeout(total=hs.timeout, connect=min(hs.timeout, 5.0))
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(
             timeout=timeout, connector=connector, raise_for_status=False
         ) as session:
-            store = RegistrarStore(app[appkeys.DATABASE])
+            store = RegistrarStore(app[DATABASE])
             if store.shared and isinstance(page.limiter, RateLimiter):
                 # Replicas share PostgreSQL: they share the page's rate limits too.
                 page.limiter = SharedRateLimiter(
                     store,
-                    registrar.rate_limit.per_minute,
-                    registrar.rate_limit.burst,
+                    config.rate_limit.per_minute,
+                    config.rate_limit.burst,
                     fallback=page.limiter,
                 )
-            app[appkeys.REGISTRAR] = RegistrarService(
-                registrar,
-                config.server.public_url,
+            app[REGISTRAR] = RegistrarService(
+                config,
+                public_url,
                 store,
                 make_adapter(hs, session),
                 keys,
@@ -70,4 +77,4 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(service_ctx)
 
 
-__all__ = ["setup", "upgrade_table"]
+__all__ = ["REGISTRAR", "setup", "upgrade_table"]

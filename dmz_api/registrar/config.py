@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ConfigError, Section
+from ..config_reader import Section
 
 HomeserverKind = Literal["synapse", "matrix"]
 
@@ -115,4 +115,4 @@ def parse_registrar_config(section: Section) -> RegistrarConfig:
     )
 
 
-__all__ = ["ConfigError", "HomeserverConfig", "RateLimitConfig", "RegistrarConfig"]
+__all__ = ["HomeserverConfig", "RateLimitConfig", "RegistrarConfig", "parse_registrar_config"]

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -20,12 +20,11 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from .. import appkeys
-from ..config import Config
 from .config import RegistrarConfig
 from .crypto import NONCE_PATTERN, RegistrarKeys, hash_token, new_nonce
 from .ratelimit import Limiter, RateLimiter
 from .service import (
+    REGISTRAR,
     FormRejected,
     PageState,
     RegistrarService,
@@ -90,7 +89,7 @@ _STATE_PAGES: dict[str, tuple[int, str, list[str]]] = {
 }
 
 
-def _networks(values: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _networks(values: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     networks = []
     for value in values:
         try:
@@ -132,11 +131,18 @@ def client_key(
 
 
 class OnboardingPage:
-    def __init__(self, config: Config, registrar: RegistrarConfig, keys: RegistrarKeys) -> None:
+    def __init__(
+        self,
+        registrar: RegistrarConfig,
+        keys: RegistrarKeys,
+        *,
+        public_url: str,
+        trusted_proxies: Sequence[str],
+    ) -> None:
         self.registrar = registrar
         self.keys = keys
-        self.secure_cookie = config.server.public_url.startswith("https://")
-        self.trusted = _networks(config.server.trusted_proxies)
+        self.secure_cookie = public_url.startswith("https://")
+        self.trusted = _networks(trusted_proxies)
         # In memory until setup() swaps in the shared buckets (PostgreSQL).
         self.limiter: Limiter = RateLimiter(
             registrar.rate_limit.per_minute, registrar.rate_limit.burst
@@ -272,7 +278,7 @@ class OnboardingPage:
         )
 
     async def get_register(self, request: web.Request) -> web.Response:
-        service = request.app[appkeys.REGISTRAR]
+        service = request.app[REGISTRAR]
         if (refusal := await self.limited(request, service)) is not None:
             return refusal
         token = request.query.get("token", "").strip()
@@ -286,7 +292,7 @@ class OnboardingPage:
             return self.try_later()
 
     async def post_register(self, request: web.Request) -> web.Response:
-        service = request.app[appkeys.REGISTRAR]
+        service = request.app[REGISTRAR]
         if (refusal := await self.limited(request, service)) is not None:
             return refusal
         try:

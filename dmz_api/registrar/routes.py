@@ -11,12 +11,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import appkeys
 from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
 from ..params import actor, json_body, query_choice, query_page, query_user
-from .service import Minted, TokenView
+from .service import REGISTRAR, Minted, TokenView
 from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
@@ -76,8 +75,8 @@ def token_id(request: web.Request) -> str:
 
 @requires_scope("tokens")
 async def mint_token(request: web.Request) -> web.Response:
-    config = request.app[appkeys.CONFIG].registrar
-    assert config is not None
+    service = request.app[REGISTRAR]
+    config = service.config
     sponsor = acting_user(request)
     if sponsor is None:
         raise InvalidParam("X-Acting-User is required: the staff member who sponsors the guest")
@@ -97,7 +96,7 @@ async def mint_token(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise InvalidParam("Idempotency-Key must be 1 to 255 printable ASCII characters")
-    minted = await request.app[appkeys.REGISTRAR].mint(
+    minted = await service.mint(
         sponsor=sponsor,
         api_client=request[API_CLIENT].name,
         uses=uses,
@@ -116,7 +115,7 @@ async def mint_token(request: web.Request) -> web.Response:
 @requires_scope("tokens")
 async def list_tokens(request: web.Request) -> web.Response:
     page = query_page(request)
-    views = await request.app[appkeys.REGISTRAR].list_tokens(
+    views = await request.app[REGISTRAR].list_tokens(
         status=query_choice(request, "status", TOKEN_STATUSES),
         sponsor=query_user(request, "sponsor"),
         limit=page.fetch,
@@ -130,13 +129,13 @@ async def list_tokens(request: web.Request) -> web.Response:
 
 @requires_scope("tokens")
 async def get_token(request: web.Request) -> web.Response:
-    view = await request.app[appkeys.REGISTRAR].get_token(token_id(request))
+    view = await request.app[REGISTRAR].get_token(token_id(request))
     return web.json_response(token_json(view))
 
 
 @requires_scope("tokens")
 async def revoke_token(request: web.Request) -> web.Response:
-    view = await request.app[appkeys.REGISTRAR].revoke_token(token_id(request), actor(request))
+    view = await request.app[REGISTRAR].revoke_token(token_id(request), actor(request))
     return web.json_response(token_json(view))
 
 
@@ -147,7 +146,7 @@ async def revoke_sponsor(request: web.Request) -> web.Response:
     guests = body.get("guests", "keep")
     if guests not in ("keep", "deactivate"):
         raise InvalidParam("guests must be keep or deactivate")
-    result = await request.app[appkeys.REGISTRAR].revoke_sponsor(
+    result = await request.app[REGISTRAR].revoke_sponsor(
         sponsor, deactivate_guests=guests == "deactivate", actor=actor(request)
     )
     return web.json_response(
@@ -158,7 +157,7 @@ async def revoke_sponsor(request: web.Request) -> web.Response:
 @requires_scope("guests")
 async def list_guests(request: web.Request) -> web.Response:
     page = query_page(request)
-    guests = await request.app[appkeys.REGISTRAR].list_guests(
+    guests = await request.app[REGISTRAR].list_guests(
         sponsor=query_user(request, "sponsor"),
         status=query_choice(request, "status", GUEST_STATUSES),
         limit=page.fetch,
@@ -173,7 +172,7 @@ async def list_guests(request: web.Request) -> web.Response:
 @requires_scope("guests")
 async def deactivate_guest(request: web.Request) -> web.Response:
     user_id = validate_user_id(request.match_info["user_id"], "user_id")
-    guest = await request.app[appkeys.REGISTRAR].deactivate_guest(user_id, actor(request))
+    guest = await request.app[REGISTRAR].deactivate_guest(user_id, actor(request))
     return web.json_response(guest_json(guest))
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from aiohttp import web
 from prometheus_client import Counter
 
 from ..errors import ApiError, Conflict, NotFound, Unavailable
@@ -604,3 +605,7 @@ class RegistrarService:
             await self.store.insert_guest(guest)
         self.metrics.registrations.labels("ok").inc()
         log.info("Guest %s registered with token %s (sponsor %s)", user_id, row.id, row.sponsor)
+
+
+# Built by the registrar's setup() once the shared database is open.
+REGISTRAR: web.AppKey[RegistrarService] = web.AppKey("registrar", RegistrarService)

@@ -10,8 +10,10 @@ import pytest
 import uvloop
 
 from dmz_api.__main__ import main, new_event_loop
-from dmz_api.config import ConfigError, hash_api_key, load_config, parse_config
+from dmz_api.config import load_config, parse_config
+from dmz_api.config_reader import ConfigError
 from dmz_api.durations import parse_duration
+from dmz_api.keys import hash_api_key
 
 KEY = "k" * 32
 

@@ -8,12 +8,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from dmz_api import appkeys
+from dmz_api.app import metrics_handler
 from dmz_api.auth import acting_user, auth_middleware, requires_scope
-from dmz_api.config import ApiKey, hash_api_key
 from dmz_api.errors import InvalidParam
-from dmz_api.keys import KeyRing
-from dmz_api.metrics import Metrics, metrics_handler
+from dmz_api.keys import KEYRING, ApiKey, KeyRing, hash_api_key
+from dmz_api.metrics import METRICS, Metrics
 from dmz_api.middlewares import error_middleware, request_id_middleware
 
 TOKENS_KEY = "tokens-key-" + "a" * 24
@@ -42,13 +41,13 @@ async def public(request: web.Request) -> web.Response:
 @pytest.fixture
 async def client(aiohttp_client: Any) -> TestClient[web.Request, web.Application]:
     app = web.Application(middlewares=[request_id_middleware, error_middleware, auth_middleware])
-    app[appkeys.KEYRING] = KeyRing(
+    app[KEYRING] = KeyRing(
         [
             ApiKey("bot", hash_api_key(TOKENS_KEY), frozenset({"tokens"})),
             ApiKey("sec", hash_api_key(RULES_KEY), frozenset({"rules"})),
         ]
     )
-    app[appkeys.METRICS] = Metrics()
+    app[METRICS] = Metrics()
     app.router.add_get("/v1/protected", protected)
     app.router.add_get("/v1/bad", bad_input)
     app.router.add_get("/v1/crash", crash)

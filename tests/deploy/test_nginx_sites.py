@@ -17,9 +17,9 @@ from yarl import URL
 
 from devstack.nginx import NGINX
 from devstack.ports import free_port
-from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
+from dmz_api.gateway import GATEWAY
 
 from .conftest import (
     AUTHZ_SECRET,
@@ -86,7 +86,7 @@ async def start_gateway(tmp_path: Path, *, upstream: str | None) -> RunningGatew
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    await app[appkeys.GATEWAY].apply_preset("compliance-ledger", {}, author="@sec:corp.example")
+    await app[GATEWAY].apply_preset("compliance-ledger", {}, author="@sec:corp.example")
     return RunningGateway(runner, port, proxy_port)
 
 

@@ -14,8 +14,8 @@ from aiohttp import web
 
 from devstack.ports import free_port
 from devstack.synapse import Synapse
-from dmz_api import appkeys
 from dmz_api.app import init_app
+from dmz_api.gateway import GATEWAY
 from dmz_api.gateway.service import GatewayService
 from dmz_api.gateway.store import DecisionQuery
 
@@ -56,7 +56,7 @@ def antispam_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Antispam]:
 class RunningGateway:
     def __init__(self, runner: web.AppRunner) -> None:
         self.runner = runner
-        self.service: GatewayService = runner.app[appkeys.GATEWAY]
+        self.service: GatewayService = runner.app[GATEWAY]
         self.stopped = False
 
     async def stop(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dmz_api.config import ConfigError, Section
+from dmz_api.config_reader import ConfigError, Section
 from dmz_api.gateway.config import parse_gateway_config
 
 

@@ -10,7 +10,7 @@ import pytest
 from mautrix.util.async_db import Database
 
 from devstack.postgres import Postgres
-from dmz_api.config import Section
+from dmz_api.config_reader import Section
 from dmz_api.errors import Conflict
 from dmz_api.gateway.config import parse_gateway_config
 from dmz_api.gateway.decisions import GatewayMetrics

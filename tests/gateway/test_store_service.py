@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from mautrix.util.async_db import Database
 
-from dmz_api.config import Section
+from dmz_api.config_reader import Section
 from dmz_api.errors import Conflict, InvalidParam, NotFound
 from dmz_api.gateway.config import parse_gateway_config
 from dmz_api.gateway.decisions import GatewayMetrics

@@ -21,9 +21,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
+from dmz_api.gateway import GATEWAY, GATEWAY_PROXY
 from dmz_api.gateway.enforce.proxy import GatewayProxy
 from dmz_api.gateway.service import GatewayService
 
@@ -181,7 +181,7 @@ class Gateway:
 
     @property
     def service(self) -> GatewayService:
-        return self.admin.app[appkeys.GATEWAY]
+        return self.admin.app[GATEWAY]
 
     async def add_rule(self, rule: dict[str, Any]) -> Any:
         resp = await self.admin.post("/v1/rules", json=rule, headers=ADMIN)
@@ -237,7 +237,7 @@ def make_gateway(aiohttp_client: Any, tmp_path: Path) -> MakeGateway:
     async def make(upstream: str, **gateway: Any) -> Gateway:
         app = init_app(gateway_config(tmp_path, upstream, **gateway))
         admin: AdminClient = await aiohttp_client(app)
-        return Gateway(admin, app[appkeys.GATEWAY_PROXY])
+        return Gateway(admin, app[GATEWAY_PROXY])
 
     return make
 

@@ -11,9 +11,9 @@ import pytest
 from aiohttp import web
 
 from devstack.synapse import make_self_signed_cert
-from dmz_api import appkeys
 from dmz_api.app import init_app
-from dmz_api.config import ConfigError, Section
+from dmz_api.config_reader import ConfigError, Section
+from dmz_api.gateway import GATEWAY_PROXY
 from dmz_api.gateway.config import parse_gateway_config
 
 from .conftest import Upstream, gateway_config
@@ -56,14 +56,14 @@ async def test_no_listener_without_listen(aiohttp_client: Any, tmp_path: Path) -
     client = await aiohttp_client(
         init_app(gateway_config(tmp_path, "http://127.0.0.1:8008", listen=None))
     )
-    assert appkeys.GATEWAY_PROXY not in client.app
+    assert GATEWAY_PROXY not in client.app
 
 
 async def test_listener_stops_with_the_app(upstream: Upstream, tmp_path: Path) -> None:
     app = init_app(gateway_config(tmp_path, upstream.url))
     runner = web.AppRunner(app)
     await runner.setup()
-    proxy = app[appkeys.GATEWAY_PROXY]
+    proxy = app[GATEWAY_PROXY]
     assert proxy.port
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.close()

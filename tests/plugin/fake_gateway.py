@@ -18,9 +18,9 @@ from aiohttp import web
 from attrs import define, field
 from multidict import CIMultiDict
 
-from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
+from dmz_api.gateway import GATEWAY
 from dmz_api.gateway.policy.model import RequestClass, RequestInfo, Source
 from dmz_api.gateway.service import GatewayService
 
@@ -66,7 +66,7 @@ class GatewayDouble:
 
     @property
     def service(self) -> GatewayService:
-        return self.app[appkeys.GATEWAY]
+        return self.app[GATEWAY]
 
     def calls(self, method: str, prefix: str = "/v1/") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from dmz_api import appkeys
 from dmz_api.app import init_app
+from dmz_api.registrar import REGISTRAR
 from plugin.dmz import Acting, DmzClient, Registrar
 from tests.registrar.conftest import API_KEY, app_config, registrar_section
 from tests.registrar.fakes import FakeHomeserver
@@ -36,7 +36,7 @@ async def test_every_page_of_open_tokens(tmp_path: Path) -> None:
     app = init_app(app_config(f"sqlite:{tmp_path / 'registrar.db'}", registrar_section()))
     server = TestServer(app)
     await server.start_server()
-    app[appkeys.REGISTRAR].adapter = FakeHomeserver()
+    app[REGISTRAR].adapter = FakeHomeserver()
     base = str(server.make_url("")).rstrip("/")
     acting = Acting("@bot:corp.example", "req-paging")
     try:

@@ -14,11 +14,10 @@ from aiohttp.test_utils import TestClient
 from mautrix.util.async_db import Database
 
 from devstack.postgres import Postgres
-from dmz_api import appkeys
 from dmz_api.app import init_app
 from dmz_api.config import parse_config
 from dmz_api.metrics import Metrics
-from dmz_api.registrar import upgrade_table
+from dmz_api.registrar import REGISTRAR, upgrade_table
 from dmz_api.registrar.config import parse_registrar_config
 from dmz_api.registrar.crypto import RegistrarKeys
 from dmz_api.registrar.service import RegistrarMetrics, RegistrarService
@@ -134,7 +133,7 @@ def make_service(
     secret: bytes | None = b"s" * 32,
     **extra: Any,
 ) -> RegistrarService:
-    from dmz_api.config import Section
+    from dmz_api.config_reader import Section
 
     config = parse_registrar_config(Section(registrar_section(kind, **extra), "registrar"))
     return RegistrarService(
@@ -160,7 +159,7 @@ async def client(
     """The whole dmz_api app (registrar role) with the fake homeserver behind it."""
     app = init_app(app_config(f"sqlite:{tmp_path / 'app.db'}", registrar_section()))
     test_client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
-    app[appkeys.REGISTRAR].adapter = fake_hs
+    app[REGISTRAR].adapter = fake_hs
     return test_client
 
 

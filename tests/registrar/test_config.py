@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from dmz_api.config import ConfigError, Section, load_config
+from dmz_api.config import load_config
+from dmz_api.config_reader import ConfigError, Section
 from dmz_api.registrar.config import parse_registrar_config
 
 from .conftest import registrar_section

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from dmz_api import appkeys
 from dmz_api.app import init_app
+from dmz_api.registrar import REGISTRAR
 from dmz_api.registrar.onboarding import CSRF_COOKIE, client_key
 from dmz_api.registrar.ratelimit import RateLimiter
 
@@ -98,7 +98,7 @@ async def test_used_expired_revoked_are_410(client: Client, fake_hs: FakeHomeser
     revoked = await mint(client)
     await client.delete(f"/v1/tokens/{revoked['id']}", headers=auth())
     expired = (await mint(client, expires_in=1))["token"]
-    client.app[appkeys.REGISTRAR].clock = lambda: 4_000_000_000.0
+    client.app[REGISTRAR].clock = lambda: 4_000_000_000.0
     for token, words in [
         (used, "already been used"),
         (revoked["token"], "withdrawn"),
@@ -205,7 +205,7 @@ async def test_no_exception_text_reaches_the_guest(client: Client, fake_hs: Fake
     csrf = await open_form(client, token)
     fake_hs.crash_with = RuntimeError("secret-internal-detail /_synapse/admin")
     post = await client.post("/register", data=form(token, csrf))
-    client.app[appkeys.REGISTRAR]._synced_at = -1e18  # the page's sync cache
+    client.app[REGISTRAR]._synced_at = -1e18  # the page's sync cache
     get = await client.get("/register", params={"token": token})
     for resp in (post, get):
         html = await resp.text()
@@ -217,7 +217,7 @@ async def test_rate_limit_page(aiohttp_client: Any, tmp_path: Path) -> None:
     section = registrar_section(rate_limit={"per_minute": 1, "burst": 2})
     app = init_app(app_config(f"sqlite:{tmp_path / 'rl.db'}", section))
     client: Client = await aiohttp_client(app)
-    app[appkeys.REGISTRAR].adapter = FakeHomeserver()
+    app[REGISTRAR].adapter = FakeHomeserver()
     statuses = [(await client.get("/register", params={"token": "x"})).status for _ in range(3)]
     assert statuses == [404, 404, 429]
     resp = await client.post("/register", data={"token": "x"})
@@ -233,7 +233,7 @@ async def test_secure_cookie_behind_https(aiohttp_client: Any, tmp_path: Path) -
         app_config(f"sqlite:{tmp_path / 's.db'}", registrar_section(), "https://dmz.example")
     )
     client: Client = await aiohttp_client(app)
-    app[appkeys.REGISTRAR].adapter = FakeHomeserver()
+    app[REGISTRAR].adapter = FakeHomeserver()
     token = (await mint(client))["token"]
     resp = await client.get("/register", params={"token": token})
     assert resp.cookies[CSRF_COOKIE]["secure"]

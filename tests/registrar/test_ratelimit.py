@@ -10,8 +10,9 @@ from aiohttp.test_utils import TestClient
 from mautrix.util.async_db import Database
 
 from devstack.postgres import Postgres
-from dmz_api import appkeys
 from dmz_api.app import init_app
+from dmz_api.db import DATABASE
+from dmz_api.registrar import REGISTRAR
 from dmz_api.registrar.ratelimit import RateLimiter, SharedRateLimiter
 from dmz_api.registrar.store import RegistrarStore
 
@@ -87,7 +88,7 @@ async def test_the_page_limits_across_replicas_on_postgres(
     for _ in range(2):
         app = init_app(app_config(url, section))
         clients.append(await aiohttp_client(app))
-        app[appkeys.REGISTRAR].adapter = FakeHomeserver()
+        app[REGISTRAR].adapter = FakeHomeserver()
     statuses = [
         (await clients[i % 2].get("/register", params={"token": "x"})).status for i in range(4)
     ]
@@ -99,7 +100,7 @@ async def test_sqlite_keeps_the_buckets_in_memory(aiohttp_client: Any, tmp_path:
     app = init_app(app_config(f"sqlite:{tmp_path / 'rl.db'}", registrar_section()))
     client: Client = await aiohttp_client(app)
     await client.get("/register", params={"token": "x"})
-    rows = await app[appkeys.DATABASE].fetch("SELECT client FROM registrar_rate_buckets")
+    rows = await app[DATABASE].fetch("SELECT client FROM registrar_rate_buckets")
     assert rows == []
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from dmz_api import appkeys
 from dmz_api.openapi import document
+from dmz_api.registrar import REGISTRAR
 from dmz_api.registrar.store import GuestRow
 
 from .conftest import GUESTS_ONLY_KEY, SPONSOR, Clock, auth, csrf_of
@@ -154,7 +154,7 @@ async def pages(client: Client, path: str, key: str, **params: str) -> list[tupl
 async def test_tokens_are_paged(client: Client) -> None:
     # 25 tokens minted at three instants (12, 8 and 5 of them): pages of 10 break inside
     # runs of tokens created in the same millisecond.
-    clock = client.app[appkeys.REGISTRAR].clock = Clock()
+    clock = client.app[REGISTRAR].clock = Clock()
     for n in range(25):
         if n in (12, 20):
             clock.advance(1)
@@ -193,7 +193,7 @@ async def test_token_pages_survive_changes_between_pages(client: Client) -> None
 
 async def test_guests_are_paged(client: Client) -> None:
     _, minted = await mint(client, {"uses": 30})
-    store = client.app[appkeys.REGISTRAR].store
+    store = client.app[REGISTRAR].store
     for n in range(25):
         sponsor = SPONSOR if n % 5 else "@bob:corp.example"
         await store.insert_guest(

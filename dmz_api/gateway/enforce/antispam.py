@@ -27,9 +27,9 @@ from typing import Any
 
 from aiohttp import web
 
-from ... import appkeys
 from ...errors import json_error
 from ..policy.model import RequestClass, RequestInfo, Source
+from ..service import GATEWAY
 from .authz import caller_problem
 
 PREFIX = "/v1/antispam"
@@ -197,7 +197,7 @@ async def _body(request: web.Request) -> dict[str, Any] | None:
 
 
 async def callback(request: web.Request) -> web.Response:
-    gateway = request.app[appkeys.GATEWAY]
+    gateway = request.app[GATEWAY]
     problem = caller_problem(request.remote, _bearer(request), gateway.config.authz)
     if problem is not None:
         return json_error(403, "M_FORBIDDEN", f"Refused by the gateway: {problem}")

@@ -23,11 +23,11 @@ from collections.abc import Iterable, Sequence
 
 from aiohttp import web
 
-from ... import appkeys
 from ...errors import json_error
 from ..config import AuthzConfig, IPNetwork
 from ..policy.matrix_paths import request_info
 from ..policy.model import Decision, Source
+from ..service import GATEWAY
 
 PREFIX = "/v1/authz"
 
@@ -99,7 +99,7 @@ def decision_headers(decision: Decision) -> dict[str, str]:
 
 
 async def authz(request: web.Request) -> web.Response:
-    gateway = request.app[appkeys.GATEWAY]
+    gateway = request.app[GATEWAY]
     config = gateway.config
     problem = caller_problem(request.remote, request.headers.get("X-Authz-Secret"), config.authz)
     if problem is not None:

@@ -31,8 +31,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from ... import appkeys
-from ...metrics import Metrics
+from ...metrics import METRICS, Metrics
 from ..config import GatewayConfig
 from ..http.listener import HttpListener, ServerRequest
 from ..http.upstream import (
@@ -46,7 +45,7 @@ from ..http.upstream import (
 )
 from ..policy.matrix_paths import classify, request_info
 from ..policy.model import Source
-from ..service import GatewayService
+from ..service import GATEWAY, GatewayService
 from .authz import client_ip, in_networks
 
 log = logging.getLogger("dmz_api.gateway.enforce.proxy")
@@ -416,23 +415,27 @@ class GatewayProxy:
         request.finish()
 
 
+# The built-in reverse proxy, present while gateway.listen is configured.
+GATEWAY_PROXY: web.AppKey[GatewayProxy] = web.AppKey("gateway_proxy", GatewayProxy)
+
+
 async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     """Run the proxy listener while the app runs, when ``gateway.listen`` is configured."""
-    gateway = app[appkeys.GATEWAY]
+    gateway = app[GATEWAY]
     if gateway.config.listen is None:
         yield
         return
-    proxy = GatewayProxy(gateway, app[appkeys.METRICS])
+    proxy = GatewayProxy(gateway, app[METRICS])
     try:
         await proxy.start()
     except BaseException:
         await proxy.stop()
         raise
-    app[appkeys.GATEWAY_PROXY] = proxy
+    app[GATEWAY_PROXY] = proxy
     try:
         yield
     finally:
         await proxy.stop()
 
 
-__all__ = ["GatewayProxy", "proxy_ctx", "strip_hop_by_hop"]
+__all__ = ["GATEWAY_PROXY", "GatewayProxy", "proxy_ctx", "strip_hop_by_hop"]

@@ -11,7 +11,7 @@ Used by every HTTP enforcement point (the reverse proxy and ``GET /v1/authz``)::
                      request.headers.get("X-Real-IP"), config.trusted_proxies),  # authz.py
         body=body, source=Source.PROXY, path_info=path_info,
     )
-    decision = app[appkeys.GATEWAY].decide(info)
+    decision = app[GATEWAY].decide(info)  # GATEWAY: gateway/service.py
 
 The classifier is deliberately lenient: it recognises every spelling a homeserver might
 accept (``r0``, ``v3``, ``unstable[/namespace]``, ``api/v1``, any case, empty segments,
