@@ -59,31 +59,46 @@ class CommandFamily:
         return lines
 
     async def list_subcommands(
-        self, root: CommandHandler, roles: frozenset[Role], word: str
+        self, group: CommandHandler, roles: frozenset[Role], word: str
     ) -> str:
-        """The family's subcommands; refuses (and lists them) for an unknown ``word``."""
-        lines = "\n".join(usage_lines(root, roles, subcommands_only=True))
+        """A group's subcommands; refuses (and lists them) for an unknown ``word``."""
+        lines = "\n".join(usage_lines(group, roles, subcommands_only=True))
+        name = command_path(group)
         if word:
             raise Refused(
-                f"Unknown subcommand {fmt.code(word)}. `!{root.__mb_name__}` knows:\n\n{lines}",
+                f"Unknown subcommand {fmt.code(word)}. `{name}` knows:\n\n{lines}",
                 f"unknown subcommand {word[:40]}",
             )
-        return f"`!{root.__mb_name__}` knows:\n\n{lines}"
+        return f"`{name}` knows:\n\n{lines}"
+
+
+def command_path(handler: CommandHandler) -> str:
+    """The full command, ``!sbg rule list`` (maubot's prefix names only the parent)."""
+    names: list[str] = []
+    node: CommandHandler | None = handler
+    while node is not None:
+        names.append(node.__mb_get_name__(handler.__bound_instance__))
+        node = node.__mb_parent__
+    return "!" + " ".join(reversed(names))
 
 
 def usage_lines(
-    root: CommandHandler, roles: frozenset[Role], *, subcommands_only: bool = False
+    group: CommandHandler, roles: frozenset[Role], *, subcommands_only: bool = False
 ) -> list[str]:
-    """One markdown line per command the holder of ``roles`` may use."""
-    handlers = [*([] if subcommands_only else [root]), *root.__mb_subcommands__]
+    """One markdown line per command under ``group`` that the holder of ``roles`` may use.
+
+    Nested groups are walked too; a group the holder may not use hides its subcommands.
+    """
     lines: list[str] = []
-    for handler in handlers:
-        spec = command_spec(handler.__mb_func__)
-        if spec is None or not spec.listed or not spec.allows(roles):
-            continue
-        args = handler.__mb_arguments__
+    spec = command_spec(group.__mb_func__)
+    if not subcommands_only and spec is not None and spec.listed and spec.allows(roles):
+        args = group.__mb_arguments__
         # maubot shows an argument's name when its label is empty (commands without options).
         label = args[0].label if args and args[0].label != args[0].name else ""
-        usage = f"{handler.__mb_prefix__} {label}".strip()
-        lines.append(f"* {fmt.code(usage)} — {handler.__mb_help__ or ''}")
+        usage = f"{command_path(group)} {label}".strip()
+        lines.append(f"* {fmt.code(usage)} — {group.__mb_help__ or ''}")
+    for handler in group.__mb_subcommands__:
+        sub = command_spec(handler.__mb_func__)
+        if sub is not None and sub.allows(roles):
+            lines.extend(usage_lines(handler, roles))
     return lines

@@ -17,13 +17,12 @@ from typing import Any
 import attrs
 from maubot import MessageEvent
 from maubot.handlers import command
-from maubot.handlers.command import CommandHandler
 
 from ... import fmt
 from ...confirm import Action
 from ...dmz import DmzError, DmzFailure, DmzUnavailable, Gateway, GatewayRule, Ruleset, RuleWrite
 from ...durations import format_duration
-from ...gate import Context, Failed, Refused, Role, command_spec, gated
+from ...gate import Context, Failed, Role, gated
 from ...services import Services
 from ...syntax import arguments
 from ..base import CommandFamily, NoArgs, Subcommand
@@ -60,34 +59,6 @@ class SbgCommands(CommandFamily):
         super().__init__(services)
         self.gateway = Gateway(services.gateway)
 
-    # maubot's prefix of a nested subcommand names only its parent, so help is built here.
-    def help_lines(self, roles: frozenset[Role]) -> list[str]:
-        return self._lines(self.sbg, roles, "!sbg")
-
-    def _lines(self, group: CommandHandler, roles: frozenset[Role], prefix: str) -> list[str]:
-        lines: list[str] = []
-        for handler in group.__mb_subcommands__:
-            spec = command_spec(handler.__mb_func__)
-            if spec is None or not spec.allows(roles):
-                continue
-            name = f"{prefix} {handler.__mb_name__}"
-            if spec.listed:
-                args = handler.__mb_arguments__
-                label = args[0].label if args and args[0].label != args[0].name else ""
-                usage = f"{name} {label}".strip()
-                lines.append(f"* {fmt.code(usage)} — {handler.__mb_help__ or ''}")
-            lines.extend(self._lines(handler, roles, name))
-        return lines
-
-    async def _group(self, ctx: Context, group: CommandHandler, prefix: str, word: str) -> None:
-        lines = "\n".join(self._lines(group, ctx.roles, prefix))
-        if word:
-            raise Refused(
-                f"Unknown subcommand {fmt.code(word)}. `{prefix}` knows:\n\n{lines}",
-                f"unknown subcommand {word[:40]}",
-            )
-        await ctx.reply(f"`{prefix}` knows:\n\n{lines}")
-
     @command.new(
         "sbg",
         help="The Secure Border Gateway: rules, dry runs, decisions",
@@ -97,7 +68,7 @@ class SbgCommands(CommandFamily):
     @arguments(Subcommand)
     @gated("sbg", Role.GATEWAY_ADMIN, Role.AUDITOR, listed=False)
     async def sbg(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
-        await self._group(ctx, self.sbg, "!sbg", args.word)
+        await ctx.reply(await self.list_subcommands(self.sbg, ctx.roles, args.word))
 
     @sbg.subcommand(
         "rule", help="the gateway's rules", required_subcommand=False, arg_fallthrough=False
@@ -105,7 +76,7 @@ class SbgCommands(CommandFamily):
     @arguments(Subcommand)
     @gated("sbg rule", Role.GATEWAY_ADMIN, Role.AUDITOR, listed=False)
     async def rule(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
-        await self._group(ctx, self.rule, "!sbg rule", args.word)
+        await ctx.reply(await self.list_subcommands(self.rule, ctx.roles, args.word))
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -449,7 +420,7 @@ class SbgCommands(CommandFamily):
     @arguments(Subcommand)
     @gated("sbg test", Role.GATEWAY_ADMIN, listed=False)
     async def dry_run(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
-        await self._group(ctx, self.dry_run, "!sbg test", args.word)
+        await ctx.reply(await self.list_subcommands(self.dry_run, ctx.roles, args.word))
 
     @dry_run.subcommand("federation", help="what the gateway would do with a remote server")
     @arguments(DryRunFederationArgs)
