@@ -18,8 +18,14 @@ from mautrix.util.async_db import Database, UpgradeTable
 from mautrix.util.config import BaseProxyConfig
 
 from .audit import AuditLog
-from .commands import AuditCommands, CommandFamily, GuestCommands, MiscCommands, TokenCommands
-from .commands.sbg import SbgCommands
+from .commands import (
+    AuditCommands,
+    CommandFamily,
+    GuestCommands,
+    MiscCommands,
+    SbgCommands,
+    TokenCommands,
+)
 from .config import Config
 from .confirm import Confirmations
 from .db import DirectRoomStore

@@ -1,4 +1,4 @@
-"""One module per command family; each family is a handler class the bot registers."""
+"""Every command family, one module each (``sbg/`` a package): handler classes the bot registers."""
 
 from __future__ import annotations
 
@@ -6,6 +6,14 @@ from .audit import AuditCommands
 from .base import CommandFamily
 from .guests import GuestCommands
 from .misc import MiscCommands
+from .sbg import SbgCommands
 from .tokens import TokenCommands
 
-__all__ = ["AuditCommands", "CommandFamily", "GuestCommands", "MiscCommands", "TokenCommands"]
+__all__ = [
+    "AuditCommands",
+    "CommandFamily",
+    "GuestCommands",
+    "MiscCommands",
+    "SbgCommands",
+    "TokenCommands",
+]
