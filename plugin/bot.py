@@ -30,7 +30,7 @@ from .config import Config
 from .confirm import Confirmations
 from .db import DirectRoomStore
 from .direct import DirectMessages
-from .dmz import DmzClient, Registrar
+from .dmz import DmzTransport, Gateway, Registrar
 from .gate import Gate
 from .identity import IdentityChecker
 from .migrations import upgrade_table
@@ -71,15 +71,15 @@ class BastionBot(Plugin):
             self.config, self.http, self.client, self.log.getChild("identity")
         )
         gate = Gate(self.config, identity, audit, self.log.getChild("gate"))
-        dmz_log = self.log.getChild("dmz")
+        dmz = DmzTransport(self.http, self.config, self.log.getChild("dmz"))
         self.services = Services(
             config=self.config,
             client=self.client,
             gate=gate,
             identity=identity,
             audit=audit,
-            registrar=Registrar(DmzClient(self.http, self.config, "registrar", dmz_log)),
-            gateway=DmzClient(self.http, self.config, "gateway", dmz_log),
+            registrar=Registrar(dmz),
+            gateway=Gateway(dmz),
             confirmations=Confirmations(gate),
             direct=DirectMessages(
                 self.client, DirectRoomStore(self.database), self.log.getChild("direct")

@@ -11,7 +11,7 @@ from .audit import AuditLog
 from .config import Config
 from .confirm import Confirmations
 from .direct import DirectMessages
-from .dmz import DmzClient, Registrar
+from .dmz import Gateway, Registrar
 from .gate import Gate
 from .identity import IdentityChecker
 
@@ -24,8 +24,7 @@ class Services:
     identity: IdentityChecker
     audit: AuditLog
     registrar: Registrar
-    # The gateway role of dmz_api, for the !sbg family.
-    gateway: DmzClient
+    gateway: Gateway
     confirmations: Confirmations
     direct: DirectMessages
     log: TraceLogger

@@ -15,13 +15,13 @@ from aiohttp.test_utils import TestServer
 
 from dmz_api.app import init_app
 from dmz_api.registrar import REGISTRAR
-from plugin.dmz import Acting, DmzClient, Registrar
+from plugin.dmz import Acting, DmzTransport, Registrar
 from tests.registrar.conftest import API_KEY, app_config, registrar_section
 from tests.registrar.fakes import FakeHomeserver
 
 
 class ClientConfig:
-    """The three settings DmzClient reads from the plugin's config."""
+    """The three settings DmzTransport reads from the plugin's config."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -42,7 +42,7 @@ async def test_every_page_of_open_tokens(tmp_path: Path) -> None:
     try:
         async with aiohttp.ClientSession() as http:
             config: Any = ClientConfig(base)
-            registrar = Registrar(DmzClient(http, config, "registrar", logging.getLogger("t")))
+            registrar = Registrar(DmzTransport(http, config, logging.getLogger("t")))
             minted = []
             for i in range(7):
                 headers = {"Authorization": f"Bearer {API_KEY}", "X-Acting-User": f"@s{i}:corp"}

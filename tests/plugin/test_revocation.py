@@ -16,7 +16,8 @@ from mautrix.types import (
     UserID,
 )
 
-from plugin import BastionBot, dmz
+from plugin import BastionBot
+from plugin.dmz import registrar as registrar_client
 
 from .conftest import BOT, CONTROL, OTHER_ROOM, STAFF, Chat
 from .fakes import FakeHomeserver, FakeRegistrar
@@ -217,7 +218,7 @@ async def test_sweep_stops_on_a_repeated_cursor(
 async def test_sweep_gives_up_past_the_page_bound(
     bot: BastionBot, registrar: FakeRegistrar, bob: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dmz, "MAX_PAGES", 1)
+    monkeypatch.setattr(registrar_client, "MAX_PAGES", 1)
     registrar.page_cap = 1
     assert await bot.revoker.sweep() == 0
     assert len(registrar.calls("GET", "/v1/tokens")) == 1

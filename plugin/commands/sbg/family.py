@@ -20,7 +20,7 @@ from maubot.handlers import command
 
 from ... import fmt
 from ...confirm import Action
-from ...dmz import DmzError, DmzFailure, DmzUnavailable, Gateway, GatewayRule, Ruleset, RuleWrite
+from ...dmz import DmzError, DmzFailure, DmzUnavailable, GatewayRule, Ruleset, RuleWrite
 from ...durations import format_duration
 from ...gate import Context, Failed, Role, gated
 from ...services import Services
@@ -57,7 +57,7 @@ WOULD_BLOCK_LIMIT = 1000
 class SbgCommands(CommandFamily):
     def __init__(self, services: Services) -> None:
         super().__init__(services)
-        self.gateway = Gateway(services.gateway)
+        self.gateway = services.gateway
 
     @command.new(
         "sbg",
