@@ -2,7 +2,9 @@
 
 HTML only, no JavaScript. Every response carries a strict CSP and ``no-store``; the form is
 protected by a signed double-submit CSRF token bound to the invitation token, and every
-address is rate-limited. Guests never see exception or homeserver text.
+address is rate-limited. Guests never see exception or homeserver text. A submission looks
+its token up once (``page_token``, before the form is read) and hands that row to
+``RegistrarService.register_found``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .service import (
     TryLater,
     validate_localpart,
 )
+from .store import TokenRow
 
 log = logging.getLogger("dmz_api.registrar.page")
 
@@ -301,10 +304,10 @@ class OnboardingPage:
             return self.state_page("unknown")
         token = _field(form, "token")
         try:
-            _, state = await service.page_token(token)
-            if state != "active":
+            row, state = await service.page_token(token)
+            if row is None or state != "active":
                 return self.state_page(state)
-            return await self._submit(request, service, form, token)
+            return await self._submit(request, service, form, token, row)
         except Exception:
             log.exception("Onboarding page failed")
             return self.try_later()
@@ -315,6 +318,7 @@ class OnboardingPage:
         service: RegistrarService,
         form: MultiDictProxy[Any],
         token: str,
+        row: TokenRow,
     ) -> web.Response:
         username = _field(form, "username")[:200]
         display_name = _field(form, "display_name")[:200]
@@ -357,7 +361,9 @@ class OnboardingPage:
         if errors:
             return again(errors)
         try:
-            user_id = await service.register_guest(token, localpart, password, display_name or None)
+            user_id = await service.register_found(
+                row, token, localpart, password, display_name or None
+            )
         except FormRejected as e:
             return again({e.field: REFUSALS.get(e.reason, e.reason)})
         except TokenUnusable as e:

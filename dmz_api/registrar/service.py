@@ -5,6 +5,8 @@ single conditional UPDATE, then calls the homeserver, then commits the use (succ
 releases the claim (failure: the token is not consumed). In ``synapse`` mode the
 homeserver is the final arbiter as well, since guests may also use any Matrix client;
 its ``pending``/``completed`` counts are synced into our rows whenever tokens are read.
+``register_guest(token, ...)`` looks the token up first; ``register_found(row, token, ...)``
+takes the row a caller (the onboarding page) has just looked up.
 """
 
 from __future__ import annotations
@@ -510,6 +512,16 @@ class RegistrarService:
         row, state = await self.page_token(token)
         if row is None or state != "active":
             raise TokenUnusable(state)
+        return await self.register_found(row, token, localpart, password, display_name)
+
+    async def register_found(
+        self, row: TokenRow, token: str, localpart: str, password: str, display_name: str | None
+    ) -> str:
+        """As ``register_guest``, with ``row`` the active token ``page_token(token)`` just found.
+
+        The page looks the token up before it reads the form, so it hands over the row
+        instead of a second lookup; the one conditional UPDATE of the claim still decides.
+        """
         try:
             await self.adapter.check_username(localpart)
         except RegistrationRefused as e:

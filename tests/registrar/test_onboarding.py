@@ -127,6 +127,25 @@ async def test_successful_registration(client: Client, fake_hs: FakeHomeserver) 
     assert again.status == 410 and "second" not in fake_hs.users
 
 
+async def test_a_submission_looks_the_token_up_once(
+    client: Client, fake_hs: FakeHomeserver
+) -> None:
+    token = (await mint(client))["token"]
+    csrf = await open_form(client, token)
+    store = client.app[REGISTRAR].store
+    lookups: list[bytes] = []
+    get_token_by_hash = store.get_token_by_hash
+
+    async def counted(token_hash: bytes) -> Any:
+        lookups.append(token_hash)
+        return await get_token_by_hash(token_hash)
+
+    store.get_token_by_hash = counted  # type: ignore[method-assign]
+    resp = await client.post("/register", data=form(token, csrf))
+    assert resp.status == 200 and fake_hs.users == {"guest": PASSWORD}
+    assert len(lookups) == 1
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
