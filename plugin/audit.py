@@ -141,6 +141,20 @@ class AuditEntry:
 
 
 @frozen
+class AuditRecord:
+    """What one command leaves in the trail: where, by whom, what, and how it ended."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    command: str
+    args: Mapping[str, Any]
+    outcome: Outcome
+    detail: str
+    request_id: str
+
+
+@frozen
 class Verification:
     entries: int
     first_broken: int | None
@@ -161,19 +175,8 @@ class AuditLog:
         self.log = log
         self._lock = asyncio.Lock()
 
-    async def append(
-        self,
-        *,
-        room_id: str,
-        event_id: str,
-        sender: str,
-        command: str,
-        args: Mapping[str, Any],
-        outcome: Outcome,
-        detail: str,
-        request_id: str,
-    ) -> AuditEntry:
-        args_text = canonical(scrub(args))
+    async def append(self, record: AuditRecord) -> AuditEntry:
+        args_text = canonical(scrub(record.args))
         async with self._lock, self.db.acquire() as conn, conn.transaction():
             head = await conn.fetchrow("SELECT seq, hash FROM audit_head WHERE id=1")
             seq = int(head["seq"]) + 1 if head else 1
@@ -182,14 +185,14 @@ class AuditLog:
             digest = entry_hash(
                 seq=seq,
                 ts=ts,
-                room_id=room_id,
-                event_id=event_id,
-                sender=sender,
-                command=command,
+                room_id=record.room_id,
+                event_id=record.event_id,
+                sender=record.sender,
+                command=record.command,
                 args=args_text,
-                outcome=outcome.value,
-                detail=detail,
-                request_id=request_id,
+                outcome=record.outcome.value,
+                detail=record.detail,
+                request_id=record.request_id,
                 prev_hash=prev_hash,
             )
             await conn.execute(
@@ -198,14 +201,14 @@ class AuditLog:
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 seq,
                 ts,
-                room_id,
-                event_id,
-                sender,
-                command,
+                record.room_id,
+                record.event_id,
+                record.sender,
+                record.command,
                 args_text,
-                outcome.value,
-                detail,
-                request_id,
+                record.outcome.value,
+                record.detail,
+                record.request_id,
                 prev_hash,
                 digest,
             )
@@ -215,18 +218,20 @@ class AuditLog:
                 await conn.execute(
                     "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)", seq, digest
                 )
-        self.log.debug("audit #%d %s %s by %s", seq, command, outcome.value, sender)
+        self.log.debug(
+            "audit #%d %s %s by %s", seq, record.command, record.outcome.value, record.sender
+        )
         return AuditEntry(
             seq=seq,
             ts=ts,
-            room_id=room_id,
-            event_id=event_id,
-            sender=sender,
-            command=command,
+            room_id=record.room_id,
+            event_id=record.event_id,
+            sender=record.sender,
+            command=record.command,
             args=args_text,
-            outcome=outcome.value,
-            detail=detail,
-            request_id=request_id,
+            outcome=record.outcome.value,
+            detail=record.detail,
+            request_id=record.request_id,
             prev_hash=prev_hash,
             hash=digest,
         )

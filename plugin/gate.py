@@ -23,7 +23,7 @@ from maubot import MessageEvent
 from mautrix.types import EventID, RoomID, UserID
 
 from . import fmt
-from .audit import AuditLog, Outcome
+from .audit import AuditLog, AuditRecord, Outcome
 from .config import Config
 from .dmz import Acting, DmzError, DmzUnavailable
 from .identity import AccountState, AccountStatus, IdentityChecker
@@ -218,7 +218,18 @@ class Gate:
             outcome, detail = Outcome.FAILED, f"internal error: {type(e).__name__}"
             message = f"Something went wrong; nothing was done (request `{request_id}`)."
         finally:
-            await self._record(spec, room_id, event_id, sender, args, outcome, detail, request_id)
+            await self._record(
+                AuditRecord(
+                    room_id=room_id,
+                    event_id=event_id,
+                    sender=sender,
+                    command=spec.name,
+                    args=args,
+                    outcome=outcome,
+                    detail=detail,
+                    request_id=request_id,
+                )
+            )
         if message:
             try:
                 await reply(message)
@@ -261,30 +272,13 @@ class Gate:
             f"Something went wrong{tail} (request `{ctx.request_id}`).",
         )
 
-    async def _record(
-        self,
-        spec: CommandSpec,
-        room_id: RoomID,
-        event_id: EventID,
-        sender: UserID,
-        args: Mapping[str, Any],
-        outcome: Outcome,
-        detail: str,
-        request_id: str,
-    ) -> None:
+    async def _record(self, record: AuditRecord) -> None:
         try:
-            await self.audit.append(
-                room_id=room_id,
-                event_id=event_id,
-                sender=sender,
-                command=spec.name,
-                args=args,
-                outcome=outcome,
-                detail=detail,
-                request_id=request_id,
-            )
+            await self.audit.append(record)
         except Exception:
-            self.log.exception("Could not write the audit entry for %s [%s]", spec.name, request_id)
+            self.log.exception(
+                "Could not write the audit entry for %s [%s]", record.command, record.request_id
+            )
 
 
 def _join(first: str, second: str) -> str:

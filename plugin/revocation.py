@@ -14,7 +14,7 @@ import secrets
 from mautrix.types import EventID, MessageType, RoomID, UserID
 
 from . import fmt
-from .audit import Outcome
+from .audit import AuditRecord, Outcome
 from .dmz import Acting, DmzFailure
 from .services import Services
 
@@ -83,20 +83,24 @@ class Revoker:
         bot = self.services.client.mxid
         acting = Acting(bot, secrets.token_hex(8))
         guests = self.config.guests_on_deactivation
-        args = {"user": user_id, "guests": guests, "trigger": trigger}
-        try:
-            result = await self.services.registrar.revoke_sponsor(acting, user_id, guests)
-        except DmzFailure as e:
-            await self.services.audit.append(
+
+        def record(outcome: Outcome, detail: str) -> AuditRecord:
+            args = {"user": user_id, "guests": guests, "trigger": trigger}
+            return AuditRecord(
                 room_id=room_id,
                 event_id=event_id,
                 sender=bot,
                 command=COMMAND,
                 args=args,
-                outcome=Outcome.FAILED,
-                detail=str(e),
+                outcome=outcome,
+                detail=detail,
                 request_id=acting.request_id,
             )
+
+        try:
+            result = await self.services.registrar.revoke_sponsor(acting, user_id, guests)
+        except DmzFailure as e:
+            await self.services.audit.append(record(Outcome.FAILED, str(e)))
             await self._notice(
                 f"{fmt.user(user_id)} is deactivated, but their tokens could not be revoked "
                 "yet (the DMZ service did not accept the request); the next sweep retries."
@@ -106,16 +110,7 @@ class Revoker:
             f"{fmt.plural(result.tokens_revoked, 'token')} revoked, "
             f"{fmt.plural(result.guests_deactivated, 'guest')} deactivated"
         )
-        await self.services.audit.append(
-            room_id=room_id,
-            event_id=event_id,
-            sender=bot,
-            command=COMMAND,
-            args=args,
-            outcome=Outcome.OK,
-            detail=detail,
-            request_id=acting.request_id,
-        )
+        await self.services.audit.append(record(Outcome.OK, detail))
         self.log.info("%s deactivated (%s): %s", user_id, trigger, detail)
         guests_text = (
             f"; {fmt.plural(result.guests_deactivated, 'guest')} deactivated"

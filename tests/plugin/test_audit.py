@@ -13,7 +13,7 @@ import attrs
 import pytest
 from mautrix.util.async_db import Database
 
-from plugin.audit import GENESIS, AuditLog, Outcome, scrub
+from plugin.audit import GENESIS, AuditLog, AuditRecord, Outcome, scrub
 from plugin.commands import AuditCommands
 from plugin.migrations import upgrade_table
 
@@ -33,14 +33,16 @@ async def trail(db: Database) -> AuditLog:
     log = AuditLog(db, logging.getLogger("test.audit"))
     for n in range(1, 6):
         await log.append(
-            room_id="!control:corp.example",
-            event_id=f"$e{n}",
-            sender=STAFF,
-            command="token generate",
-            args={"uses": n, "note": f"n{n}"},
-            outcome=Outcome.OK,
-            detail=f"token t{n}",
-            request_id=f"r{n}",
+            AuditRecord(
+                room_id="!control:corp.example",
+                event_id=f"$e{n}",
+                sender=STAFF,
+                command="token generate",
+                args={"uses": n, "note": f"n{n}"},
+                outcome=Outcome.OK,
+                detail=f"token t{n}",
+                request_id=f"r{n}",
+            )
         )
     return log
 
@@ -151,14 +153,16 @@ async def test_secrets_are_removed_from_args() -> None:
 
 async def test_recent_filters(trail: AuditLog) -> None:
     await trail.append(
-        room_id="!r:x",
-        event_id="$x",
-        sender=NOBODY,
-        command="help",
-        args={},
-        outcome=Outcome.REFUSED,
-        detail="",
-        request_id="r",
+        AuditRecord(
+            room_id="!r:x",
+            event_id="$x",
+            sender=NOBODY,
+            command="help",
+            args={},
+            outcome=Outcome.REFUSED,
+            detail="",
+            request_id="r",
+        )
     )
     assert [e.seq for e in await trail.recent(limit=3)] == [6, 5, 4]
     assert [e.seq for e in await trail.recent(sender=NOBODY)] == [6]

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from plugin import BastionBot
-from plugin.audit import GENESIS, AuditEntry, Outcome
+from plugin.audit import GENESIS, AuditEntry, AuditRecord, Outcome
 
 from .conftest import AUDITOR, EXPORT_KEY, NOBODY, Chat
 
@@ -78,14 +78,16 @@ async def test_export_pages_through_long_trails(
 ) -> None:
     for n in range(1001):
         await bot.services.audit.append(
-            room_id="!r:x",
-            event_id=f"$e{n}",
-            sender=AUDITOR,
-            command="audit",
-            args={},
-            outcome=Outcome.OK,
-            detail="",
-            request_id="r",
+            AuditRecord(
+                room_id="!r:x",
+                event_id=f"$e{n}",
+                sender=AUDITOR,
+                command="audit",
+                args={},
+                outcome=Outcome.OK,
+                detail="",
+                request_id="r",
+            )
         )
     response = await http.get("/audit.jsonl", headers=auth())
     assert [e["seq"] for e in await lines(response)] == list(range(1, 1002))
