@@ -1,4 +1,10 @@
-"""Durations as people type them ("90s", "15m", "24h", "7d") and times as the bot shows them."""
+"""Durations as people type them ("90s", "15m", "24h", "7d") and times as the bot shows them.
+
+``parse_duration`` is a twin of ``dmz_api/durations.py``'s, copied on purpose: the ``.mbp``
+ships ``plugin/`` alone, so the bot cannot import ``dmz_api``. Change both together;
+``tests/plugin/test_durations_twins.py`` runs both on one table. The one difference: this
+twin also takes a whole-number float (``3600.0``).
+"""
 
 from __future__ import annotations
 
