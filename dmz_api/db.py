@@ -8,12 +8,13 @@ schemas independently while sharing one database and one connection pool, which
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from mautrix.util.async_db import Database, UpgradeTable
+from mautrix.util.async_db.upgrade import Upgrade, UpgradeWithoutScheme
 from mautrix.util.logging import TraceLogger
 
 log = logging.getLogger("dmz_api.db")
@@ -54,12 +55,35 @@ async def open_database(
         await db.stop()
 
 
-def role_upgrade_table(role: str) -> UpgradeTable:
-    return UpgradeTable(
+class RoleUpgradeTable(UpgradeTable):
+    """mautrix's ``UpgradeTable``, its ``register`` only in the decorator form.
+
+    ``@upgrade_table.register(description=...)`` registers the next step, as the plugin's
+    migrations do; mautrix annotates ``register`` as returning the step or the decorator,
+    which ``mypy --strict`` cannot use as a decorator, so this says which one it is.
+    """
+
+    def register(  # type: ignore[override]
+        self, *, description: str, transaction: bool = True
+    ) -> Callable[[Upgrade | UpgradeWithoutScheme], Upgrade]:
+        decorator = super().register(description=description, transaction=transaction)
+        return cast(Callable[[Upgrade | UpgradeWithoutScheme], Upgrade], decorator)
+
+
+def role_upgrade_table(role: str) -> RoleUpgradeTable:
+    return RoleUpgradeTable(
         version_table_name=f"{role}_version",
         database_name=f"dmz_api {role}",
         log=logging.getLogger(f"dmz_api.db.{role}"),
     )
 
 
-__all__ = ["Database", "TraceLogger", "create_database", "open_database", "role_upgrade_table"]
+__all__ = [
+    "DATABASE",
+    "Database",
+    "RoleUpgradeTable",
+    "TraceLogger",
+    "create_database",
+    "open_database",
+    "role_upgrade_table",
+]

@@ -1,4 +1,8 @@
-"""Gateway schema. Each step is frozen once shipped; add a new step for every change."""
+"""Gateway schema. Each step is frozen once shipped; add a new step for every change.
+
+Steps are registered in order with ``@upgrade_table.register(description=...)``, as in
+``dmz_api/registrar/migrations.py`` and the plugin.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from ..db import role_upgrade_table
 upgrade_table = role_upgrade_table("gateway")
 
 
+@upgrade_table.register(description="Versioned rules, ruleset history and the decision log")
 async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     # params is the rule's normalised parameters as JSON text (portable across engines).
     await conn.execute(
@@ -70,8 +75,3 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE INDEX gateway_decisions_outcome ON gateway_decisions (outcome, id)")
     await conn.execute("CREATE INDEX gateway_decisions_origin ON gateway_decisions (origin, id)")
     await conn.execute("CREATE INDEX gateway_decisions_rule ON gateway_decisions (rule_id, id)")
-
-
-upgrade_table.register(
-    upgrade_v1, description="Versioned rules, ruleset history and the decision log"
-)

@@ -1,4 +1,9 @@
-"""Registrar schema. Each step is frozen once shipped; add a new step for every change."""
+"""Registrar schema. Each step is frozen once shipped; add a new step for every change.
+
+Steps are registered in order with ``@upgrade_table.register(description=...)``, the form
+the plugin's ``migrations.py`` uses (mautrix's decorator; its keywords do not depend on
+the order of ``register``'s positional arguments).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from ..db import role_upgrade_table
 upgrade_table = role_upgrade_table("registrar")
 
 
+@upgrade_table.register(description="Tokens, guests and idempotent mint replies")
 async def upgrade_v1(conn: Connection) -> None:
     # token_hash is the hex SHA-256 of the token; the plaintext is never stored.
     # in_flight/claim_expires_at: registrations under way on the page (see store.claim).
@@ -62,9 +68,7 @@ async def upgrade_v1(conn: Connection) -> None:
     )
 
 
-upgrade_table.register(upgrade_v1, description="Tokens, guests and idempotent mint replies")
-
-
+@upgrade_table.register(description="Shared rate limits of the onboarding page")
 async def upgrade_v2(conn: Connection) -> None:
     # The onboarding page's token buckets when replicas share PostgreSQL (ratelimit.py);
     # updated is wall-clock seconds, allowed the outcome of the last request.
@@ -79,6 +83,3 @@ async def upgrade_v2(conn: Connection) -> None:
     await conn.execute(
         "CREATE INDEX registrar_rate_buckets_updated ON registrar_rate_buckets (updated)"
     )
-
-
-upgrade_table.register(upgrade_v2, description="Shared rate limits of the onboarding page")
