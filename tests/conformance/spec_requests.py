@@ -200,6 +200,8 @@ ERAS = (
     ("/_matrix/client/v3/", "api/v1", "/_matrix/client/api/v1/"),
     ("/_matrix/media/v3/", "r0", "/_matrix/media/r0/"),
 )
+# send_join, send_leave and invite were v1 before v2 replaced them (Synapse serves both).
+FEDERATION_ERAS = (("/_matrix/federation/v2/", "v1", "/_matrix/federation/v1/"),)
 
 Served = Callable[[str, str], bool]
 
@@ -283,7 +285,7 @@ class SpecRequest:
 
     id: str
     operation: Operation
-    spelling: str  # "spec" (as the spec writes it), "r0", "api/v1" or "encoded"
+    spelling: str  # "spec" (as the spec writes it), "r0", "api/v1", "v1" or "encoded"
     method: str
     path: str  # raw request target: percent-encoded path and query
     params: Mapping[str, str]  # path parameter values, decoded
@@ -372,7 +374,12 @@ def _param_choices(
 
 def _spellings(operation: Operation, path: str, served: Served | None) -> list[tuple[str, str]]:
     spellings = [("spec", path)]
-    if operation.api != "client" or served is None:
+    if operation.api == "federation":
+        for current, era, old in FEDERATION_ERAS:
+            if path.startswith(current):
+                spellings.append((era, old + path[len(current) :]))
+        return spellings
+    if served is None:
         return spellings
     for current, era, old in ERAS:
         if path.startswith(current) and served(operation.method, old + path[len(current) :]):
