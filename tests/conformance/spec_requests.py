@@ -285,7 +285,9 @@ class SpecRequest:
 
     id: str
     operation: Operation
-    spelling: str  # "spec" (as the spec writes it), "r0", "api/v1", "v1" or "encoded"
+    # "spec" (as the spec writes it), "r0", "api/v1", "v1" (eras) or "respelled" (a path
+    # parameter spelled another legal way)
+    spelling: str
     method: str
     path: str  # raw request target: percent-encoded path and query
     params: Mapping[str, str]  # path parameter values, decoded
@@ -342,15 +344,19 @@ def _param_choices(
         fixed[name] = SAMPLES[name]
     axes: list[list[tuple[str, str, str | None]]] = []
     write = operation.method not in READS
+    choices: list[tuple[str, str, str | None]]
     for name in operation.path_params:
         if name == "roomId":
-            axes.append([(name, room, None) for room in variants.rooms])
+            choices = [(name, room, None) for room in variants.rooms]
+            # ``!`` and ``:`` may also stand unencoded in a path segment (RFC 3986 pchar).
+            choices += [(name, room, room) for room in variants.rooms[1:2]]
+            axes.append(choices)
         elif name == "roomIdOrAlias":
             values = [*variants.rooms, *variants.room_aliases]
             axes.append([(name, value, None) for value in values])
         elif name == "eventType":
             types = variants.event_types if write else variants.event_types[:1]
-            choices: list[tuple[str, str, str | None]] = [(name, t, None) for t in types]
+            choices = [(name, t, None) for t in types]
             if write:
                 # Percent-encoding of unreserved characters must not hide an event type.
                 choices += [(name, t, encode_all(t)) for t in types[1:2]]
@@ -430,7 +436,7 @@ def build_requests(
         query = f"?{urlencode(operation.query)}" if operation.query else ""
         for values, special in _param_choices(operation, variants):
             path = _fill(operation.full_template, values, special)
-            spelling_of_values = "encoded" if special else "spec"
+            spelling_of_values = "respelled" if special else "spec"
             for spelling, spelled in _spellings(operation, path, served):
                 for body, json_body, media_type in _bodies(operation, variants):
                     for identity in _identities(operation, variants):
