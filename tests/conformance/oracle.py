@@ -2,15 +2,16 @@
 
 ::
 
-    rules = ReferenceRules(...)                 # also the rules loaded into the gateway
-    expected = expect(request, rules)           # Expected("forward" | "refuse" | "unchecked")
+    rules = [Rule.from_payload(p) for p in payloads]  # the rules loaded into the gateway
+    expected = expect(request, rules)    # Expected("forward" | "refuse" | "unchecked", ...)
 
 The oracle is deliberately independent of ``dmz_api.gateway.policy``: it never parses a
 path. What a request *is* comes from the spec operation it was generated from: its API
 (client-server or server-server: the request class), its ``security`` (none: a public
 federation endpoint), its path parameters (``roomId``, ``eventType``) and the body fields the
 spec documents (``createRoom``). What the rules *do* with it is section 2 and 3 of
-``docs/rules.md``, written out again here for the kinds the reference ruleset uses.
+``docs/rules.md``, written out again here: the outcome, the decision recorded (``allow``,
+``block``, ``would_block``) and the rule it names (pipeline order, audit mode).
 
 Out of scope (``unchecked``): ``/_matrix/policy/*`` and the PDUs inside a federation
 transaction (``PUT /send/{txnId}``: judged by origin only; the events in it are judged one by
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .spec_requests import READS, SpecRequest
@@ -154,75 +155,132 @@ def _listed(patterns: Sequence[str], server: str) -> bool:
 
 
 @dataclass(frozen=True)
-class PartnerScope:
-    servers: tuple[str, ...]
-    rooms: tuple[str, ...] = ()
-    event_types: tuple[str, ...] = ()
+class Rule:
+    """A rule as the admin API takes it (``POST /v1/rules``), enabled."""
 
+    id: str
+    kind: str
+    params: Mapping[str, Any]
+    priority: int = 100
+    mode: str = "enforce"
 
-@dataclass(frozen=True)
-class ReferenceRules:
-    """The enforce-mode reference ruleset (audit rules never change whether a request is
-    forwarded, section 3.1, so they have no place here)."""
-
-    server_block: tuple[str, ...] = ()
-    server_allow: tuple[str, ...] = ()
-    client_user_agents: tuple[str, ...] = ()
-    # (event types, scope) of each event_type_block rule
-    event_type_blocks: tuple[tuple[tuple[str, ...], str], ...] = ()
-    partner_scopes: tuple[PartnerScope, ...] = field(default=())
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Rule:
+        return cls(
+            payload["id"],
+            payload["kind"],
+            payload["params"],
+            payload.get("priority", 100),
+            payload.get("mode", "enforce"),
+        )
 
 
 @dataclass(frozen=True)
 class Expected:
     outcome: str  # "forward", "refuse" or "unchecked"
     why: str
+    decision: str = ""  # the recorded outcome: "allow", "block" or "would_block"
+    rule: str | None = None  # the rule the decision names
 
     def __str__(self) -> str:
         return f"{self.outcome} ({self.why})"
 
 
-def _judge(request: SpecRequest, rules: ReferenceRules) -> Expected:
+@dataclass(frozen=True)
+class _Facts:
+    api: str
+    origin: str | None
+    types: tuple[str, ...]
+    room: str | None
+    public: bool
+    user_agent: str
+
+
+def _facts(request: SpecRequest) -> _Facts:
     api = request.operation.api
-    origin = request.origin if api == "federation" else None
-    types = event_types(request)
-    if origin is not None and _listed(rules.server_block, origin):
-        return Expected("refuse", f"server_block {origin}")
-    if rules.server_allow:
-        if origin is not None and not _listed(rules.server_allow, origin):
-            return Expected("refuse", f"server_allow: {origin} not listed")
-        if api == "federation" and origin is None and not is_public(request):
-            return Expected("refuse", "server_allow: unsigned")
-    if api == "client" and rules.client_user_agents:
-        agent = request.identity.user_agent or ""
-        if not any(re.search(p, agent) for p in rules.client_user_agents):
-            return Expected("refuse", f"client_allow: {agent!r}")
-    for blocked, scope in rules.event_type_blocks:
-        if scope in (api, "both"):
-            hit = [t for t in types if t in blocked]
+    return _Facts(
+        api=api,
+        origin=request.origin if api == "federation" else None,
+        types=event_types(request),
+        room=room(request),
+        public=is_public(request),
+        user_agent=request.identity.user_agent or "",
+    )
+
+
+def _refusals(facts: _Facts, rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
+    """Every (rule, reason) that refuses the request, rules in pipeline order."""
+    refusals: list[tuple[Rule, str]] = []
+    origin = facts.origin
+    allow = [r for r in rules if r.kind == "server_allow"]
+    if allow:
+        servers = [s for r in allow for s in r.params["servers"]]
+        if origin is not None and not _listed(servers, origin):
+            refusals.append((allow[0], f"server_allow: {origin} not listed"))
+        elif origin is None and facts.api == "federation" and not facts.public:
+            refusals.append((allow[0], "server_allow: unsigned"))
+    clients = [r for r in rules if r.kind == "client_allow"]
+    if clients and facts.api == "client":
+        agent = facts.user_agent
+        if not any(re.search(p, agent) for r in clients for p in r.params["user_agents"]):
+            refusals.append((clients[0], f"client_allow: {agent!r}"))
+    for rule in rules:
+        params = rule.params
+        if rule.kind == "server_block" and origin is not None:
+            if _listed(params["servers"], origin):
+                refusals.append((rule, f"server_block {origin}"))
+        elif rule.kind == "event_type_block" and params.get("scope", "both") in (facts.api, "both"):
+            hit = [t for t in facts.types if t in params["event_types"]]
             if hit:
-                return Expected("refuse", f"event_type_block {hit[0]}")
-    if origin is not None:
-        name = room(request)
-        for scope_rule in rules.partner_scopes:
-            if not _listed(scope_rule.servers, origin):
+                refusals.append((rule, f"event_type_block {hit[0]}"))
+        elif rule.kind == "partner_scope" and origin is not None:
+            if not _listed(params["servers"], origin):
                 continue
-            if scope_rule.rooms and name is not None and name not in scope_rule.rooms:
-                return Expected("refuse", f"partner_scope room {name}")
-            outside = [
-                t for t in types if scope_rule.event_types and t not in scope_rule.event_types
-            ]
-            if outside:
-                return Expected("refuse", f"partner_scope event type {outside[0]}")
-    why = ", ".join(types) if types else "no event type"
-    return Expected("forward", why)
+            rooms, allowed = params.get("rooms"), params.get("event_types")
+            if rooms and facts.room is not None and facts.room not in rooms:
+                refusals.append((rule, f"partner_scope room {facts.room}"))
+            elif allowed and any(t not in allowed for t in facts.types):
+                refusals.append((rule, "partner_scope event type"))
+    order = {rule.id: i for i, rule in enumerate(rules)}
+    return sorted(refusals, key=lambda refusal: order[refusal[0].id])
 
 
-def expect(request: SpecRequest, rules: ReferenceRules) -> Expected:
+def _lister(facts: _Facts, rules: Sequence[Rule]) -> str | None:
+    """The first allow rule that lists the request (section 3), if any."""
+    for rule in rules:
+        if rule.kind == "server_allow" and facts.origin is not None:
+            if _listed(rule.params["servers"], facts.origin):
+                return rule.id
+        elif rule.kind == "client_allow" and facts.api == "client":
+            if any(re.search(p, facts.user_agent) for p in rule.params["user_agents"]):
+                return rule.id
+    return None
+
+
+def judge(request: SpecRequest, rules: Sequence[Rule]) -> Expected:
+    """Sections 2 and 3 (audit mode included) for ``request``, rules in any order."""
+    pipeline = sorted(rules, key=lambda rule: (rule.priority, rule.id))
+    facts = _facts(request)
+    enforced = [rule for rule in pipeline if rule.mode == "enforce"]
+    refusals = _refusals(facts, enforced)
+    if refusals:
+        rule, why = refusals[0]
+        return Expected("refuse", why, "block", rule.id)
+    audited = _refusals(facts, pipeline)
+    if audited:
+        rule, why = audited[0]
+        return Expected("forward", f"audit: {why}", "would_block", rule.id)
+    why = ", ".join(facts.types) if facts.types else "no event type"
+    if facts.public and facts.origin is None:
+        why += ", public"
+    return Expected("forward", why, "allow", _lister(facts, enforced))
+
+
+def expect(request: SpecRequest, rules: Sequence[Rule]) -> Expected:
     """What the proxy must do with ``request`` under ``rules``."""
     if request.operation.full_template.startswith(OUT_OF_SCOPE_PREFIXES):
         return Expected("unchecked", "/_matrix/policy is not covered by this suite")
-    expected = _judge(request, rules)
+    expected = judge(request, rules)
     body = request.json_body
     if (
         request.operation.operation_id == "sendTransaction"
@@ -240,11 +298,11 @@ __all__ = [
     "CREATES",
     "CREATES_NOTHING",
     "Expected",
-    "PartnerScope",
-    "ReferenceRules",
+    "Rule",
     "event_types",
     "expect",
     "is_public",
+    "judge",
     "room",
     "server_matches",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,7 @@ from .oracle import (
     CREATES,
     CREATES_NOTHING,
     Expected,
-    PartnerScope,
-    ReferenceRules,
+    Rule,
     event_types,
     expect,
     server_matches,
@@ -59,9 +59,17 @@ SECRET = "!secret:corp.example"
 ELEMENT = "Element/1.11.0 (conformance)"
 ACTOR = "@sec:corp.example"
 
-# The reference ruleset, as the admin API takes it (compliance-ledger comes from its preset).
+# The reference ruleset, as the admin API takes it. Priorities make the pipeline order
+# differ from the alphabetical one: compliance-ledger (10) refuses before apps (100), and the
+# server_block (500) comes after the server_allow that also lists evil.example.
+PRESET = {"priority": 10}
 RULES: list[dict[str, Any]] = [
-    {"id": "blocked", "kind": "server_block", "params": {"servers": ["evil.example"]}},
+    {
+        "id": "blocked",
+        "kind": "server_block",
+        "priority": 500,
+        "params": {"servers": ["evil.example"]},
+    },
     {
         "id": "partners",
         "kind": "server_allow",
@@ -80,6 +88,7 @@ RULES: list[dict[str, Any]] = [
     {
         "id": "partner-rooms",
         "kind": "partner_scope",
+        "priority": 50,
         "params": {
             "servers": ["partner.example"],
             "rooms": [SHARED],
@@ -94,18 +103,17 @@ RULES: list[dict[str, Any]] = [
         "params": {"event_types": ["m.room.pinned_events"], "scope": "both"},
     },
 ]
-# The same rules as the oracle sees them (compliance-ledger as docs/rules.md section 5
-# defines it; the audit rule changes no outcome).
-REFERENCE = ReferenceRules(
-    server_block=("evil.example",),
-    server_allow=("partner.example", "friend.example:8448", "evil.example"),
-    client_user_agents=("^Element/",),
-    event_type_blocks=(
-        (("m.room.encryption", "m.room.redaction"), "both"),
-        (("m.room.topic", "m.room.tombstone", "m.room.third_party_invite"), "client"),
+# The same rules as the oracle sees them: compliance-ledger as docs/rules.md section 5
+# defines it, not as the gateway stores it.
+REFERENCE = [
+    Rule(
+        "compliance-ledger",
+        "event_type_block",
+        {"event_types": ["m.room.encryption", "m.room.redaction"], "scope": "both"},
+        priority=10,
     ),
-    partner_scopes=(PartnerScope(("partner.example",), (SHARED,), ("m.room.member",)),),
-)
+    *(Rule.from_payload(rule) for rule in RULES),
+]
 
 ENCRYPTION = {"algorithm": "m.megolm.v1.aes-sha2"}
 VARIANTS = Variants(
@@ -317,8 +325,45 @@ def _table(results: Sequence[Result]) -> str:
     )
 
 
+# Sent last: their decisions may be more than one per request (transactions judged PDU by
+# PDU) or are out of scope, so decisions are matched to requests only before them.
+SENT_LAST = frozenset({"sendTransaction", "askPolicyServerToSign"})
+
+
 def _requests() -> list[SpecRequest]:
-    return build_requests(load_operations(), VARIANTS, served=synapse_serves())
+    requests = build_requests(load_operations(), VARIANTS, served=synapse_serves())
+    return sorted(requests, key=lambda r: r.operation.operation_id in SENT_LAST)
+
+
+def _all_decisions(gateway: DmzApi, count: int) -> list[dict[str, Any]]:
+    """Every recorded decision, oldest first, once at least ``count`` are (they are
+    written in batches)."""
+    for _ in range(100):
+        rows: list[dict[str, Any]] = []
+        before: int | None = None
+        while True:
+            query = "/v1/decisions?limit=1000" + (f"&before={before}" if before else "")
+            status, page = gateway.call("GET", query, acting_user=ACTOR)
+            assert status == 200, page
+            rows += page["decisions"]
+            before = page["next_before"]
+            if before is None:
+                break
+        if len(rows) >= count:
+            return sorted(rows, key=lambda row: int(row["id"]))
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} decisions were recorded")
+
+
+def _decision_table(rows: Sequence[tuple[SpecRequest, Expected, dict[str, Any]]]) -> str:
+    lines = ["method | path | sender | expected decision | recorded"]
+    for request, expected, record in rows:
+        sender = request.origin or request.identity.user_agent or "unsigned"
+        lines.append(
+            f"{request.method} | {request.path} | {sender} | "
+            f"{expected.decision} by {expected.rule} | {record['outcome']} by {record['rule']}"
+        )
+    return "\n".join(lines)
 
 
 # ---- the oracle and generator alone (fast) ----------------------------------------------
@@ -411,7 +456,7 @@ async def test_the_proxy_judges_every_spec_request_as_the_rules_say(
     )
     await asyncio.to_thread(gateway.start)
     try:
-        for path, body in [("/v1/rules/preset/compliance-ledger", {})] + [
+        for path, body in [("/v1/rules/preset/compliance-ledger", PRESET)] + [
             ("/v1/rules", rule) for rule in RULES
         ]:
             status, answer = await asyncio.to_thread(
@@ -425,6 +470,8 @@ async def test_the_proxy_judges_every_spec_request_as_the_rules_say(
         ) as http:
             for request in requests:
                 answers.append(await _send(http, base, request))
+        checked = sum(r.operation.operation_id not in SENT_LAST for r in requests)
+        decisions = await asyncio.to_thread(_all_decisions, gateway, len(requests))
     finally:
         await asyncio.to_thread(gateway.stop)
 
@@ -447,3 +494,19 @@ async def test_the_proxy_judges_every_spec_request_as_the_rules_say(
     )
     gone = [d.explanation for d, rows in known.items() if not rows]
     assert not gone, f"known deviations no longer seen (take them off KNOWN_DEVIATIONS): {gone}"
+
+    # Section 3 and 6: each decision recorded names the outcome and the rule the pipeline
+    # order attributes it to (audit rules: would_block). Requests were sent one at a time,
+    # so the first decisions are those of the first requests, in order.
+    deviating = {r.request.id for rows in known.values() for r in rows}
+    wrong = [
+        (result.request, result.expected, record)
+        for result, record in zip(results[:checked], decisions[:checked], strict=True)
+        if result.request.id not in deviating
+        and (record["outcome"], record["rule"]) != (result.expected.decision, result.expected.rule)
+    ]
+    assert not wrong, (
+        f"{len(wrong)} decisions were not recorded as the rules say:\n" + _decision_table(wrong)
+    )
+    would_block = sum(r.expected.decision == "would_block" for r in results)
+    assert would_block > 20, would_block
