@@ -91,6 +91,7 @@ CREATE_ROOM_FIELDS: Mapping[str, str] = {
     "invite_3pid": "m.room.third_party_invite",
 }
 OUT_OF_SCOPE_PREFIXES = ("/_matrix/policy/",)
+JOINS = frozenset({"joinRoom", "knockRoom"})
 
 
 def _create_room_types(body: Any) -> list[str]:
@@ -124,7 +125,13 @@ def event_types(request: SpecRequest) -> tuple[str, ...]:
 
 
 def room(request: SpecRequest) -> str | None:
-    return request.params.get("roomId") or request.params.get("roomIdOrAlias")
+    """The room the path names (section 1: a room ID, or an alias for client joins)."""
+    if "roomId" in request.params:
+        return request.params["roomId"]
+    value = request.params.get("roomIdOrAlias")
+    if value is not None and (value.startswith("!") or request.operation.operation_id in JOINS):
+        return value
+    return None
 
 
 def is_public(request: SpecRequest) -> bool:

@@ -194,7 +194,10 @@ def _client(method: str, segments: list[str]) -> PathInfo:
         types = (segments[i + 1],) if write else ()
         return PathInfo(CLIENT, "client.sendToDevice", _template(parts), None, types)
     endpoint = f"client.{_word(segments[i])}"
-    return PathInfo(CLIENT, endpoint, _template(prefix + _rest(segments, i)))
+    # Other endpoints name a room too (room account data and tags, key backup, directory
+    # visibility, room summary): the room is the segment that is a room ID.
+    room = next((s for s in segments[i + 1 :] if s.startswith("!")), None)
+    return PathInfo(CLIENT, endpoint, _template(prefix + _rest(segments, i)), room)
 
 
 def _federation(segments: list[str]) -> PathInfo:
