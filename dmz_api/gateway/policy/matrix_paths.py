@@ -196,8 +196,8 @@ def _client(method: str, segments: list[str]) -> PathInfo:
     endpoint = f"client.{_word(segments[i])}"
     # Other endpoints name a room too (room account data and tags, key backup, directory
     # visibility, room summary): the room is the segment that is a room ID.
-    room = next((s for s in segments[i + 1 :] if s.startswith("!")), None)
-    return PathInfo(CLIENT, endpoint, _template(prefix + _rest(segments, i)), room)
+    named = next((s for s in segments[i + 1 :] if s.startswith("!")), None)
+    return PathInfo(CLIENT, endpoint, _template(prefix + _rest(segments, i)), named)
 
 
 def _federation(segments: list[str]) -> PathInfo:
