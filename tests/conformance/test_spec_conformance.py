@@ -505,6 +505,8 @@ async def test_the_proxy_judges_every_spec_request_as_the_rules_say(
     finally:
         await asyncio.to_thread(gateway.stop)
 
+    strays = [key for key in seen if key.startswith("unknown-")]
+    assert not strays, f"{len(strays)} requests reached the upstream without {REQUEST_ID}"
     results = [
         _judge(request, expect(request, REFERENCE), status, body, seen.get(request.id))
         for request, (status, body) in zip(requests, answers, strict=True)
