@@ -11,8 +11,8 @@
 query parameters (``#/components/parameters`` references included), ``security`` and the
 inline JSON example of the request body. ``build_requests`` spells each operation as the
 spec does (``/_matrix/client/v3/...``) and, for client endpoints, also in the older eras
-(``/_matrix/client/r0/...``, ``/_matrix/client/api/v1/...``) where a homeserver still serves
-them, fills path parameters with valid sample values (percent-encoded as clients send
+(``/_matrix/client/r0/...``, ``/_matrix/client/api/v1/...``, ``unstable``) where Synapse
+serves them, fills path parameters with valid sample values (percent-encoded as clients send
 them), and adds the headers a real peer sends: an ``X-Matrix`` Authorization for federation
 endpoints, a Bearer token and a User-Agent for client endpoints. Every request carries a
 unique ``X-Conformance-Request`` header, so the test can find it at the upstream.
@@ -204,6 +204,7 @@ def load_operations(spec_dir: Path = SPEC_DIR) -> tuple[Operation, ...]:
 ERAS = (
     ("/_matrix/client/v3/", "r0", "/_matrix/client/r0/"),
     ("/_matrix/client/v3/", "api/v1", "/_matrix/client/api/v1/"),
+    ("/_matrix/client/v3/", "unstable", "/_matrix/client/unstable/"),
     ("/_matrix/media/v3/", "r0", "/_matrix/media/r0/"),
 )
 # send_join, send_leave and invite were v1 before v2 replaced them (Synapse serves both).
@@ -291,8 +292,8 @@ class SpecRequest:
 
     id: str
     operation: Operation
-    # "spec" (as the spec writes it), "r0", "api/v1", "v1" (eras) or "respelled" (a path
-    # parameter spelled another legal way)
+    # "spec" (as the spec writes it), "r0", "api/v1", "unstable", "v1" (eras) or
+    # "respelled" (a path parameter spelled another legal way)
     spelling: str
     method: str
     path: str  # raw request target: percent-encoded path and query
