@@ -207,14 +207,8 @@ KNOWN_DEVIATIONS: Sequence[Deviation] = (
         False,
         "a third-party invite shares its path with an invite; the proxy does not read the "
         "body, so it counts m.room.member (docs/rules.md section 1) where the spec makes "
-        "m.room.third_party_invite; antispam user_may_send_3pid_invite sees it",
-    ),
-    Deviation(
-        "createRoom",
-        "m.room.third_party_invite",
-        False,
-        "createRoom's invite_3pid makes m.room.third_party_invite events; docs/rules.md "
-        "section 1 does not count that field",
+        "m.room.third_party_invite (antispam user_may_send_3pid_invite would see it, but "
+        "docs/rules.md section 7 does not enable that callback)",
     ),
     Deviation(
         "onBindThirdPartyIdentifier",

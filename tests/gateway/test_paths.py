@@ -374,3 +374,10 @@ def test_rooms_named_outside_rooms_paths(path: str) -> None:
 
 def test_aliases_outside_joins_name_no_room() -> None:
     assert classify("GET", "/_matrix/client/v1/room_summary/%23lobby%3Acorp.example").room is None
+
+
+def test_create_room_third_party_invites() -> None:
+    # Found by the conformance suite: the spec's invite_3pid makes m.room.third_party_invite.
+    invite = {"id_server": "id.example", "medium": "email", "address": "b@example.org"}
+    assert create_room_event_types({"invite_3pid": [invite]}) == ("m.room.third_party_invite",)
+    assert create_room_event_types({"invite_3pid": []}) == ()

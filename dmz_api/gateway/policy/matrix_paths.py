@@ -352,8 +352,8 @@ def create_room_event_types(body: bytes | str | Mapping[str, Any] | None) -> tup
     """The event types a ``createRoom`` body asks the homeserver to create.
 
     ``initial_state`` types, and the events implied by ``name``, ``topic``, ``invite``,
-    ``room_alias_name`` and ``power_level_content_override``. Unparseable bodies give ()
-    (the homeserver refuses them too).
+    ``room_alias_name``, ``power_level_content_override`` and ``invite_3pid``. Unparseable
+    bodies give () (the homeserver refuses them too).
     """
     if body is None:
         return ()
@@ -377,6 +377,7 @@ def create_room_event_types(body: bytes | str | Mapping[str, Any] | None) -> tup
         "invite": "m.room.member",
         "room_alias_name": "m.room.canonical_alias",
         "power_level_content_override": "m.room.power_levels",
+        "invite_3pid": "m.room.third_party_invite",
     }
     for key, event_type in implied.items():
         if data.get(key):
