@@ -351,3 +351,33 @@ def test_versionless_and_absolute_form_paths() -> None:
 def test_relative_request_targets_are_checked_for_dots() -> None:
     assert classify("PUT", "../_matrix/client/v3/sync").malformed is not None
     assert classify("GET", "/.well-known/matrix/server").malformed is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/client/v3/user/%40a%3Acorp.example/rooms/%21abc%3Acorp.example/account_data/x",
+        "/_matrix/client/v3/user/@a:corp.example/rooms/!abc:corp.example/tags/u.work",
+        "/_matrix/client/v3/room_keys/keys/%21abc%3Acorp.example/session1",
+        "/_matrix/client/r0/directory/list/room/!abc:corp.example",
+        "/_matrix/client/v3/directory/list/appservice/irc/%21abc%3Acorp.example",
+        "/_matrix/client/v1/room_summary/%21abc%3Acorp.example",
+    ],
+)
+def test_rooms_named_outside_rooms_paths(path: str) -> None:
+    # Found by the conformance suite (tests/conformance): the room is recorded with the
+    # decision wherever the path names one.
+    info = classify("PUT", path)
+    assert (info.room, info.event_types) == (ROOM, ())
+    assert "abc" not in info.template
+
+
+def test_aliases_outside_joins_name_no_room() -> None:
+    assert classify("GET", "/_matrix/client/v1/room_summary/%23lobby%3Acorp.example").room is None
+
+
+def test_create_room_third_party_invites() -> None:
+    # Found by the conformance suite: the spec's invite_3pid makes m.room.third_party_invite.
+    invite = {"id_server": "id.example", "medium": "email", "address": "b@example.org"}
+    assert create_room_event_types({"invite_3pid": [invite]}) == ("m.room.third_party_invite",)
+    assert create_room_event_types({"invite_3pid": []}) == ()

@@ -194,7 +194,10 @@ def _client(method: str, segments: list[str]) -> PathInfo:
         types = (segments[i + 1],) if write else ()
         return PathInfo(CLIENT, "client.sendToDevice", _template(parts), None, types)
     endpoint = f"client.{_word(segments[i])}"
-    return PathInfo(CLIENT, endpoint, _template(prefix + _rest(segments, i)))
+    # Other endpoints name a room too (room account data and tags, key backup, directory
+    # visibility, room summary): the room is the segment that is a room ID.
+    named = next((s for s in segments[i + 1 :] if s.startswith("!")), None)
+    return PathInfo(CLIENT, endpoint, _template(prefix + _rest(segments, i)), named)
 
 
 def _federation(segments: list[str]) -> PathInfo:
@@ -349,8 +352,8 @@ def create_room_event_types(body: bytes | str | Mapping[str, Any] | None) -> tup
     """The event types a ``createRoom`` body asks the homeserver to create.
 
     ``initial_state`` types, and the events implied by ``name``, ``topic``, ``invite``,
-    ``room_alias_name`` and ``power_level_content_override``. Unparseable bodies give ()
-    (the homeserver refuses them too).
+    ``room_alias_name``, ``power_level_content_override`` and ``invite_3pid``. Unparseable
+    bodies give () (the homeserver refuses them too).
     """
     if body is None:
         return ()
@@ -374,6 +377,7 @@ def create_room_event_types(body: bytes | str | Mapping[str, Any] | None) -> tup
         "invite": "m.room.member",
         "room_alias_name": "m.room.canonical_alias",
         "power_level_content_override": "m.room.power_levels",
+        "invite_3pid": "m.room.third_party_invite",
     }
     for key, event_type in implied.items():
         if data.get(key):
