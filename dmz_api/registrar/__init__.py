@@ -2,11 +2,15 @@
 
 ``setup(app)`` adds the admin API and the public page, and a cleanup context that builds
 the ``RegistrarService`` (with its own HTTP session to the homeserver) once the shared
-database is open; on PostgreSQL the page's rate limits move into that database.
+database is open; on PostgreSQL the page's rate limits move into that database. At start
+it adopts tokens left native on the homeserver by the old design (``service.sync``), in
+the background so an unreachable homeserver does not hold up the start.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -57,7 +61,7 @@ def setup(app: web.Application) -> None:
                     registrar.rate_limit.burst,
                     fallback=page.limiter,
                 )
-            app[appkeys.REGISTRAR] = RegistrarService(
+            service = RegistrarService(
                 registrar,
                 config.server.public_url,
                 store,
@@ -65,9 +69,24 @@ def setup(app: web.Application) -> None:
                 keys,
                 metrics,
             )
-            yield
+            app[appkeys.REGISTRAR] = service
+            adoption = asyncio.create_task(_adopt_legacy(service))
+            try:
+                yield
+            finally:
+                adoption.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await adoption
 
     app.cleanup_ctx.append(service_ctx)
+
+
+async def _adopt_legacy(service: RegistrarService) -> None:
+    try:
+        await service.sync()
+    except Exception:
+        # Every admin read and page view tries again.
+        log.exception("Adopting legacy native tokens failed")
 
 
 __all__ = ["setup", "upgrade_table"]
