@@ -302,6 +302,10 @@ async def test_url_token_is_unknown_to_synapse(
     assert (status, body) == (200, {"valid": False})
     [attempt] = await direct_signups(dmz_synapse, minted["token"], [unique])
     assert attempt.token_refused and not exists(dmz_synapse, unique)
+    # The same sign-up with a native token works: the refusal is the token's, not the flow's.
+    native = dmz_synapse.create_registration_token(1)
+    [control] = await direct_signups(dmz_synapse, native, [f"{unique}ctl"])
+    assert control.registered and exists(dmz_synapse, f"{unique}ctl")
     # Nor does a direct attempt use the token up: the page still works with it.
     assert (await submit(client, minted["token"], f"{unique}page")).status == 200
 
