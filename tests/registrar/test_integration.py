@@ -445,3 +445,27 @@ async def test_homeserver_unreachable(aiohttp_client: Any, tmp_path: Path, uniqu
     resp = await client.get("/v1/tokens", headers=auth())
     [shown] = (await resp.json())["tokens"]
     assert (shown["status"], shown["uses_completed"]) == ("active", 0)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"enable_registration": False},
+        {"registration_requires_token": False, "enable_registration_without_verification": True},
+    ],
+    ids=["registration-disabled", "token-not-required"],
+)
+async def test_misconfigured_synapse_registers_nobody_and_uses_nothing(
+    aiohttp_client: Any, tmp_path: Path, settings: dict[str, Any], unique: str
+) -> None:
+    # Without registration the page cannot register; with open registration it must not
+    # (it would count accounts anyone can make anyway). Either way the token is kept.
+    with Synapse(tmp_path / "hs", name="misconfigured", extra_config=settings) as hs:
+        client = await start(aiohttp_client, tmp_path, hs, "synapse", "")
+        minted = await mint(client)
+        resp = await submit(client, minted["token"], unique)
+        assert resp.status == 503 and "try again later" in (await resp.text()).lower()
+        assert not exists(hs, unique)
+        shown = await show(client, minted["id"])
+        assert (shown["status"], shown["uses_completed"]) == ("active", 0)
+        await client.close()
