@@ -98,6 +98,8 @@ class HomeserverAdapter(Protocol):
 
     async def list_tokens(self) -> list[NativeToken]: ...
 
+    async def expire_token(self, token: str, at_ms: int) -> bool: ...
+
     async def delete_token(self, token: str) -> None: ...
 
     async def check_username(self, localpart: str) -> None: ...
@@ -365,6 +367,21 @@ class SynapseAdapter(_ClientServerAdapter):
                 )
         return tokens
 
+    async def expire_token(self, token: str, at_ms: int) -> bool:
+        """Let a native token expire at ``at_ms``; False if the homeserver refused that time."""
+        status, data = await self.http.call(
+            "PUT",
+            f"/_synapse/admin/v1/registration_tokens/{quote(token, safe='')}",
+            "expire token",
+            body={"expiry_time": at_ms},
+            token=self.admin_token,
+        )
+        if status in (200, 404):
+            return True
+        if status == 400:
+            return False  # "must not be in the past": the clocks disagree
+        raise self.http.unexpected("expire token", status, data)
+
     async def delete_token(self, token: str) -> None:
         status, data = await self.http.call(
             "DELETE",
@@ -395,6 +412,9 @@ class MatrixAdapter(_ClientServerAdapter):
 
     async def list_tokens(self) -> list[NativeToken]:
         return []
+
+    async def expire_token(self, token: str, at_ms: int) -> bool:
+        return True
 
     async def delete_token(self, token: str) -> None:
         return None

@@ -8,10 +8,11 @@ UPDATE, then calls the homeserver, then commits the use (success) or releases th
 
 Legacy tokens: registrars before this design minted every token as a native Synapse
 token (``hs_state`` ``live``), usable from any Matrix client, where Synapse's non-atomic
-check let concurrent sign-ups exceed ``uses_allowed``. ``sync`` adopts each such token:
-Synapse's ``completed + pending`` become our ``uses_completed`` (a pending sign-up may
-still finish), then the native token is deleted, so its URL keeps working, on the page
-only. The page never registers with a token still native.
+check let concurrent sign-ups exceed ``uses_allowed``. ``sync`` adopts each such token: it
+lets the native token expire at once, waits until sign-ups that passed Synapse's check
+have counted themselves, takes Synapse's ``completed + pending`` as our ``uses_completed``
+(a pending sign-up may still finish), then deletes the native token, so its URL keeps
+working, on the page only. The page never registers with a token still native.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ CLAIM_LEASE_MS = 5 * 60 * 1000
 ABANDONED_MINT_MS = 2 * 60 * 1000
 # Page views may use homeserver counts this old; admin reads always sync.
 PAGE_SYNC_MAX_AGE = 2.0
+# Adopting legacy tokens: they expire this far ahead (clock skew), and their counts are
+# read this long after (Synapse checks a token, then counts its use, in two transactions).
+LEGACY_EXPIRE_AHEAD_MS = 1000
+LEGACY_SETTLE_S = 2.0
 LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
 
 # hs_state of a legacy token still (or possibly still) native on the homeserver.
@@ -180,6 +185,7 @@ class RegistrarService:
         self.clock = clock
         self._sync_lock = asyncio.Lock()
         self._synced_at = -1e18
+        self.legacy_settle_s = LEGACY_EXPIRE_AHEAD_MS / 1000 + LEGACY_SETTLE_S
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -406,7 +412,7 @@ class RegistrarService:
                 self._synced_at = time.monotonic()
                 return False
             try:
-                native = {hash_token(t.token): t for t in await self.adapter.list_tokens()}
+                native = await self._stop_legacy(rows)
             except HomeserverUnavailable:
                 log.warning("Legacy tokens not adopted: the homeserver did not answer")
                 return False
@@ -432,6 +438,23 @@ class RegistrarService:
                 await self._delete_native(owed)
             self._synced_at = time.monotonic()
             return changed
+
+    async def _stop_legacy(self, rows: Sequence[TokenRow]) -> dict[str, NativeToken]:
+        """Make every legacy native token expire now; their counts once they are final."""
+        native = {hash_token(t.token): t for t in await self.adapter.list_tokens()}
+        expire_at = self.now_ms() + LEGACY_EXPIRE_AHEAD_MS
+        stopped = False
+        for row in rows:
+            found = native.get(row.token_hash)
+            if found is None or (found.expiry_time is not None and found.expiry_time <= expire_at):
+                continue  # gone, or expiring anyway (never move an expiry later)
+            if not await self.adapter.expire_token(found.token, expire_at):
+                log.warning("Token %s: the homeserver refused to expire it now", row.id)
+            stopped = True
+        if not stopped:
+            return native
+        await asyncio.sleep(self.legacy_settle_s)
+        return {hash_token(t.token): t for t in await self.adapter.list_tokens()}
 
     async def _adopt(self, row: TokenRow, native: NativeToken) -> bool:
         """Make a legacy native token the registrar's own: counts first, then delete it."""

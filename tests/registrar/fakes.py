@@ -65,6 +65,12 @@ class FakeHomeserver:
             for t, v in self.tokens.items()
         ]
 
+    async def expire_token(self, token: str, at_ms: int) -> bool:
+        self._check("expire_token")
+        if token in self.tokens:
+            self.tokens[token].expiry_time = at_ms
+        return True
+
     async def delete_token(self, token: str) -> None:
         self._check("delete_token")
         self.tokens.pop(token, None)

@@ -390,6 +390,21 @@ async def test_legacy_native_tokens_are_adopted(
     assert (shown["status"], shown["uses_completed"]) == ("used", 2)
 
 
+async def test_synapse_expires_a_legacy_token_when_asked(
+    aiohttp_client: Any, tmp_path: Path, dmz_synapse: Synapse, static_token: str, unique: str
+) -> None:
+    client = await start(aiohttp_client, tmp_path, dmz_synapse, "synapse", static_token)
+    adapter = client.app[appkeys.REGISTRAR].adapter
+    token = dmz_synapse.create_registration_token(5)
+    at = int(time.time() * 1000) + 200
+    assert await adapter.expire_token(token, at)
+    assert native_token(dmz_synapse, token)["expiry_time"] == at
+    assert not await adapter.expire_token(token, at - 60_000)  # "must not be in the past"
+    await asyncio.sleep(0.3)
+    [late] = await direct_signups(dmz_synapse, token, [unique])
+    assert late.token_refused
+
+
 async def test_legacy_native_tokens_are_adopted_at_start(
     aiohttp_client: Any, tmp_path: Path, dmz_synapse: Synapse, static_token: str
 ) -> None:

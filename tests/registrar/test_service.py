@@ -365,6 +365,34 @@ async def test_legacy_tokens_are_adopted_and_then_page_only(
     assert (await service.get_token(token_id)).status == "used"
 
 
+async def test_adoption_stops_the_native_token_before_reading_its_counts(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, _token = await legacy(store, fake_hs, uses=2)
+    original = fake_hs.expire_token
+
+    async def expire_while_a_signup_counts_itself(native: str, at_ms: int) -> bool:
+        # A client passed Synapse's check just before; its use is counted only now.
+        fake_hs.use_elsewhere(native, pending=True)
+        return await original(native, at_ms)
+
+    fake_hs.expire_token = expire_while_a_signup_counts_itself  # type: ignore[method-assign]
+    view = await service.get_token(token_id)
+    assert view.row.uses_completed == 1  # the late count is in
+    calls = [c for c in fake_hs.calls if c.endswith("_token") or c == "list_tokens"]
+    assert calls == ["list_tokens", "expire_token", "list_tokens", "delete_token"]
+
+
+async def test_adoption_never_moves_an_expiry_later(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    soon = service.now_ms() + 10
+    token_id, token = await legacy(store, fake_hs)
+    fake_hs.tokens[token].expiry_time = soon
+    await service.get_token(token_id)
+    assert "expire_token" not in fake_hs.calls and token not in fake_hs.tokens
+
+
 async def test_legacy_token_is_adopted_before_the_page_registers(
     service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
 ) -> None:
