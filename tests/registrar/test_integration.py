@@ -219,6 +219,25 @@ async def test_existing_account_is_never_touched(
     assert (await submit(client, minted["token"], f"{unique}new")).status == 200
 
 
+async def test_one_name_raced_with_two_tokens(
+    kind_client: tuple[str, Client], dmz_synapse: Synapse, unique: str
+) -> None:
+    # The loser fails late (M_USER_IN_USE at the last stage, or at the first): its token is
+    # not used, and no one-use token is left on Synapse either way.
+    _kind, client = kind_client
+    first, second = await mint(client), await mint(client)
+    before = native_tokens(dmz_synapse)
+    responses = await asyncio.gather(
+        submit(client, first["token"], unique), submit(client, second["token"], unique)
+    )
+    assert sorted(r.status for r in responses) == [200, 400]
+    loser = second if responses[0].status == 200 else first
+    assert "already taken" in await responses[[first, second].index(loser)].text()
+    shown = await show(client, loser["id"])
+    assert (shown["status"], shown["uses_completed"]) == ("active", 0)
+    assert native_tokens(dmz_synapse) == before
+
+
 async def test_expiry(kind_client: tuple[str, Client], dmz_synapse: Synapse, unique: str) -> None:
     _kind, client = kind_client
     minted = await mint(client, expires_in=1)
