@@ -5,9 +5,10 @@
 
 Starts a throwaway Synapse and ``python -m dmz_api`` (registrar, kind synapse) on loopback,
 on SQLite or on a throwaway PostgreSQL (where the page's rate limits live in the database).
-Mints alternate between dmz_api (``POST /v1/tokens``: auth, validation, Synapse admin call,
-database insert) and the same Synapse admin call made directly, so both see the same
-conditions; then ``GET /register?token=`` is driven at a fixed concurrency. Prints a table
+Mints alternate between dmz_api (``POST /v1/tokens``: auth, validation, database insert; no
+homeserver call, the token is the registrar's own) and Synapse's own token-creating admin
+call made directly (the reference: what a mint cost when tokens were native), so both see
+the same conditions; then ``GET /register?token=`` is driven at a fixed concurrency. Prints a table
 and writes ``bench/results/registrar.json`` (``registrar-postgres.json``).
 """
 

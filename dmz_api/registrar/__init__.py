@@ -4,11 +4,15 @@
 URL and trusted proxies; it adds the admin API and the public page, and a cleanup context
 that builds the ``RegistrarService`` (with its own HTTP session to the homeserver) under
 ``REGISTRAR`` once the shared database (``DATABASE``) is open; on PostgreSQL the page's
-rate limits move into that database.
+rate limits move into that database. At start it adopts tokens left native on the
+homeserver by the old design (``service.sync``), in the background so an unreachable
+homeserver does not hold up the start.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -64,7 +68,7 @@ def setup(
                     config.rate_limit.burst,
                     fallback=page.limiter,
                 )
-            app[REGISTRAR] = RegistrarService(
+            service = RegistrarService(
                 config,
                 public_url,
                 store,
@@ -72,9 +76,24 @@ def setup(
                 keys,
                 metrics,
             )
-            yield
+            app[REGISTRAR] = service
+            adoption = asyncio.create_task(_adopt_legacy(service))
+            try:
+                yield
+            finally:
+                adoption.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await adoption
 
     app.cleanup_ctx.append(service_ctx)
+
+
+async def _adopt_legacy(service: RegistrarService) -> None:
+    try:
+        await service.sync()
+    except Exception:
+        # Every admin read and page view tries again.
+        log.exception("Adopting legacy native tokens failed")
 
 
 __all__ = ["REGISTRAR", "setup", "upgrade_table"]

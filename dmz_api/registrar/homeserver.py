@@ -1,11 +1,16 @@
-"""Homeserver adapters: where tokens live and how a guest account is created.
+"""Homeserver adapters: how a guest account is created once the registrar has claimed a use.
 
-* ``SynapseAdapter``: every token is a native Synapse registration token (admin API), so a
-  guest may also register from any Matrix client; the page registers through the
-  client-server ``/register`` flow with that token.
+The token in an onboarding URL is always the registrar's own: the homeserver never knows
+it, so it cannot be used from any Matrix client, only on the page, where the registrar
+claims one use exactly once in its database before it calls the homeserver.
+
+* ``SynapseAdapter``: for each registration the page has claimed, a native Synapse
+  registration token with ``uses_allowed: 1`` is minted just in time (admin API), used in
+  that one ``/register`` flow and deleted; it never leaves dmz_api. It also reads and
+  deletes native tokens minted by registrars before 0.x (``legacy_tokens``).
 * ``MatrixAdapter``: the homeserver knows one static registration token that only
-  dmz_api holds; dmz_api keeps the single-use tokens itself and registers with the static
-  one. Deactivation needs an admin token and a homeserver serving Synapse's admin API.
+  dmz_api holds, and the page registers with it. Deactivation needs an admin token and a
+  homeserver serving Synapse's admin API.
 
 Both create accounts only through ``/register``, which fails with ``M_USER_IN_USE`` for an
 existing name: nothing here can modify an existing account. Homeserver error texts are
@@ -14,7 +19,9 @@ never passed on (Synapse echoes tokens in some of them).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
@@ -23,6 +30,7 @@ import aiohttp
 from yarl import URL
 
 from .config import HomeserverConfig
+from .crypto import new_token
 
 log = logging.getLogger("dmz_api.registrar.homeserver")
 
@@ -61,10 +69,6 @@ class DeactivationUnsupported(HomeserverError):
     pass
 
 
-class TokenExists(HomeserverError):
-    pass
-
-
 @dataclass(frozen=True, slots=True)
 class NativeToken:
     token: str
@@ -88,12 +92,13 @@ class Registration:
 
 class HomeserverAdapter(Protocol):
     kind: str
-    # True when tokens exist on the homeserver itself (guests may use any client).
-    native_tokens: bool
-
-    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None: ...
+    # True when the homeserver may still hold native tokens minted by the old design
+    # (onboarding URLs that were native Synapse tokens), which list_tokens reads.
+    legacy_tokens: bool
 
     async def list_tokens(self) -> list[NativeToken]: ...
+
+    async def expire_token(self, token: str, at_ms: int) -> bool: ...
 
     async def delete_token(self, token: str) -> None: ...
 
@@ -152,7 +157,7 @@ class _Http:
 
 class _ClientServerAdapter:
     kind = "matrix"
-    native_tokens = False
+    legacy_tokens = False
 
     def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
         self.config = config
@@ -213,6 +218,11 @@ class _ClientServerAdapter:
         ):
             log.error("The homeserver does not offer %s registration", TOKEN_STAGE)
             raise HomeserverUnavailable("register (no token flow)")
+        if not all(
+            isinstance(flow, dict) and TOKEN_STAGE in (flow.get("stages") or []) for flow in flows
+        ):
+            # Anyone could then register without a token, bypassing the registrar.
+            log.error("The homeserver offers registration without %s", TOKEN_STAGE)
         return Registration(request, session, display_name)
 
     async def complete_registration(self, registration: Registration, token: str) -> str:
@@ -284,29 +294,57 @@ class _ClientServerAdapter:
 
 class SynapseAdapter(_ClientServerAdapter):
     kind = "synapse"
-    native_tokens = True
+    legacy_tokens = True
 
     def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(config, session)
         assert config.admin_token is not None
         self.admin_token = config.admin_token
+        # Long enough for both UIA stages at their timeouts; a token left by a crash dies.
+        self.one_use_lifetime_ms = int(max(300.0, 3 * config.timeout) * 1000)
 
     def _stage_token(self, token: str) -> str:
         return token
 
-    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None:
-        status, data = await self.http.call(
-            "POST",
-            "/_synapse/admin/v1/registration_tokens/new",
-            "create token",
-            body={"token": token, "uses_allowed": uses_allowed, "expiry_time": expires_at_ms},
-            token=self.admin_token,
-        )
-        if status == 200:
-            return
-        if status == 400 and "exists" in str(data.get("error", "")):
-            raise TokenExists("create token")
-        raise self.http.unexpected("create token", status, data)
+    async def complete_registration(self, registration: Registration, token: str) -> str:
+        """Register with a one-use native token minted for this registration only.
+
+        ``token`` (the guest's, already claimed in our database) never reaches Synapse.
+        Synapse's own check of a token is not atomic, but nobody else knows this one,
+        and it allows one registration.
+        """
+        if registration.user_id is not None:
+            return await super().complete_registration(registration, "")
+        one_use = await self._create_one_use_token()
+        try:
+            return await super().complete_registration(registration, one_use)
+        finally:
+            # Shielded: the deletion must happen even if the caller is cancelled.
+            await asyncio.shield(self._delete_one_use_token(one_use))
+
+    async def _create_one_use_token(self) -> str:
+        for _ in range(3):
+            token = new_token()
+            expiry = int(time.time() * 1000) + self.one_use_lifetime_ms
+            status, data = await self.http.call(
+                "POST",
+                "/_synapse/admin/v1/registration_tokens/new",
+                "create one-use token",
+                body={"token": token, "uses_allowed": 1, "expiry_time": expiry},
+                token=self.admin_token,
+            )
+            if status == 200:
+                return token
+            if status != 400 or "exists" not in str(data.get("error", "")):
+                raise self.http.unexpected("create one-use token", status, data)
+        raise HomeserverUnavailable("create one-use token (exists)")
+
+    async def _delete_one_use_token(self, token: str) -> None:
+        try:
+            await self.delete_token(token)
+        except HomeserverUnavailable:
+            # Harmless: it allows one use, only we knew it, and it expires shortly.
+            log.warning("A one-use registration token could not be deleted; it will expire")
 
     async def list_tokens(self) -> list[NativeToken]:
         status, data = await self.http.call(
@@ -329,6 +367,21 @@ class SynapseAdapter(_ClientServerAdapter):
                 )
         return tokens
 
+    async def expire_token(self, token: str, at_ms: int) -> bool:
+        """Let a native token expire at ``at_ms``; False if the homeserver refused that time."""
+        status, data = await self.http.call(
+            "PUT",
+            f"/_synapse/admin/v1/registration_tokens/{quote(token, safe='')}",
+            "expire token",
+            body={"expiry_time": at_ms},
+            token=self.admin_token,
+        )
+        if status in (200, 404):
+            return True
+        if status == 400:
+            return False  # "must not be in the past": the clocks disagree
+        raise self.http.unexpected("expire token", status, data)
+
     async def delete_token(self, token: str) -> None:
         status, data = await self.http.call(
             "DELETE",
@@ -345,7 +398,7 @@ class SynapseAdapter(_ClientServerAdapter):
 
 class MatrixAdapter(_ClientServerAdapter):
     kind = "matrix"
-    native_tokens = False
+    legacy_tokens = False
 
     def __init__(self, config: HomeserverConfig, session: aiohttp.ClientSession) -> None:
         super().__init__(config, session)
@@ -357,11 +410,11 @@ class MatrixAdapter(_ClientServerAdapter):
         # ever sees the static token.
         return self.static_token
 
-    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None:
-        return None
-
     async def list_tokens(self) -> list[NativeToken]:
         return []
+
+    async def expire_token(self, token: str, at_ms: int) -> bool:
+        return True
 
     async def delete_token(self, token: str) -> None:
         return None

@@ -1,12 +1,20 @@
 """The registrar's behaviour, independent of HTTP: tokens, guests, registering a guest once.
 
-Exactly once: a registration first claims one use of the token in our database with a
-single conditional UPDATE, then calls the homeserver, then commits the use (success) or
-releases the claim (failure: the token is not consumed). In ``synapse`` mode the
-homeserver is the final arbiter as well, since guests may also use any Matrix client;
-its ``pending``/``completed`` counts are synced into our rows whenever tokens are read.
+Exactly once: a token is the registrar's own, unknown to the homeserver (which only
+ever sees a static or a one-use token that never leaves dmz_api, see homeserver.py). A
+registration first claims one use of it in our database with a single conditional
+UPDATE, then calls the homeserver, then commits the use (success) or releases the claim
+(failure: the token is not consumed).
 ``register_guest(token, ...)`` looks the token up first; ``register_found(row, token, ...)``
 takes the row a caller (the onboarding page) has just looked up.
+
+Legacy tokens: registrars before this design minted every token as a native Synapse
+token (``hs_state`` ``live``), usable from any Matrix client, where Synapse's non-atomic
+check let concurrent sign-ups exceed ``uses_allowed``. ``sync`` adopts each such token: it
+lets the native token expire at once, waits until sign-ups that passed Synapse's check
+have counted themselves, takes Synapse's ``completed + pending`` as our ``uses_completed``
+(a pending sign-up may still finish), then deletes the native token, so its URL keeps
+working, on the page only. The page never registers with a token still native.
 """
 
 from __future__ import annotations
@@ -33,10 +41,10 @@ from .homeserver import (
     DeactivationUnsupported,
     HomeserverAdapter,
     HomeserverUnavailable,
+    NativeToken,
     OutcomeUnknown,
     Registration,
     RegistrationRefused,
-    TokenExists,
 )
 from .store import GuestRow, Position, RegistrarStore, TokenRow, TokenStatus
 
@@ -48,7 +56,14 @@ CLAIM_LEASE_MS = 5 * 60 * 1000
 ABANDONED_MINT_MS = 2 * 60 * 1000
 # Page views may use homeserver counts this old; admin reads always sync.
 PAGE_SYNC_MAX_AGE = 2.0
+# Adopting legacy tokens: they expire this far ahead (clock skew), and their counts are
+# read this long after (Synapse checks a token, then counts its use, in two transactions).
+LEGACY_EXPIRE_AHEAD_MS = 1000
+LEGACY_SETTLE_S = 2.0
 LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+
+# hs_state of a legacy token still (or possibly still) native on the homeserver.
+LEGACY_STATES = ("live", "adopting")
 
 PageState = Literal["active", "used", "expired", "revoked", "unknown"]
 
@@ -173,6 +188,7 @@ class RegistrarService:
         self.clock = clock
         self._sync_lock = asyncio.Lock()
         self._synced_at = -1e18
+        self.legacy_settle_s = LEGACY_EXPIRE_AHEAD_MS / 1000 + LEGACY_SETTLE_S
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -243,15 +259,8 @@ class RegistrarService:
         try:
             now = self.now_ms()
             expires_at = now + expires_in * 1000
-            for _ in range(3):
-                token = new_token()
-                try:
-                    await self.adapter.create_token(token, uses, expires_at)
-                    break
-                except TokenExists:
-                    continue
-            else:
-                raise Unavailable("The homeserver refused every new token; nothing was minted")
+            # The homeserver is not involved: the token exists only here.
+            token = new_token()
             row = TokenRow(
                 id=secrets.token_hex(6),
                 token_hash=hash_token(token),
@@ -268,23 +277,15 @@ class RegistrarService:
                 expires_at=expires_at,
                 revoked_at=None,
                 revoked_by=None,
-                hs_state="live" if self.adapter.native_tokens else "none",
+                hs_state="none",
             )
-            try:
-                async with self.store.transaction():
-                    await self.store.insert_token(row)
-                    if idempotency_key is not None:
-                        sealed = self.keys.seal(token, f"{api_client}|{idempotency_key}|{row.id}")
-                        await self.store.complete_idempotency(
-                            api_client, idempotency_key, row.id, sealed
-                        )
-            except BaseException:
-                if self.adapter.native_tokens:
-                    await self._forget_native(token)
-                raise
-        except HomeserverUnavailable:
-            await self._free_key(api_client, idempotency_key)
-            raise Unavailable("The homeserver did not answer; no token was minted") from None
+            async with self.store.transaction():
+                await self.store.insert_token(row)
+                if idempotency_key is not None:
+                    sealed = self.keys.seal(token, f"{api_client}|{idempotency_key}|{row.id}")
+                    await self.store.complete_idempotency(
+                        api_client, idempotency_key, row.id, sealed
+                    )
         except BaseException:
             await self._free_key(api_client, idempotency_key)
             raise
@@ -296,12 +297,6 @@ class RegistrarService:
     async def _free_key(self, api_client: str, key: str | None) -> None:
         if key is not None:
             await asyncio.shield(self.store.drop_idempotency_key(api_client, key))
-
-    async def _forget_native(self, token: str) -> None:
-        try:
-            await self.adapter.delete_token(token)
-        except HomeserverUnavailable:
-            log.error("A token minted on the homeserver could not be recorded nor deleted")
 
     async def _view(self, row: TokenRow) -> TokenView:
         used_by = (await self.store.guests_of_tokens([row.id])).get(row.id, [])
@@ -339,7 +334,7 @@ class RegistrarService:
             self.metrics.tokens_revoked.inc()
             log.info("Revoked token %s (by %s)", token_id, actor)
         row = revoked or view.row
-        if row.hs_state == "live":
+        if row.hs_state in LEGACY_STATES:
             if await self._delete_native([row]):
                 raise Unavailable(
                     f"Token {token_id} is revoked here, but the homeserver did not confirm;"
@@ -351,8 +346,8 @@ class RegistrarService:
         return await self.store.get_token(row.id) or row
 
     async def _delete_native(self, rows: Sequence[TokenRow]) -> int:
-        """Delete revoked tokens on the homeserver; returns how many could not be."""
-        if not rows or not self.adapter.native_tokens:
+        """Delete revoked legacy tokens on the homeserver; returns how many could not be."""
+        if not rows or not self.adapter.legacy_tokens:
             return 0
         try:
             native = {hash_token(t.token): t.token for t in await self.adapter.list_tokens()}
@@ -402,12 +397,13 @@ class RegistrarService:
         return SponsorRevocation(len(revoked), deactivated)
 
     async def sync(self, max_age: float = 0.0) -> bool:
-        """Bring native tokens' counts in line with the homeserver.
+        """Adopt legacy native tokens (see the module docstring); delete revoked ones.
 
         Returns whether rows may have changed. With ``max_age`` (page views), a sync younger
-        than that, or one already under way, is good enough.
+        than that, or one already under way, is good enough. Without legacy rows this is one
+        query and no homeserver call.
         """
-        if not self.adapter.native_tokens:
+        if not self.adapter.legacy_tokens:
             return False
         if max_age and self._sync_lock.locked():
             return False
@@ -419,9 +415,9 @@ class RegistrarService:
                 self._synced_at = time.monotonic()
                 return False
             try:
-                native = {hash_token(t.token): t for t in await self.adapter.list_tokens()}
+                native = await self._stop_legacy(rows)
             except HomeserverUnavailable:
-                log.warning("Token counts not synced: the homeserver did not answer")
+                log.warning("Legacy tokens not adopted: the homeserver did not answer")
                 return False
             now = self.now_ms()
             owed: list[TokenRow] = []
@@ -430,18 +426,51 @@ class RegistrarService:
                 found = native.get(row.token_hash)
                 if row.revoked_at is not None:
                     owed.append(row)
+                elif found is None and row.hs_state == "adopting":
+                    # Our own deletion happened; only its record was missing.
+                    await self.store.set_hs_state(row.id, "deleted")
+                    changed = True
                 elif found is None:
                     # Deleted on the homeserver by its admin: it can no longer be used.
                     await self.store.revoke(row.id, now, "homeserver")
                     await self.store.set_hs_state(row.id, "deleted")
                     changed = True
-                elif (found.completed, found.pending) != (row.uses_completed, row.pending):
-                    await self.store.set_counts(row.id, found.completed, found.pending)
-                    changed = True
+                else:
+                    changed |= await self._adopt(row, found)
             if owed:
                 await self._delete_native(owed)
             self._synced_at = time.monotonic()
             return changed
+
+    async def _stop_legacy(self, rows: Sequence[TokenRow]) -> dict[str, NativeToken]:
+        """Make every legacy native token expire now; their counts once they are final."""
+        native = {hash_token(t.token): t for t in await self.adapter.list_tokens()}
+        expire_at = self.now_ms() + LEGACY_EXPIRE_AHEAD_MS
+        stopped = False
+        for row in rows:
+            found = native.get(row.token_hash)
+            if found is None or (found.expiry_time is not None and found.expiry_time <= expire_at):
+                continue  # gone, or expiring anyway (never move an expiry later)
+            if not await self.adapter.expire_token(found.token, expire_at):
+                log.warning("Token %s: the homeserver refused to expire it now", row.id)
+            stopped = True
+        if not stopped:
+            return native
+        await asyncio.sleep(self.legacy_settle_s)
+        return {hash_token(t.token): t for t in await self.adapter.list_tokens()}
+
+    async def _adopt(self, row: TokenRow, native: NativeToken) -> bool:
+        """Make a legacy native token the registrar's own: counts first, then delete it."""
+        # A pending sign-up may still complete after the deletion: count it as used.
+        await self.store.adopt(row.id, native.completed + native.pending)
+        try:
+            await self.adapter.delete_token(native.token)
+        except HomeserverUnavailable:
+            log.warning("Legacy token %s not adopted yet: the homeserver did not answer", row.id)
+            return True
+        await self.store.set_hs_state(row.id, "deleted")
+        log.info("Adopted legacy native token %s (now usable on the page only)", row.id)
+        return True
 
     # ---- guests ----
 
@@ -499,7 +528,7 @@ class RegistrarService:
             return None, "unknown"
         if (
             row.status(self.now_ms()) == "active"
-            and row.hs_state == "live"
+            and row.hs_state in LEGACY_STATES
             and await self.sync(max_age=PAGE_SYNC_MAX_AGE)
         ):
             row = await self.store.get_token_by_hash(token_hash) or row
@@ -522,6 +551,8 @@ class RegistrarService:
         The page looks the token up before it reads the form, so it hands over the row
         instead of a second lookup; the one conditional UPDATE of the claim still decides.
         """
+        if row.hs_state in LEGACY_STATES:
+            row, _state = await self._adopted(row)
         try:
             await self.adapter.check_username(localpart)
         except RegistrationRefused as e:
@@ -548,6 +579,19 @@ class RegistrarService:
         # Shielded: a client going away must not strand the claim (neither committed nor released).
         return await asyncio.shield(self._register_claimed(claimed, registration, token, localpart))
 
+    async def _adopted(self, row: TokenRow) -> tuple[TokenRow, PageState]:
+        """A legacy token, adopted now: no registration while Synapse still holds it."""
+        self._synced_at = -1e18
+        await self.sync()
+        current = await self.store.get_token(row.id) or row
+        if current.hs_state in LEGACY_STATES:
+            self.metrics.registrations.labels("unavailable").inc()
+            raise TryLater()
+        state = current.status(self.now_ms())
+        if state != "active":
+            raise TokenUnusable(state)
+        return current, state
+
     async def _register_claimed(
         self, row: TokenRow, registration: Registration, token: str, localpart: str
     ) -> str:
@@ -556,19 +600,15 @@ class RegistrarService:
         except RegistrationRefused as e:
             await self.store.release(row.id)
             self.metrics.registrations.labels(e.reason).inc()
-            if e.reason == "token_rejected" and not self.adapter.native_tokens:
+            if e.reason == "token_rejected":
+                # Our token was claimed here; the homeserver refused its own stand-in.
                 log.error(
-                    "The homeserver refused the static registration token: check "
-                    "registrar.homeserver.registration_token"
+                    "The homeserver refused the registrar's registration token: %s",
+                    "check registrar.homeserver.registration_token"
+                    if self.adapter.kind == "matrix"
+                    else "check registration_requires_token and the admin token",
                 )
                 raise TryLater() from None
-            if e.reason == "token_rejected":
-                # Used up or deleted on the homeserver (e.g. from another Matrix client).
-                self._synced_at = -1e18
-                await self.sync()
-                current = await self.store.get_token(row.id) or row
-                state = current.status(self.now_ms())
-                raise TokenUnusable("used" if state == "active" else state) from None
             field = "password" if e.reason == "password_weak" else "username"
             raise FormRejected(field, e.reason) from None
         except OutcomeUnknown:

@@ -226,21 +226,21 @@ class RegistrarStore:
         return [TokenRow.from_row(row) for row in await self.db.fetch(query, *args)]
 
     async def tokens_to_sync(self) -> list[TokenRow]:
-        """Native homeserver tokens whose counts may still change or whose deletion is owed."""
+        """Legacy tokens that may still exist natively on the homeserver (see service.sync)."""
         rows = await self.db.fetch(
-            f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE hs_state='live'"
-            " AND (revoked_at IS NOT NULL OR uses_completed < uses_allowed)"
+            f"SELECT {_TK_COLUMNS} FROM registrar_tokens WHERE hs_state IN ('live', 'adopting')"
         )
         return [TokenRow.from_row(row) for row in rows]
 
-    async def set_counts(self, token_id: str, completed: int, pending: int) -> None:
+    async def adopt(self, token_id: str, used: int) -> None:
+        """Take over a legacy token's count (``used`` on the homeserver) before deleting it."""
         await self.db.execute(
-            # completed only grows on the homeserver; a stale read must not undo our count.
-            "UPDATE registrar_tokens SET pending=$3, uses_completed ="
-            " CASE WHEN $2 > uses_completed THEN $2 ELSE uses_completed END WHERE id=$1",
+            # The count never goes down: our own registrations are already in it.
+            "UPDATE registrar_tokens SET pending=0, hs_state='adopting', uses_completed ="
+            " CASE WHEN $2 > uses_completed THEN $2 ELSE uses_completed END"
+            " WHERE id=$1 AND hs_state IN ('live', 'adopting')",
             token_id,
-            completed,
-            pending,
+            used,
         )
 
     async def set_hs_state(self, token_id: str, state: str) -> None:

@@ -26,7 +26,9 @@ class FakeToken:
 
 @dataclass
 class FakeHomeserver:
-    native_tokens: bool = True
+    # True: like Synapse (one-use stand-in tokens; native tokens of the old design may
+    # remain in ``tokens``); False: a homeserver with one static token (kind matrix).
+    legacy_tokens: bool = True
     server_name: str = "dmz.test"
     static_token: str = "static-token"
     can_deactivate: bool = True
@@ -35,14 +37,19 @@ class FakeHomeserver:
     # The account-creating call "times out" after creating the account.
     lose_answer: bool = False
     crash_with: Exception | None = None
+    # The homeserver refuses the registrar's stand-in token (misconfiguration).
+    refuse_stand_in: bool = False
+    # Native tokens on the homeserver: only legacy ones (see add_legacy).
     tokens: dict[str, FakeToken] = field(default_factory=dict)
+    # Tokens the adapter was given to register with (the guest's must never be one).
+    stage_tokens: list[str] = field(default_factory=list)
     users: dict[str, str] = field(default_factory=dict)
     deactivated: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
-        return "synapse" if self.native_tokens else "matrix"
+        return "synapse" if self.legacy_tokens else "matrix"
 
     def _check(self, what: str) -> None:
         self.calls.append(what)
@@ -51,17 +58,18 @@ class FakeHomeserver:
         if self.down:
             raise HomeserverUnavailable(what)
 
-    async def create_token(self, token: str, uses_allowed: int, expires_at_ms: int) -> None:
-        self._check("create_token")
-        if self.native_tokens:
-            self.tokens[token] = FakeToken(uses_allowed, expires_at_ms)
-
     async def list_tokens(self) -> list[NativeToken]:
         self._check("list_tokens")
         return [
             NativeToken(t, v.uses_allowed, v.pending, v.completed, v.expiry_time)
             for t, v in self.tokens.items()
         ]
+
+    async def expire_token(self, token: str, at_ms: int) -> bool:
+        self._check("expire_token")
+        if token in self.tokens:
+            self.tokens[token].expiry_time = at_ms
+        return True
 
     async def delete_token(self, token: str) -> None:
         self._check("delete_token")
@@ -91,17 +99,10 @@ class FakeHomeserver:
             await asyncio.sleep(self.delay)
         if localpart in self.users:
             raise RegistrationRefused("username_taken")
-        if self.native_tokens:
-            native = self.tokens.get(token)
-            if (
-                native is None
-                or native.pending + native.completed >= native.uses_allowed
-                or native.expiry_time <= time.time() * 1000
-            ):
-                raise RegistrationRefused("token_rejected")
-            native.completed += 1
-        elif self.static_token != "static-token":
-            raise RegistrationRefused("token_rejected")  # a misconfigured static token
+        # The real adapters never pass the guest's token on: a one-use or static one.
+        self.stage_tokens.append(token)
+        if self.refuse_stand_in or (self.kind == "matrix" and self.static_token != "static-token"):
+            raise RegistrationRefused("token_rejected")
         self.users[localpart] = registration.request["password"]
         if self.lose_answer:
             raise OutcomeUnknown("register")
@@ -113,6 +114,14 @@ class FakeHomeserver:
             raise DeactivationUnsupported("deactivate")
         self.deactivated.add(user_id)
 
-    def use_elsewhere(self, token: str) -> None:
-        """A guest registering with ``token`` from some Matrix client, not our page."""
-        self.tokens[token].completed += 1
+    def add_legacy(self, token: str, uses_allowed: int = 1, expiry_time: int | None = None) -> None:
+        """A native token as registrars of the old design minted them."""
+        expiry = expiry_time or int(time.time() * 1000) + 3_600_000
+        self.tokens[token] = FakeToken(uses_allowed, expiry)
+
+    def use_elsewhere(self, token: str, *, pending: bool = False) -> None:
+        """A guest registering with legacy ``token`` from some Matrix client, not our page."""
+        if pending:
+            self.tokens[token].pending += 1
+        else:
+            self.tokens[token].completed += 1

@@ -224,7 +224,14 @@ async def test_no_exception_text_reaches_the_guest(client: Client, fake_hs: Fake
     csrf = await open_form(client, token)
     fake_hs.crash_with = RuntimeError("secret-internal-detail /_synapse/admin")
     post = await client.post("/register", data=form(token, csrf))
-    client.app[REGISTRAR]._synced_at = -1e18  # the page's sync cache
+    # A page view calls no homeserver (the token is ours): let the lookup itself fail.
+    store = client.app[REGISTRAR].store
+    crash = fake_hs.crash_with
+
+    async def broken(token_hash: str) -> None:
+        raise crash
+
+    store.get_token_by_hash = broken  # type: ignore[method-assign,assignment]
     get = await client.get("/register", params={"token": token})
     for resp in (post, get):
         html = await resp.text()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import secrets
+import time
 from typing import Any
 
 import pytest
 
 from dmz_api.errors import Conflict, NotFound, Unavailable
-from dmz_api.registrar.crypto import hash_token
+from dmz_api.registrar.crypto import hash_token, new_token
+from dmz_api.registrar.homeserver import HomeserverUnavailable
 from dmz_api.registrar.service import (
     FormRejected,
     RegistrarService,
@@ -19,7 +23,7 @@ from dmz_api.registrar.service import (
     mint_request_hash,
     validate_localpart,
 )
-from dmz_api.registrar.store import RegistrarStore
+from dmz_api.registrar.store import RegistrarStore, TokenRow
 
 from .conftest import SPONSOR, Clock, make_service
 from .fakes import FakeHomeserver
@@ -39,6 +43,10 @@ async def mint(service: RegistrarService, **changes: Any) -> Any:
     return await service.mint(**args)
 
 
+async def count_tokens(store: RegistrarStore) -> int:
+    return len(await store.list_tokens(0, status=None, sponsor=None, limit=100))
+
+
 async def test_mint_stores_only_the_hash(
     service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
 ) -> None:
@@ -48,13 +56,14 @@ async def test_mint_stores_only_the_hash(
     row = await store.get_token(minted.view.row.id)
     assert row is not None and row.token_hash == hash_token(minted.token)
     assert minted.token not in repr(row)
-    assert fake_hs.tokens[minted.token].uses_allowed == 1  # native token on the homeserver
+    # The token is the registrar's own: the homeserver is not even asked.
+    assert fake_hs.tokens == {} and fake_hs.calls == [] and row.hs_state == "none"
     db_dump = await store.db.fetch("SELECT * FROM registrar_tokens")
     assert minted.token not in repr([dict(r) for r in db_dump])
 
 
 async def test_matrix_kind_keeps_tokens_to_itself(store: RegistrarStore, clock: Clock) -> None:
-    hs = FakeHomeserver(native_tokens=False)
+    hs = FakeHomeserver(legacy_tokens=False)
     service = make_service(store, hs, clock, kind="matrix")
     minted = await mint(service)
     assert hs.tokens == {} and minted.view.row.hs_state == "none"
@@ -66,7 +75,7 @@ async def test_idempotent_mint_replays_the_first_token(
     first = await mint(service, idempotency_key="k-1")
     again = await mint(service, idempotency_key="k-1")
     assert again.replayed and again.token == first.token and again.view.row.id == first.view.row.id
-    assert len(fake_hs.tokens) == 1
+    assert await count_tokens(store) == 1
     other_client = await mint(service, idempotency_key="k-1", api_client="other")
     assert other_client.token != first.token
     with pytest.raises(Conflict, match="different request"):
@@ -76,26 +85,35 @@ async def test_idempotent_mint_replays_the_first_token(
 
 
 async def test_concurrent_retries_with_one_key_mint_once(
-    service: RegistrarService, fake_hs: FakeHomeserver
+    service: RegistrarService, store: RegistrarStore
 ) -> None:
     results = await asyncio.gather(
         *(mint(service, idempotency_key="same") for _ in range(10)), return_exceptions=True
     )
     tokens = {r.token for r in results if not isinstance(r, BaseException)}
-    assert len(tokens) == 1 and len(fake_hs.tokens) == 1
+    assert len(tokens) == 1 and await count_tokens(store) == 1
     assert all(isinstance(r, Conflict) for r in results if isinstance(r, BaseException))
 
 
 async def test_failed_mint_frees_the_key(
-    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+    service: RegistrarService, store: RegistrarStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake_hs.down = True
-    with pytest.raises(Unavailable):
-        await mint(service, idempotency_key="k-2")
+    async def broken(*args: Any) -> None:
+        raise RuntimeError("database gone")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "insert_token", broken)
+        with pytest.raises(RuntimeError):
+            await mint(service, idempotency_key="k-2")
     assert await store.get_idempotency("bot", "k-2") is None
-    assert await store.list_tokens(0, status=None, sponsor=None, limit=5) == []
-    fake_hs.down = False
+    assert await count_tokens(store) == 0
     assert not (await mint(service, idempotency_key="k-2")).replayed
+
+
+async def test_mint_needs_no_homeserver(service: RegistrarService, fake_hs: FakeHomeserver) -> None:
+    fake_hs.down = True
+    minted = await mint(service)
+    assert minted.view.status == "active" and fake_hs.calls == []
 
 
 async def test_replay_after_the_secret_changed_never_mints_again(
@@ -105,7 +123,7 @@ async def test_replay_after_the_secret_changed_never_mints_again(
     restarted = make_service(store, fake_hs, clock, secret=None)
     with pytest.raises(Conflict, match=first.view.row.id):
         await mint(restarted, idempotency_key="k")
-    assert len(fake_hs.tokens) == 1
+    assert await count_tokens(store) == 1
 
 
 async def test_abandoned_key_is_taken_over(
@@ -140,12 +158,12 @@ async def test_register_guest_once(
     assert "guest2" not in fake_hs.users
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("kind", ["synapse", "matrix"])
 async def test_failures_do_not_consume_the_token(
-    store: RegistrarStore, clock: Clock, native: bool
+    store: RegistrarStore, clock: Clock, kind: str
 ) -> None:
-    hs = FakeHomeserver(native_tokens=native)
-    service = make_service(store, hs, clock, kind="synapse" if native else "matrix")
+    hs = FakeHomeserver(legacy_tokens=kind == "synapse")
+    service = make_service(store, hs, clock, kind=kind)
     minted = await mint(service)
     hs.users["taken"] = "x"
     with pytest.raises(FormRejected) as info:
@@ -163,12 +181,12 @@ async def test_failures_do_not_consume_the_token(
     assert await service.register_guest(minted.token, "fine", PASSWORD, None) == "@fine:dmz.test"
 
 
-@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("kind", ["synapse", "matrix"])
 async def test_fifty_concurrent_registrations_create_one_account(
-    store: RegistrarStore, clock: Clock, native: bool
+    store: RegistrarStore, clock: Clock, kind: str
 ) -> None:
-    hs = FakeHomeserver(native_tokens=native, delay=0.05)
-    service = make_service(store, hs, clock, kind="synapse" if native else "matrix")
+    hs = FakeHomeserver(legacy_tokens=kind == "synapse", delay=0.05)
+    service = make_service(store, hs, clock, kind=kind)
     minted = await mint(service)
     results = await asyncio.gather(
         *(service.register_guest(minted.token, f"racer{i}", PASSWORD, None) for i in range(50)),
@@ -184,7 +202,7 @@ async def test_fifty_concurrent_registrations_create_one_account(
 async def test_wrong_static_token_is_not_the_guests_fault(
     store: RegistrarStore, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    hs = FakeHomeserver(native_tokens=False, static_token="wrong")
+    hs = FakeHomeserver(legacy_tokens=False, static_token="wrong")
     service = make_service(store, hs, clock, kind="matrix")
     minted = await mint(service)
     with pytest.raises(TryLater):
@@ -266,22 +284,19 @@ async def test_revoke(
     minted = await mint(service)
     view = await service.revoke_token(minted.view.row.id, "@carol:corp")
     assert view.status == "revoked" and view.row.revoked_by == "@carol:corp"
-    assert minted.token not in fake_hs.tokens and view.row.hs_state == "deleted"
+    assert view.row.hs_state == "none" and "delete_token" not in fake_hs.calls
     assert (await service.revoke_token(minted.view.row.id, "@carol:corp")).status == "revoked"
     assert (await service.page_token(minted.token))[1] == "revoked"
 
 
-async def test_revoke_when_the_homeserver_is_down_is_retried(
+async def test_revoke_needs_no_homeserver(
     service: RegistrarService, fake_hs: FakeHomeserver
 ) -> None:
     minted = await mint(service)
     fake_hs.down = True
-    with pytest.raises(Unavailable, match="revoked here"):
-        await service.revoke_token(minted.view.row.id, "@carol:corp")
-    assert (await service.page_token(minted.token))[1] == "revoked"  # refused at once
-    fake_hs.down = False
-    await service.sync()
-    assert minted.token not in fake_hs.tokens
+    view = await service.revoke_token(minted.view.row.id, "@carol:corp")
+    assert view.status == "revoked"
+    assert (await service.page_token(minted.token))[1] == "revoked"
 
 
 async def test_used_token_cannot_be_revoked(service: RegistrarService) -> None:
@@ -291,18 +306,175 @@ async def test_used_token_cannot_be_revoked(service: RegistrarService) -> None:
         await service.revoke_token(minted.view.row.id, "@carol:corp")
 
 
-async def test_status_follows_the_homeserver(
-    service: RegistrarService, fake_hs: FakeHomeserver
+async def test_stand_in_refused_is_not_the_guests_fault(
+    service: RegistrarService, fake_hs: FakeHomeserver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    used_elsewhere = await mint(service)
-    deleted_there = await mint(service)
-    fake_hs.use_elsewhere(used_elsewhere.token)
-    del fake_hs.tokens[deleted_there.token]
-    assert (await service.get_token(used_elsewhere.view.row.id)).status == "used"
-    gone = await service.get_token(deleted_there.view.row.id)
-    assert (gone.status, gone.row.revoked_by) == ("revoked", "homeserver")
+    minted = await mint(service)
+    fake_hs.refuse_stand_in = True
+    with pytest.raises(TryLater):
+        await service.register_guest(minted.token, "guest", PASSWORD, None)
+    assert "registration_requires_token" in caplog.text
+    assert (await service.get_token(minted.view.row.id)).row.in_flight == 0
+    fake_hs.refuse_stand_in = False
+    await service.register_guest(minted.token, "guest", PASSWORD, None)
+    assert fake_hs.stage_tokens == [minted.token, minted.token]  # the fake passes it through
+
+
+# ---- legacy native tokens (minted as Synapse tokens by the old design) ----
+
+
+async def legacy(
+    store: RegistrarStore, hs: FakeHomeserver, uses: int = 1, **changes: Any
+) -> tuple[str, str]:
+    """A token as the old design left it: a row in hs_state live, a native token on Synapse."""
+    token = new_token()
+    row = TokenRow(
+        id=secrets.token_hex(6),
+        token_hash=hash_token(token),
+        sponsor=SPONSOR,
+        note="legacy",
+        api_client="bot",
+        homeserver_kind="synapse",
+        uses_allowed=uses,
+        uses_completed=0,
+        pending=0,
+        in_flight=0,
+        claim_expires_at=0,
+        created_at=int(time.time() * 1000),
+        expires_at=int(time.time() * 1000) + 3_600_000,
+        revoked_at=None,
+        revoked_by=None,
+        hs_state="live",
+    )
+    await store.insert_token(dataclasses.replace(row, **changes))
+    hs.add_legacy(token, uses)
+    return row.id, token
+
+
+async def test_legacy_tokens_are_adopted_and_then_page_only(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, token = await legacy(store, fake_hs, uses=3)
+    fake_hs.use_elsewhere(token)
+    fake_hs.use_elsewhere(token, pending=True)
+    view = await service.get_token(token_id)  # every admin read adopts
+    # Synapse's completed and pending both count: a pending sign-up may still finish.
+    assert (view.status, view.row.uses_completed, view.row.pending) == ("active", 2, 0)
+    assert view.row.hs_state == "deleted" and token not in fake_hs.tokens
+    assert await service.register_guest(token, "late", PASSWORD, None) == "@late:dmz.test"
+    assert (await service.get_token(token_id)).status == "used"
+
+
+async def test_adoption_stops_the_native_token_before_reading_its_counts(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, _token = await legacy(store, fake_hs, uses=2)
+    original = fake_hs.expire_token
+
+    async def expire_while_a_signup_counts_itself(native: str, at_ms: int) -> bool:
+        # A client passed Synapse's check just before; its use is counted only now.
+        fake_hs.use_elsewhere(native, pending=True)
+        return await original(native, at_ms)
+
+    fake_hs.expire_token = expire_while_a_signup_counts_itself  # type: ignore[method-assign]
+    view = await service.get_token(token_id)
+    assert view.row.uses_completed == 1  # the late count is in
+    calls = [c for c in fake_hs.calls if c.endswith("_token") or c == "list_tokens"]
+    assert calls == ["list_tokens", "expire_token", "list_tokens", "delete_token"]
+
+
+async def test_adoption_never_moves_an_expiry_later(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    soon = service.now_ms() + 10
+    token_id, token = await legacy(store, fake_hs)
+    fake_hs.tokens[token].expiry_time = soon
+    await service.get_token(token_id)
+    assert "expire_token" not in fake_hs.calls and token not in fake_hs.tokens
+
+
+async def test_legacy_token_is_adopted_before_the_page_registers(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, token = await legacy(store, fake_hs)
+    assert await service.register_guest(token, "first", PASSWORD, None) == "@first:dmz.test"
+    assert token not in fake_hs.tokens
+    row = await store.get_token(token_id)
+    assert row is not None and (row.hs_state, row.uses_completed) == ("deleted", 1)
+
+
+async def test_legacy_token_used_up_elsewhere_is_410(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    _token_id, token = await legacy(store, fake_hs)
+    fake_hs.use_elsewhere(token)
+    with pytest.raises(TokenUnusable) as info:
+        await service.register_guest(token, "second", PASSWORD, None)
+    assert info.value.state == "used" and "second" not in fake_hs.users
+
+
+async def test_no_registration_while_a_legacy_token_is_still_native(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, token = await legacy(store, fake_hs)
+    original = fake_hs.delete_token
+
+    async def fails(token: str) -> None:
+        raise HomeserverUnavailable("delete token")
+
+    fake_hs.delete_token = fails  # type: ignore[method-assign]
+    with pytest.raises(TryLater):
+        await service.register_guest(token, "early", PASSWORD, None)
+    assert "early" not in fake_hs.users
+    row = await store.get_token(token_id)
+    assert row is not None and (row.hs_state, row.in_flight) == ("adopting", 0)
+    fake_hs.delete_token = original  # type: ignore[method-assign]
+    assert await service.register_guest(token, "early", PASSWORD, None) == "@early:dmz.test"
+
+
+async def test_adopting_token_already_deleted_is_not_revoked(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    # A crash between deleting the native token and recording it.
+    token_id, token = await legacy(store, fake_hs, hs_state="adopting")
+    del fake_hs.tokens[token]
+    view = await service.get_token(token_id)
+    assert (view.status, view.row.hs_state) == ("active", "deleted")
+
+
+async def test_legacy_token_deleted_by_the_homeserver_admin_is_revoked(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, token = await legacy(store, fake_hs)
+    del fake_hs.tokens[token]
+    view = await service.get_token(token_id)
+    assert (view.status, view.row.revoked_by) == ("revoked", "homeserver")
+
+
+async def test_revoking_a_legacy_token_deletes_it_on_the_homeserver(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    token_id, token = await legacy(store, fake_hs, hs_state="adopting")
     fake_hs.down = True
-    assert sorted(v.status for v in await service.list_tokens()) == ["revoked", "used"]
+    with pytest.raises(Unavailable, match="revoked here"):
+        await service.revoke_token(token_id, "@carol:corp")
+    assert (await service.page_token(token))[1] == "revoked"  # refused at once
+    fake_hs.down = False
+    await service.sync()
+    assert token not in fake_hs.tokens
+    assert (await store.get_token(token_id)).hs_state == "deleted"  # type: ignore[union-attr]
+
+
+async def test_sponsor_revoke_deletes_legacy_tokens(
+    service: RegistrarService, store: RegistrarStore, fake_hs: FakeHomeserver
+) -> None:
+    fake_hs.down = True  # not adopted yet when the sponsor is revoked
+    _, mine = await legacy(store, fake_hs)
+    _, theirs = await legacy(store, fake_hs, sponsor="@bob:corp.example")
+    fake_hs.down = False
+    result = await service.revoke_sponsor(SPONSOR, deactivate_guests=False, actor="@it:corp")
+    assert result.tokens_revoked == 1 and mine not in fake_hs.tokens
+    assert theirs in fake_hs.tokens  # still bob's; adopted by the next sync
 
 
 async def test_sponsor_revoke_with_guests(
@@ -315,8 +487,8 @@ async def test_sponsor_revoke_with_guests(
     result = await service.revoke_sponsor(SPONSOR, deactivate_guests=True, actor="@it:corp")
     assert (result.tokens_revoked, result.guests_deactivated) == (2, 1)
     assert fake_hs.deactivated == {"@guest-a:dmz.test"}
-    assert a.token not in fake_hs.tokens and b.token not in fake_hs.tokens
-    assert other.token in fake_hs.tokens
+    assert (await service.get_token(b.view.row.id)).status == "revoked"
+    assert (await service.get_token(other.view.row.id)).status == "active"
     again = await service.revoke_sponsor(SPONSOR, deactivate_guests=True, actor="@it:corp")
     assert (again.tokens_revoked, again.guests_deactivated) == (0, 0)
     guests = await service.list_guests(status="deactivated")
@@ -350,7 +522,7 @@ async def test_deactivate_guest(service: RegistrarService, fake_hs: FakeHomeserv
 async def test_deactivation_unsupported_for_matrix_without_admin_token(
     store: RegistrarStore, clock: Clock
 ) -> None:
-    hs = FakeHomeserver(native_tokens=False)
+    hs = FakeHomeserver(legacy_tokens=False)
     service = make_service(store, hs, clock, kind="matrix")
     minted = await mint(service)
     await service.register_guest(minted.token, "guest", PASSWORD, None)
@@ -367,7 +539,7 @@ async def test_deactivation_unsupported_for_matrix_without_admin_token(
 async def test_deactivation_unsupported_by_the_homeserver(
     store: RegistrarStore, clock: Clock
 ) -> None:
-    hs = FakeHomeserver(native_tokens=False, can_deactivate=False)
+    hs = FakeHomeserver(legacy_tokens=False, can_deactivate=False)
     service = make_service(
         store, hs, clock, kind="matrix", homeserver={"admin_token": "admin-token"}
     )

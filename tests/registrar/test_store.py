@@ -136,14 +136,18 @@ async def test_concurrent_claims_grant_exactly_the_uses(pg_store: RegistrarStore
     assert sum(result is not None for result in results) == 3
 
 
-async def test_set_counts_never_lowers_completed(pg_store: RegistrarStore) -> None:
-    await pg_store.insert_token(token(uses_allowed=3, uses_completed=2))
-    await pg_store.set_counts("a" * 12, 1, 1)
+async def test_adopt_never_lowers_completed(pg_store: RegistrarStore) -> None:
+    await pg_store.insert_token(token(uses_allowed=3, uses_completed=2, pending=1, hs_state="live"))
+    await pg_store.adopt("a" * 12, 1)
     row = await pg_store.get_token("a" * 12)
-    assert row is not None and (row.uses_completed, row.pending) == (2, 1)
-    await pg_store.set_counts("a" * 12, 3, 0)
+    assert row is not None and (row.uses_completed, row.pending, row.hs_state) == (2, 0, "adopting")
+    await pg_store.adopt("a" * 12, 3)
     row = await pg_store.get_token("a" * 12)
-    assert row is not None and (row.uses_completed, row.pending) == (3, 0)
+    assert row is not None and row.uses_completed == 3
+    await pg_store.insert_token(token("b" * 12))
+    await pg_store.adopt("b" * 12, 1)  # not a legacy token: untouched
+    row = await pg_store.get_token("b" * 12)
+    assert row is not None and (row.uses_completed, row.hs_state) == (0, "none")
 
 
 async def test_tokens_to_sync(pg_store: RegistrarStore) -> None:
@@ -152,7 +156,10 @@ async def test_tokens_to_sync(pg_store: RegistrarStore) -> None:
     await pg_store.insert_token(token("c" * 12, hs_state="live", revoked_at=NOW))
     await pg_store.insert_token(token("d" * 12, hs_state="deleted", revoked_at=NOW))
     await pg_store.insert_token(token("e" * 12))
-    assert sorted(row.id[0] for row in await pg_store.tokens_to_sync()) == ["a", "c"]
+    await pg_store.insert_token(token("f" * 12, hs_state="adopting"))
+    # Every legacy token still (possibly) native, used up or not.
+    found = sorted(row.id[0] for row in await pg_store.tokens_to_sync())
+    assert found == ["a", "b", "c", "f"]
 
 
 async def test_guests(pg_store: RegistrarStore) -> None:
