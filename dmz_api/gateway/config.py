@@ -52,6 +52,20 @@ class TimeoutConfig:
 
 
 @dataclass(frozen=True)
+class PolicyServerConfig:
+    """The MSC4284 policy server (``gateway.policy_server``; absent: not served)."""
+
+    # The ed25519 policy key (Synapse's signing-key format), created at first start.
+    key_file: Path
+    # Verify the X-Matrix signature of each sign request (keys fetched through key_server).
+    verify_origin: bool
+    # Where the requesting servers' keys are looked up (/_matrix/key/v2/query): our homeserver.
+    key_server: str | None
+    # Largest sign request body read (a PDU is at most 64 KiB).
+    max_body: int
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     # The server name of the homeserver the gateway protects (tells local users from remote).
     server_name: str
@@ -67,6 +81,7 @@ class GatewayConfig:
     reload_interval: float
     # Largest request body the proxy reads to find event types (createRoom initial_state).
     max_inspect_body: int
+    policy_server: PolicyServerConfig | None = None
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -150,4 +165,23 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         ),
         reload_interval=section.float("reload_interval", 1.0),
         max_inspect_body=section.int("max_inspect_body", 1024**2, low=1024, high=64 * 1024**2),
+        policy_server=_policy_server(section, upstream),
+    )
+
+
+def _policy_server(section: Section, upstream: str | None) -> PolicyServerConfig | None:
+    policy = section.section("policy_server", required=False)
+    if policy is None:
+        return None
+    key_server = policy.url("key_server") if policy.has("key_server") else upstream
+    verify_origin = policy.bool("verify_origin", True)
+    if verify_origin and key_server is None:
+        raise policy.error(
+            "key_server", "is required to verify requests when gateway.upstream is not set"
+        )
+    return PolicyServerConfig(
+        key_file=policy.base_dir / policy.str("key_file", "policy_server.key"),
+        verify_origin=verify_origin,
+        key_server=key_server,
+        max_body=policy.int("max_body", 128 * 1024, low=1024, high=1024**2),
     )
