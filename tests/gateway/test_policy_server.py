@@ -317,3 +317,26 @@ async def test_x_matrix_signatures_are_verified(aiohttp_server: Any) -> None:
         assert lookups == [PARTNER, "unknown.example"]  # failures are not retried at once
     finally:
         await keys.close()
+
+
+# ---- config --------------------------------------------------------------------------------
+
+
+def test_policy_server_config(tmp_path: Path) -> None:
+    from dmz_api.config import ConfigError, Section
+    from dmz_api.gateway.config import parse_gateway_config
+
+    def parse(data: dict[str, Any]) -> Any:
+        section = Section({"server_name": SERVER_NAME, **data}, "gateway", tmp_path)
+        return parse_gateway_config(section)
+
+    assert parse({}).policy_server is None
+    config = parse({"upstream": "https://127.0.0.1:8448", "policy_server": {}}).policy_server
+    assert config.key_file == tmp_path / "policy_server.key"
+    assert (config.verify_origin, config.key_server) == (True, "https://127.0.0.1:8448")
+    assert config.max_body == 128 * 1024
+    with pytest.raises(ConfigError, match=r"gateway\.policy_server\.key_server: is required"):
+        parse({"policy_server": {}})
+    assert parse({"policy_server": {"verify_origin": False}}).policy_server.key_server is None
+    with pytest.raises(ConfigError, match=r"gateway\.policy_server\.max_body"):
+        parse({"policy_server": {"verify_origin": False, "max_body": 10}})

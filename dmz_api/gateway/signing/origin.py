@@ -148,9 +148,9 @@ class ServerKeys:
             raise KeyFetchError(
                 f"the keys of {server} cannot be fetched ({type(e).__name__})"
             ) from None
-        except KeyFetchError:
+        except KeyFetchError as e:
             self._failed[server] = self._clock() + _NEGATIVE_CACHE
-            raise
+            raise KeyFetchError(f"no key of {server} can be used: {e}") from None
         self._failed.pop(server, None)
         self._cache[server] = (keys, expires)
         return keys
@@ -178,7 +178,7 @@ def _server_keys(server: str, raw: bytes, now: float) -> tuple[dict[str, VerifyK
             expires = min(expires, valid_until / 1000)
             keys.update(found)
     if not keys:
-        raise KeyFetchError(f"the key server knows no valid key of {server}")
+        raise KeyFetchError("the key server knows no valid one")
     return keys, expires
 
 
