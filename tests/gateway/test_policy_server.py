@@ -1,8 +1,9 @@
 """The policy server: what it signs is what Synapse verifies, what it refuses the rules
 refused, and every judgement is in the decision log.
 
-Synapse's own event code (``make_event_from_dict``, ``prune_event``, ``event_id``) is the
-reference for the redaction and the event ids; the HTTP answers come from the real app.
+Synapse's own event code (``make_event_from_dict``, ``prune_event``, ``event_id``, run in a
+child process by ``synapse_reference``) is the reference for the redaction, the event ids
+and the signature check; the HTTP answers come from the real app.
 """
 
 from __future__ import annotations
@@ -16,18 +17,16 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from signedjson.key import decode_verify_key_bytes, generate_signing_key, get_verify_key
-from signedjson.sign import sign_json, verify_signed_json
-from synapse.api.room_versions import KNOWN_ROOM_VERSIONS
-from synapse.events import make_event_from_dict
-from synapse.events.utils import prune_event
-from unpaddedbase64 import decode_base64, encode_base64
+from signedjson.key import generate_signing_key, get_verify_key
+from signedjson.sign import sign_json
+from unpaddedbase64 import encode_base64
 
 from dmz_api.gateway.signing.events import event_id, redact
 from dmz_api.gateway.signing.keys import KEY_ID, KeyFileError, load_or_create
 from dmz_api.gateway.signing.origin import NotAuthenticated, RequestVerifier, ServerKeys
 
 from .conftest import ADMIN, SERVER_NAME, GatewayClient
+from .synapse_reference import ask
 
 PARTNER = "partner.example"
 SIGN = "/_matrix/policy/v1/sign"
@@ -72,16 +71,31 @@ EVENTS = [
 ]
 
 
-@pytest.mark.parametrize("version", ["3", "4", "5", "6", "8", "9", "10", "11", "12"])
-@pytest.mark.parametrize("event", EVENTS, ids=lambda e: str(e["type"]))
-def test_redaction_and_event_id_match_synapse(version: str, event: dict[str, Any]) -> None:
+VERSIONS = ["3", "4", "5", "6", "8", "9", "10", "11", "12"]
+
+
+def case(version: str, event: dict[str, Any]) -> dict[str, Any]:
     if version == "12" and event["type"] == "m.room.create":
-        event = {k: v for k, v in event.items() if k != "room_id"}  # v12 create: no room id
-    reference = make_event_from_dict(dict(event), KNOWN_ROOM_VERSIONS[version])
-    expected = prune_event(reference).get_pdu_json()
-    expected.pop("unsigned", None)
+        return {k: v for k, v in event.items() if k != "room_id"}  # v12 create: no room id
+    return event
+
+
+@pytest.fixture(scope="module")
+def synapse_redactions() -> dict[tuple[str, int], tuple[dict[str, Any], str]]:
+    cases = [(v, i) for v in VERSIONS for i in range(len(EVENTS))]
+    answer = ask({"redact": [[v, case(v, EVENTS[i])] for v, i in cases]})
+    return {c: (pruned, eid) for c, (pruned, eid) in zip(cases, answer["redact"], strict=True)}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("index", range(len(EVENTS)), ids=lambda i: str(EVENTS[i]["type"]))
+def test_redaction_and_event_id_match_synapse(
+    synapse_redactions: dict[tuple[str, int], tuple[dict[str, Any], str]], version: str, index: int
+) -> None:
+    event = case(version, EVENTS[index])
+    expected, expected_id = synapse_redactions[(version, index)]
     assert redact(event, version) == expected
-    assert event_id(event, version) == reference.event_id
+    assert event_id(event, version) == expected_id
 
 
 def policy_section(tmp_path: Path, **extra: Any) -> dict[str, Any]:
@@ -93,18 +107,16 @@ async def started(make_client: Callable[..., Any], tmp_path: Path, **extra: Any)
     return client
 
 
-def synapse_verifies(event: dict[str, Any], signature: dict[str, Any], public_key: str) -> bool:
-    """Synapse's own check: the room's policy key over ``redact_event(event)``."""
-    version = "12" if ":" not in event["room_id"] else "10"
-    signed = make_event_from_dict(dict(event), KNOWN_ROOM_VERSIONS[version])
-    for key_id, sig in signature[SERVER_NAME].items():
-        signed.signatures.add_signature(SERVER_NAME, key_id, sig)
-    key = decode_verify_key_bytes(KEY_ID, decode_base64(public_key))
-    try:
-        verify_signed_json(prune_event(signed).get_pdu_json(), SERVER_NAME, key)
-    except Exception:
-        return False
-    return True
+def synapse_verifies(
+    checks: list[tuple[dict[str, Any], dict[str, Any]]], public_key: str
+) -> list[bool]:
+    """Synapse's own check of each (event, our answer): the room's policy key over
+    ``redact_event(event)``."""
+    verify = [
+        ["12" if ":" not in e["room_id"] else "10", e, SERVER_NAME, sig[SERVER_NAME], public_key]
+        for e, sig in checks
+    ]
+    return list(ask({"verify": verify})["verify"])
 
 
 async def decisions(client: GatewayClient, count: int, **query: str) -> list[dict[str, Any]]:
@@ -151,16 +163,17 @@ async def test_an_allowed_event_is_signed_as_synapse_verifies(
 ) -> None:
     client = await started(make_client, tmp_path)
     public = (await (await client.get("/.well-known/matrix/policy_server")).json())["public_keys"]
+    signed, altered = [], []
     for event in (EVENTS[0], EVENTS[1], EVENTS[2]):
         event = {**event, "room_id": room}
         response = await client.post(SIGN, json=event, headers=AUTH)
         assert response.status == 200, await response.text()
         signature = await response.json()
         assert list(signature) == [SERVER_NAME] and list(signature[SERVER_NAME]) == [KEY_ID]
-        assert synapse_verifies(event, signature, public["ed25519"])
-        # The signature binds the event: another body does not verify with it.
-        changed = {**event, "type": "m.room.encrypted"}
-        assert not synapse_verifies(changed, signature, public["ed25519"])
+        signed.append((event, signature))
+        # The signature binds the event: another type does not verify with it.
+        altered.append(({**event, "type": "m.room.encrypted"}, signature))
+    assert synapse_verifies(signed + altered, public["ed25519"]) == [True] * 3 + [False] * 3
 
 
 async def test_a_refused_event_gets_the_rule_and_is_logged(
