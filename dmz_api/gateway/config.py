@@ -63,6 +63,9 @@ class PolicyServerConfig:
     key_server: str | None
     # Largest sign request body read (a PDU is at most 64 KiB).
     max_body: int
+    # The room version assumed for rooms whose id has a server part (pre-v12 rooms) until
+    # their create event is seen: it decides how events are redacted before signing.
+    fallback_room_version: str = "10"
 
 
 @dataclass(frozen=True)
@@ -184,4 +187,12 @@ def _policy_server(section: Section, upstream: str | None) -> PolicyServerConfig
         verify_origin=verify_origin,
         key_server=key_server,
         max_body=policy.int("max_body", 128 * 1024, low=1024, high=1024**2),
+        fallback_room_version=_room_version(policy),
     )
+
+
+def _room_version(policy: Section) -> str:
+    version = str(policy.raw("fallback_room_version", "10"))
+    if not version.isdigit() or not 1 <= int(version) <= 11:
+        raise policy.error("fallback_room_version", "must be a room version from 1 to 11")
+    return version

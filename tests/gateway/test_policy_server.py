@@ -21,7 +21,7 @@ from signedjson.key import generate_signing_key, get_verify_key
 from signedjson.sign import sign_json
 from unpaddedbase64 import encode_base64
 
-from dmz_api.gateway.signing.events import event_id, redact
+from dmz_api.gateway.signing.events import RoomVersions, event_id, redact
 from dmz_api.gateway.signing.keys import KEY_ID, KeyFileError, load_or_create
 from dmz_api.gateway.signing.origin import NotAuthenticated, RequestVerifier, ServerKeys
 
@@ -353,3 +353,16 @@ def test_policy_server_config(tmp_path: Path) -> None:
     assert parse({"policy_server": {"verify_origin": False}}).policy_server.key_server is None
     with pytest.raises(ConfigError, match=r"gateway\.policy_server\.max_body"):
         parse({"policy_server": {"verify_origin": False, "max_body": 10}})
+    assert config.fallback_room_version == "10"
+    with pytest.raises(ConfigError, match="must be a room version from 1 to 11"):
+        parse({"policy_server": {"verify_origin": False, "fallback_room_version": "12"}})
+
+
+def test_room_versions() -> None:
+    versions = RoomVersions("9")
+    assert versions.of("!hash12") == "12" and versions.of("!r:corp.example") == "9"
+    create = {"type": "m.room.create", "state_key": "", "room_id": "!r:corp.example"}
+    versions.learn({**create, "content": {"room_version": "11"}})
+    assert versions.of("!r:corp.example") == "11"
+    versions.learn({**create, "room_id": "!old:corp.example", "content": {}})
+    assert versions.of("!old:corp.example") == "1"

@@ -116,7 +116,7 @@ class PolicyServer:
         self.server_name = gateway.config.server_name
         self._local = self.server_name.lower()
         self._verifier = verifier
-        self._versions = RoomVersions()
+        self._versions = RoomVersions(config.fallback_room_version)
         self.well_known = Answer(200, {"public_keys": {"ed25519": key.public_key}})
 
     async def sign(

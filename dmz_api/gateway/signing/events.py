@@ -6,7 +6,8 @@ policy signature over ``redact_event(event).get_pdu_json()``), so what is kept m
 exactly what the room version's redaction rules keep. The sign request carries no room
 version, so ``room_version_of`` infers it: a room id without a server part is a version 12
 room (ids are the create event's hash from v12 on), a version learned from the room's
-create event is remembered, anything else is taken as ``FALLBACK_VERSION``. For most events
+create event is remembered, anything else is taken as the fallback version
+(``gateway.policy_server.fallback_room_version``, default ``FALLBACK_VERSION``). For most events
 (messages, encrypted events, redactions' targets...) every version from 3 to 12 keeps the
 same keys; they differ only for create, member, join_rules, power_levels and redaction
 events.
@@ -115,8 +116,9 @@ def event_id(event: Mapping[str, Any], room_version: str) -> str:
 class RoomVersions:
     """What each room's version is taken to be (see the module docstring)."""
 
-    def __init__(self, limit: int = 100_000) -> None:
+    def __init__(self, fallback: str = FALLBACK_VERSION, limit: int = 100_000) -> None:
         self._known: dict[str, str] = {}
+        self._fallback = fallback
         self._limit = limit
 
     def learn(self, event: Mapping[str, Any]) -> None:
@@ -134,4 +136,4 @@ class RoomVersions:
     def of(self, room_id: str | None) -> str:
         if room_id is None or ":" not in room_id:
             return "12"
-        return self._known.get(room_id, FALLBACK_VERSION)
+        return self._known.get(room_id, self._fallback)
