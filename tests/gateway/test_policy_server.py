@@ -245,6 +245,12 @@ async def test_a_blocked_asking_server_is_refused_with_403(
         (b'{"type": "m.room.message", "sender": "bob", "room_id": "!r:x"}', 400, "M_BAD_JSON"),
         (b'{"type": "m.room.message", "sender": "@b:x", "room_id": "!r:x"}', 400, "M_BAD_JSON"),
         (b"{" + b" " * 200_000 + b"}", 413, "M_TOO_LARGE"),
+        (
+            b'{"type": "m.room.message", "sender": "@b:x", "room_id": "!r:x",'
+            b' "content": {}, "depth": NaN}',
+            400,
+            "M_BAD_JSON",
+        ),
     ],
 )
 async def test_malformed_requests_get_clear_errors(

@@ -39,6 +39,7 @@ async def test_sign_and_well_known_are_answered_not_forwarded(
     async with http.get(raw(gateway.url, "/.well-known/matrix/policy_server")) as resp:
         assert resp.status == 200
         assert (await resp.json())["public_keys"]["ed25519"] == load_or_create(key_file).public_key
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
     async with http.get(raw(gateway.url, SIGN)) as resp:
         assert resp.status == 405
     big = b'{"a": "' + b"x" * 200_000 + b'"}'

@@ -61,6 +61,9 @@ SIGN_PATH = "/_matrix/policy/v1/sign"
 WELL_KNOWN_PATH = "/.well-known/matrix/policy_server"
 ENDPOINT = "policy.sign"
 _JSON_HEAD = b"Content-Type: application/json\r\n"
+# Clients may read the well-known from a browser to fill in m.room.policy.
+_CORS = {"Access-Control-Allow-Origin": "*"}
+_CORS_HEAD = b"Access-Control-Allow-Origin: *\r\n"
 # Seconds a key lookup may take beyond connecting (our homeserver may ask the origin first).
 _KEY_FETCH_EXTRA = 10.0
 
@@ -164,7 +167,12 @@ class PolicyServer:
                 "M_UNSUPPORTED_ROOM_VERSION",
                 f"The policy server cannot sign events of room version {room_version[:32]}",
             )
-        path = f"{SIGN_PATH}?event_id={quote(event_id(event, room_version), safe='$')}"
+        try:
+            the_id = event_id(event, room_version)
+        except (TypeError, ValueError):
+            # canonicaljson refuses what the spec's canonical JSON has no form for (floats...).
+            raise BadEvent("the event has no canonical JSON form") from None
+        path = f"{SIGN_PATH}?event_id={quote(the_id, safe='$')}"
         if requester != sender_server:
             asking = self.gateway.decide(
                 RequestInfo(
@@ -212,9 +220,9 @@ POLICY_SERVER: web.AppKey[PolicyServer] = web.AppKey("gateway_policy_server", Po
 # ---- the proxy listener ------------------------------------------------------------------
 
 
-def _respond(request: ServerRequest, answer: Answer) -> None:
+def _respond(request: ServerRequest, answer: Answer, extra: bytes = b"") -> None:
     phrase = HTTPStatus(answer.status).phrase
-    request.respond(answer.status, phrase, date_line() + _JSON_HEAD, answer.encode())
+    request.respond(answer.status, phrase, date_line() + _JSON_HEAD + extra, answer.encode())
 
 
 async def _read_limited(request: ServerRequest, limit: int) -> bytes | None:
@@ -245,7 +253,7 @@ async def handle_proxied(policy: PolicyServer, request: ServerRequest) -> None:
     if path == WELL_KNOWN_PATH:
         if method not in ("GET", "HEAD"):
             return request.respond_json(405, "M_UNRECOGNIZED", "Use GET")
-        return _respond(request, policy.well_known)
+        return _respond(request, policy.well_known, _CORS_HEAD)
     if method != "POST":
         return request.respond_json(405, "M_UNRECOGNIZED", "Use POST")
     encoding = request.header(b"content-encoding")
@@ -261,14 +269,14 @@ async def handle_proxied(policy: PolicyServer, request: ServerRequest) -> None:
 # ---- the dmz_api app ---------------------------------------------------------------------
 
 
-def _json(answer: Answer) -> web.Response:
-    return web.json_response(answer.body, status=answer.status)
+def _json(answer: Answer, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(answer.body, status=answer.status, headers=headers)
 
 
 async def well_known(request: web.Request) -> web.Response:
     """``GET /.well-known/matrix/policy_server`` → ``200 {"public_keys": {"ed25519": ...}}``."""
     policy = request.app.get(POLICY_SERVER)
-    return _json(policy.well_known if policy is not None else NOT_A_POLICY_SERVER)
+    return _json(policy.well_known if policy is not None else NOT_A_POLICY_SERVER, _CORS)
 
 
 async def sign(request: web.Request) -> web.Response:
