@@ -12,8 +12,9 @@ signed) before each message it sends to ``protected``, and asks no one for ``pla
 Bob sends ``--messages`` messages to each room, alternating (so drift hits both alike); each
 is timed at Bob's client (``PUT /send``, answered once his Synapse has the event, signature
 included). The figures: p50/p99 of both, the ratio protected/plain and the difference, plus
-the sign request's own duration as Bob's Synapse logs it (10 ms resolution). Writes
-``bench/results/policy_server.json``.
+the sign request's own duration as Bob's Synapse logs it (10 ms resolution), and the
+gateway's own signing work per event measured in-process (event id, redaction, ed25519
+signature; without HTTP and the X-Matrix check). Writes ``bench/results/policy_server.json``.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stats import summary, write_results  # noqa: E402
+from bench.stats import percentile, summary, write_results  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.ports import free_port  # noqa: E402
 from devstack.process import http_json  # noqa: E402
 from devstack.synapse import Synapse, make_self_signed_cert  # noqa: E402
+from dmz_api.gateway.signing.events import event_id, redact  # noqa: E402
+from dmz_api.gateway.signing.keys import PolicyKey  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "policy_server.json"
 ACTOR = "@bench:corp.example"
@@ -113,6 +116,31 @@ def timed_send(user: MatrixUser, room: str, n: int) -> float:
     if status != 200:
         raise RuntimeError(f"send {n}: {status} {body}")
     return elapsed
+
+
+def signing_work(iterations: int = 2000) -> dict[str, float]:
+    """Per-event signing work in µs: what the sign handler does besides HTTP and X-Matrix."""
+    key = PolicyKey.generate()
+    event = {
+        "type": "m.room.message",
+        "room_id": "!bench:corp.example",
+        "sender": "@bob:partner.example",
+        "content": {"msgtype": "m.text", "body": "bench message " * 8},
+        "depth": 12,
+        "prev_events": ["$" + "p" * 43],
+        "auth_events": ["$" + "a" * 43, "$" + "b" * 43, "$" + "c" * 43],
+        "origin_server_ts": 1_700_000_000_000,
+        "hashes": {"sha256": "h" * 43},
+        "signatures": {"partner.example": {"ed25519:a": "s" * 86}},
+    }
+    samples = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        event_id(event, "10")
+        key.sign("corp.example", redact(event, "10"))
+        samples.append(time.perf_counter() - started)
+    us = [sample * 1e6 for sample in samples]
+    return {"p50_us": round(percentile(us, 50), 1), "p99_us": round(percentile(us, 99), 1)}
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -201,6 +229,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "p99": round(protected["p99_ms"] - plain["p99_ms"], 2),
         },
         "sign_request_ms_seen_by_partner": summary(signs) if signs else None,
+        "signing_work_us": signing_work(),
         "policy_decisions_allowed": len(allowed),
         "probes_before_the_partner_asked": probes,
         "duration_s": round(time.monotonic() - started, 1),
@@ -231,6 +260,10 @@ def table(result: dict[str, Any]) -> str:
             f"sign request as the partner logs it: p50 {sign['p50_ms']:.0f} ms,"
             f" p99 {sign['p99_ms']:.0f} ms (n={sign['n']}, 10 ms resolution)"
         )
+    work = result["signing_work_us"]
+    lines.append(
+        f"gateway signing work per event: p50 {work['p50_us']:.0f} µs, p99 {work['p99_us']:.0f} µs"
+    )
     lines.append(
         f"partner asked only after {result['probes_before_the_partner_asked']} probe message(s)"
     )
