@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Section
+from .signing.keys import KeyFileError, check_key_file
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -182,8 +183,13 @@ def _policy_server(section: Section, upstream: str | None) -> PolicyServerConfig
         raise policy.error(
             "key_server", "is required to verify requests when gateway.upstream is not set"
         )
+    key_file = policy.base_dir / policy.str("key_file", "policy_server.key")
+    try:
+        check_key_file(key_file)
+    except KeyFileError as e:
+        raise policy.error("key_file", str(e)) from None
     return PolicyServerConfig(
-        key_file=policy.base_dir / policy.str("key_file", "policy_server.key"),
+        key_file=key_file,
         verify_origin=verify_origin,
         key_server=key_server,
         max_body=policy.int("max_body", 128 * 1024, low=1024, high=1024**2),

@@ -360,6 +360,12 @@ def test_policy_server_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"gateway\.policy_server\.max_body"):
         parse({"policy_server": {"verify_origin": False, "max_body": 10}})
     assert config.fallback_room_version == "10"
+    # The key file is checked with the config (dmz_api --check): corrupt, or not creatable.
+    (tmp_path / "bad.key").write_text("ed25519 policy_server !!\n")
+    with pytest.raises(ConfigError, match=r"key_file: .*bad\.key: the key line is not a valid"):
+        parse({"policy_server": {"verify_origin": False, "key_file": "bad.key"}})
+    with pytest.raises(ConfigError, match="does not exist and cannot be created"):
+        parse({"policy_server": {"verify_origin": False, "key_file": "/proc/none/policy.key"}})
     with pytest.raises(ConfigError, match="must be a room version from 1 to 11"):
         parse({"policy_server": {"verify_origin": False, "fallback_room_version": "12"}})
 

@@ -86,6 +86,22 @@ def _parse(path: Path, text: str) -> PolicyKey:
     raise KeyFileError(f"{path}: holds no key")
 
 
+def check_key_file(path: Path) -> None:
+    """KeyFileError unless ``path`` holds a valid key or can be created (config check)."""
+    if path.exists():
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise KeyFileError(f"{path}: cannot be read ({e.strerror})") from None
+        if text.strip():  # empty: another replica is writing it right now
+            _parse(path, text)
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise KeyFileError(
+            f"{path} does not exist and cannot be created in {path.parent}:"
+            " create it beforehand or name a writable place"
+        )
+
+
 def load_or_create(path: Path) -> PolicyKey:
     """The key in ``path``; a new one written there (0600) when the file does not exist."""
     try:
