@@ -326,6 +326,14 @@ async def test_x_matrix_signatures_are_verified(aiohttp_server: Any) -> None:
         assert lookups == [PARTNER]  # cached
         with pytest.raises(NotAuthenticated, match="does not verify"):
             await verifier.origin("POST", SIGN, [header], {"type": "m.room.encrypted"})
+        # Signed with the destination as the sender spelled it (case-insensitive names).
+        upper = sign_json(
+            {"method": "POST", "uri": SIGN, "origin": PARTNER, "destination": "CORP.example"},
+            PARTNER,
+            partner_key,
+        )["signatures"][PARTNER]["ed25519:a"]
+        spelled = f'X-Matrix origin={PARTNER},destination=CORP.example,key="ed25519:a",sig={upper}'
+        assert await verifier.origin("POST", SIGN, [spelled], None) == PARTNER
         elsewhere = header.replace(SERVER_NAME, "other.example")
         with pytest.raises(NotAuthenticated, match="another server"):
             await verifier.origin("POST", SIGN, [elsewhere], content)

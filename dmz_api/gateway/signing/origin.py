@@ -225,14 +225,18 @@ class RequestVerifier:
         if len(origins) > 1:
             raise NotAuthenticated("the request names conflicting X-Matrix origins")
         origin = headers[0].origin
+        destination = self.destination
         for header in headers:
-            if header.destination is not None and header.destination.lower() != self.destination:
-                raise NotAuthenticated("the request is addressed to another server")
+            if header.destination is not None:
+                if header.destination.lower() != self.destination.lower():
+                    raise NotAuthenticated("the request is addressed to another server")
+                # Signed as the sender spelled it (server names are case-insensitive).
+                destination = header.destination
         signed: dict[str, Any] = {
             "method": method.upper(),
             "uri": uri,
             "origin": origin,
-            "destination": self.destination,
+            "destination": destination,
             "signatures": {origin: {h.key_id: h.signature for h in headers}},
         }
         if content is not None:
