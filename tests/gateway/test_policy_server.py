@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,25 @@ async def test_the_key_is_created_once_and_published(
     assert published["public_keys"]["ed25519"] == load_or_create(key_file).public_key
     # The secret itself never appears in what is served.
     assert key_file.read_text().split()[2] not in str(published)
+
+
+def test_replicas_sharing_the_file_agree_on_one_key(tmp_path: Path) -> None:
+    """Replicas starting together on one shared file: one creates it, all load that key."""
+    key_file = tmp_path / "shared.key"
+    script = (
+        "import sys; from pathlib import Path;"
+        "from dmz_api.gateway.signing.keys import load_or_create;"
+        "print(load_or_create(Path(sys.argv[1])).public_key)"
+    )
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(key_file)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    keys = {replica.communicate(timeout=60)[0].strip() for replica in replicas}
+    assert len(keys) == 1 and "" not in keys
+    assert keys == {load_or_create(key_file).public_key}
 
 
 def test_a_corrupt_key_file_is_a_clear_error(tmp_path: Path) -> None:
