@@ -7,7 +7,10 @@ Where to look:
 * ``policy/`` — what a request is (``matrix_paths``, ``model``) and what the rules say
   (``rules``, ``compile``, ``evaluate``); pure, no I/O;
 * ``enforce/`` — enforcement points: the reverse ``proxy``, nginx forward-auth ``authz``,
-  and Synapse ``antispam`` callbacks; each calls ``GatewayService.decide``;
+  Synapse ``antispam`` callbacks and the MSC4284 ``policy_server``; each calls
+  ``GatewayService.decide``;
+* ``signing/`` — the policy server's key, events as the spec signs them, X-Matrix
+  request signatures;
 * state and admin, here: ``service`` (the live ruleset, ``decide``, rule writes),
   ``store`` and ``migrations`` (versioned rules, decisions), ``decisions`` (the batched
   decision log and metrics), ``routes`` (the admin API), ``config``.
@@ -29,7 +32,7 @@ from ..metrics import METRICS
 from . import routes
 from .config import GatewayConfig
 from .decisions import GatewayMetrics
-from .enforce import antispam, authz
+from .enforce import antispam, authz, policy_server
 from .enforce.proxy import GATEWAY_PROXY, proxy_ctx
 from .migrations import upgrade_table
 from .service import GATEWAY, GatewayService
@@ -41,6 +44,7 @@ def setup(app: web.Application, config: GatewayConfig) -> None:
     routes.add_routes(app)
     authz.add_routes(app)
     antispam.add_routes(app, config.server_name)
+    policy_server.add_routes(app)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
         service = GatewayService(config, RuleStore(app[DATABASE]), metrics)
@@ -52,6 +56,7 @@ def setup(app: web.Application, config: GatewayConfig) -> None:
             await service.stop()
 
     app.cleanup_ctx.append(service_ctx)
+    app.cleanup_ctx.append(policy_server.policy_server_ctx)
     app.cleanup_ctx.append(proxy_ctx)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config_reader import Section
+from .signing.keys import KeyFileError, check_key_file
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,6 +53,23 @@ class TimeoutConfig:
 
 
 @dataclass(frozen=True)
+class PolicyServerConfig:
+    """The MSC4284 policy server (``gateway.policy_server``; absent: not served)."""
+
+    # The ed25519 policy key (Synapse's signing-key format), created at first start.
+    key_file: Path
+    # Verify the X-Matrix signature of each sign request (keys fetched through key_server).
+    verify_origin: bool
+    # Where the requesting servers' keys are looked up (/_matrix/key/v2/query): our homeserver.
+    key_server: str | None
+    # Largest sign request body read (a PDU is at most 64 KiB).
+    max_body: int
+    # The room version assumed for rooms whose id has a server part (pre-v12 rooms) until
+    # their create event is seen: it decides how events are redacted before signing.
+    fallback_room_version: str = "10"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     # The server name of the homeserver the gateway protects (tells local users from remote).
     server_name: str
@@ -67,6 +85,7 @@ class GatewayConfig:
     reload_interval: float
     # Largest request body the proxy reads to find event types (createRoom initial_state).
     max_inspect_body: int
+    policy_server: PolicyServerConfig | None = None
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -150,4 +169,36 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         ),
         reload_interval=section.float("reload_interval", 1.0),
         max_inspect_body=section.int("max_inspect_body", 1024**2, low=1024, high=64 * 1024**2),
+        policy_server=_policy_server(section, upstream),
     )
+
+
+def _policy_server(section: Section, upstream: str | None) -> PolicyServerConfig | None:
+    policy = section.section("policy_server", required=False)
+    if policy is None:
+        return None
+    key_server = policy.url("key_server") if policy.has("key_server") else upstream
+    verify_origin = policy.bool("verify_origin", True)
+    if verify_origin and key_server is None:
+        raise policy.error(
+            "key_server", "is required to verify requests when gateway.upstream is not set"
+        )
+    key_file = policy.base_dir / policy.str("key_file", "policy_server.key")
+    try:
+        check_key_file(key_file)
+    except KeyFileError as e:
+        raise policy.error("key_file", str(e)) from None
+    return PolicyServerConfig(
+        key_file=key_file,
+        verify_origin=verify_origin,
+        key_server=key_server,
+        max_body=policy.int("max_body", 128 * 1024, low=1024, high=1024**2),
+        fallback_room_version=_room_version(policy),
+    )
+
+
+def _room_version(policy: Section) -> str:
+    version = str(policy.raw("fallback_room_version", "10"))
+    if not version.isdigit() or not 1 <= int(version) <= 11:
+        raise policy.error("fallback_room_version", "must be a room version from 1 to 11")
+    return version

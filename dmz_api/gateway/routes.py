@@ -189,7 +189,7 @@ async def list_decisions(request: web.Request) -> web.Response:
         user=validate_user_id(user, "user") if user else None,
         rule=request.query.get("rule") or None,
         request_class=query_choice(request, "class", tuple(c.value for c in RequestClass)),
-        source=query_choice(request, "source", ("proxy", "authz", "antispam")),
+        source=query_choice(request, "source", ("proxy", "authz", "antispam", "policy_server")),
         since=parse_since(since, time.time()) if since else None,
         before_id=query_int(request, "before"),
         limit=query_limit(request, default=50),

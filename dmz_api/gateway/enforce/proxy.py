@@ -4,8 +4,10 @@
 Every request is classified (``matrix_paths``) and judged by ``GatewayService.decide``
 before anything reaches the homeserver. A block is answered here,
 ``403 {"errcode": "M_FORBIDDEN", "error": ...}`` (503 while the gateway fails closed);
-any other path gets ``404 M_UNRECOGNIZED``. An allowed request is forwarded with its raw,
-still-encoded path (re-encoding breaks X-Matrix signatures) and its body untouched.
+any other path gets ``404 M_UNRECOGNIZED``. With ``gateway.policy_server`` configured, the
+policy server's paths (``policy_server.handles``) are answered here, not forwarded. An
+allowed request is forwarded with its raw, still-encoded path (re-encoding breaks
+X-Matrix signatures) and its body untouched.
 Request and response bodies stream through under flow control, so a long-polling
 ``/sync`` or a large media transfer holds no more than a few buffers. Only ``createRoom``
 bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state`` names
@@ -47,6 +49,7 @@ from ..policy.matrix_paths import classify, request_info
 from ..policy.model import Source
 from ..service import GATEWAY, GatewayService
 from .authz import client_ip, in_networks
+from .policy_server import POLICY_SERVER, PolicyServer, handle_proxied, handles
 
 log = logging.getLogger("dmz_api.gateway.enforce.proxy")
 
@@ -130,11 +133,15 @@ def _refuse(request: ServerRequest, status: int, errcode: str, error: str) -> No
 class GatewayProxy:
     """The proxy listener and its upstream connection pool."""
 
-    def __init__(self, gateway: GatewayService, metrics: Metrics) -> None:
+    def __init__(
+        self, gateway: GatewayService, metrics: Metrics, policy: PolicyServer | None = None
+    ) -> None:
         config: GatewayConfig = gateway.config
         assert config.listen is not None and config.upstream is not None
         self.gateway = gateway
         self.config = config
+        # The policy server's paths are answered here, never forwarded (when configured).
+        self.policy = policy
         self._listen = config.listen
         self._base = config.upstream
         self._trusted = config.trusted_proxies
@@ -211,6 +218,8 @@ class GatewayProxy:
         raw_path = request.raw_path
         if not raw_path.startswith(PREFIXES):
             return _refuse(request, 404, "M_UNRECOGNIZED", "Unrecognized request")
+        if self.policy is not None and handles(raw_path):
+            return await handle_proxied(self.policy, request)
         method = request.method
         path_info = classify(method, raw_path)
         body: bytes | None = None
@@ -425,7 +434,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     if gateway.config.listen is None:
         yield
         return
-    proxy = GatewayProxy(gateway, app[METRICS])
+    proxy = GatewayProxy(gateway, app[METRICS], app.get(POLICY_SERVER))
     try:
         await proxy.start()
     except BaseException:

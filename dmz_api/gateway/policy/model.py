@@ -34,6 +34,7 @@ class Source(StrEnum):
     AUTHZ = "authz"
     ANTISPAM = "antispam"
     EVALUATE = "evaluate"
+    POLICY_SERVER = "policy_server"
 
 
 @dataclass(slots=True)
