@@ -17,6 +17,7 @@ import yaml
 from yarl import URL
 
 from .durations import parse_duration
+from .logs import LogFormat
 
 if TYPE_CHECKING:
     from .gateway.config import GatewayConfig
@@ -179,6 +180,8 @@ class Config:
     gateway: GatewayConfig | None = None
     log_level: str = "INFO"
     database_opts: Mapping[str, Any] = field(default_factory=dict)
+    # "text" (one line per record) or "json" (one JSON object per line, for a log shipper).
+    log_format: LogFormat = "text"
 
 
 def hash_api_key(key: str) -> bytes:
@@ -217,6 +220,10 @@ def _parse_api_keys(root: Section) -> tuple[ApiKey, ...]:
             raise entry.error("scopes", f"must be a non-empty list of {', '.join(sorted(SCOPES))}")
         keys.append(ApiKey(name=name, key_hash=key_hash, scopes=frozenset(scopes)))
     return tuple(keys)
+
+
+def _log_format(root: Section) -> LogFormat:
+    return "json" if root.choice("log_format", ("text", "json"), "text") == "json" else "text"
 
 
 def parse_config(data: Any, base_dir: Path | None = None) -> Config:
@@ -259,6 +266,7 @@ def parse_config(data: Any, base_dir: Path | None = None) -> Config:
         gateway=gateway,
         log_level=root.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         database_opts=opts,
+        log_format=_log_format(root),
     )
 
 

@@ -22,6 +22,7 @@ from .ratelimit import RateLimiter, SharedRateLimiter
 from .routes import add_routes
 from .service import RegistrarMetrics, RegistrarService
 from .store import RegistrarStore
+from .tracing import HomeserverTracing
 
 log = logging.getLogger("dmz_api.registrar")
 
@@ -37,6 +38,7 @@ def setup(app: web.Application) -> None:
             "will not survive a restart (and replicas cannot share them)"
         )
     metrics = RegistrarMetrics(app[appkeys.METRICS])
+    tracing = HomeserverTracing(app[appkeys.METRICS])
     add_routes(app)
     page = OnboardingPage(config, registrar, keys)
     page.add_routes(app)
@@ -46,7 +48,10 @@ def setup(app: web.Application) -> None:
         timeout = aiohttp.ClientTimeout(total=hs.timeout, connect=min(hs.timeout, 5.0))
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(
-            timeout=timeout, connector=connector, raise_for_status=False
+            timeout=timeout,
+            connector=connector,
+            raise_for_status=False,
+            trace_configs=[tracing.trace_config()],
         ) as session:
             store = RegistrarStore(app[appkeys.DATABASE])
             if store.shared and isinstance(page.limiter, RateLimiter):
