@@ -16,13 +16,16 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Debian packages the tests and the demo drive for real: Chromium (onboarding page),
-# nginx (forward-auth and the proxy baseline), wrk (benchmarks), PostgreSQL (shared state).
+# nginx (forward-auth and the proxy baseline), wrk (benchmarks), PostgreSQL (shared state),
+# tmux (a test closes the demo's terminal), promtool from prometheus (checks the alert rules).
 system-deps:
 	@missing=""; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx-light"; \
 	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v tmux >/dev/null 2>&1 || missing="$$missing tmux"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -5,11 +5,18 @@ front of the DMZ Synapse, the registrar, and maubot running the plugin in a cont
 with a staff user, a security user and an auditor. Runs a scripted scenario through the
 client-server API and prints the transcript, then leaves the stack up, printing URLs and
 passwords for any Matrix client, until Ctrl-C stops everything.
+
+Ctrl-C, SIGTERM and SIGHUP (its terminal closed) stop every process cleanly; if the demo
+itself is killed outright, the kernel stops its children (``devstack.process``). Once up it
+writes ``stack.json`` in the work directory: every process's PID and ports.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import re
 import secrets
 import shutil
@@ -33,6 +40,12 @@ from .synapse import Synapse
 RULE_ID = re.compile(r"`(r[0-9a-z_-]+|[0-9a-f]{6,})`")
 
 
+def _quiet_print(text: str) -> None:
+    """Print unless the terminal is gone (SIGHUP): stopping must not fail on a dead tty."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, flush=True)
+
+
 class Stoppable(Protocol):
     def stop(self) -> None: ...
 
@@ -44,7 +57,7 @@ class Transcript:
 
     def say(self, text: str) -> None:
         self.lines.append(text)
-        print(text, flush=True)
+        _quiet_print(text)
 
     def step(self, title: str) -> None:
         self.say(f"\n── {title}")
@@ -107,6 +120,7 @@ class DemoStack:
                 name="gateway",
             )
         )
+        self.gateway_port = gateway_port
         self.gateway_url = f"http://127.0.0.1:{gateway_port}"
         self.registrar: DmzApi = self._start(
             DmzApi(
@@ -161,6 +175,23 @@ class DemoStack:
     def stop(self) -> None:
         while self.running:
             self.running.pop().stop()
+
+    def describe(self) -> dict[str, Any]:
+        """Every process: PID and the ports it listens on (for operators and tests)."""
+        parts = {
+            "internal": (self.internal.process, [self.internal.port]),
+            "dmz": (self.dmz.process, [self.dmz.port]),
+            "gateway": (self.gateway.process, [self.gateway.port, self.gateway_port]),
+            "registrar": (self.registrar.process, [self.registrar.port]),
+            "maubot": (self.maubot.process, [self.maubot.port]),
+        }
+        return {
+            "demo_pid": os.getpid(),
+            "processes": {
+                name: {"pid": process.proc.pid if process.proc else None, "ports": ports}
+                for name, (process, ports) in parts.items()
+            },
+        }
 
 
 def guest_call(stack: DemoStack, token: str, method: str, path: str, body: Any = None) -> Any:
@@ -276,45 +307,68 @@ def print_access(stack: DemoStack, say: Callable[[str], None]) -> None:
     say("Try `!help` in the control room as @sam or @ada. Press Ctrl-C to stop everything.")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devstack.demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, help="keep data here (default: a temp dir)")
     parser.add_argument(
         "--no-wait", action="store_true", help="run the scenario, then stop (for tests and CI)"
     )
+    parser.add_argument(
+        "--no-scenario", action="store_true", help="start the stack and wait, without the scenario"
+    )
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bastion-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     transcript = Transcript()
     stack = DemoStack(workdir)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {sig: signal.signal(sig, _stop_requested) for sig in STOP_SIGNALS}
     started = time.monotonic()
+    reason = "the end of the run"
     try:
         transcript.step("Starting Bastion on loopback")
         stack.start(lambda line: transcript.say(f"  {line}"))
         transcript.say(f"  ready in {time.monotonic() - started:.1f} s")
-        try:
-            run_scenario(stack, transcript)
-        except Exception as e:  # a failed step must still leave a readable transcript
-            transcript.check(False, f"the scenario stopped: {type(e).__name__}: {e}")
-        if transcript.failures:
-            transcript.say(f"\n{len(transcript.failures)} step(s) did not go as expected.")
-        else:
-            transcript.say("\nEvery step went as expected.")
+        if not args.no_scenario:
+            try:
+                run_scenario(stack, transcript)
+            except Exception as e:  # a failed step must still leave a readable transcript
+                transcript.check(False, f"the scenario stopped: {type(e).__name__}: {e}")
+            if transcript.failures:
+                transcript.say(f"\n{len(transcript.failures)} step(s) did not go as expected.")
+            else:
+                transcript.say("\nEvery step went as expected.")
         (workdir / "transcript.txt").write_text("\n".join(transcript.lines) + "\n")
         if args.no_wait:
             return 1 if transcript.failures else 0
         print_access(stack, transcript.say)
+        (workdir / "stack.json").write_text(json.dumps(stack.describe(), indent=2) + "\n")
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        reason = str(e) or "SIGINT"
         return 0
     finally:
-        print("\n── stopping", flush=True)
+        # A second signal (tmux sends SIGHUP, then the shell's SIGTERM) must not cut the stop
+        # short; a stop that hangs is still ended by kill -9, which PDEATHSIG turns into
+        # SIGTERM for every child.
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        _quiet_print("\n── stopping")
         stack.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-        print("  stopped cleanly", flush=True)
+        else:
+            (workdir / "stopped.txt").write_text(f"stopped cleanly on {reason}\n")
+        _quiet_print("  stopped cleanly")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

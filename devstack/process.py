@@ -1,12 +1,23 @@
-"""Subprocess helpers: start a server, wait until it answers, stop it cleanly."""
+"""Subprocess helpers: start a server, wait until it answers, stop it cleanly.
+
+Every child is started with ``PR_SET_PDEATHSIG`` (Linux): when the process that started
+it dies, however it dies (``kill -9`` included), the kernel sends the child SIGTERM, so no
+Synapse, dmz_api or maubot outlives the test, benchmark or demo that owns it. The kernel
+ties that signal to the *thread* that forked, so every start goes through one long-lived
+spawner thread: a test that starts servers from short-lived threads keeps its children.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -84,6 +95,64 @@ def url_answers(url: str) -> Callable[[], bool]:
     return check
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Looked up before any fork: the child between fork and exec may only call, not load.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn``: SIGTERM this child when its parent dies (Linux; elsewhere none)."""
+    prctl = _prctl
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        # The parent may have died between fork and prctl: then no signal would ever come.
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
+
+
+class _Spawner:
+    """One daemon thread that forks every child, so PDEATHSIG means "the process died"."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _run(self) -> None:
+        while True:
+            job, answer = self._jobs.get()
+            try:
+                answer.put((True, job()))
+            except BaseException as e:  # handed to the caller, raised there
+                answer.put((False, e))
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="spawner", daemon=True)
+                self._thread.start()
+        answer: queue.Queue[Any] = queue.Queue(maxsize=1)
+        kwargs["preexec_fn"] = _die_with_parent(os.getpid())
+        self._jobs.put((lambda: subprocess.Popen(*args, **kwargs), answer))
+        ok, result = answer.get()
+        if not ok:
+            raise result
+        return result  # type: ignore[no-any-return]
+
+
+_spawner = _Spawner()
+
+
+def popen(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen`` whose child gets SIGTERM when this process dies."""
+    return _spawner.popen(*args, **kwargs)
+
+
 class ManagedProcess:
     """A child process with its output in a log file; stopped with SIGTERM, then SIGKILL."""
 
@@ -106,7 +175,7 @@ class ManagedProcess:
     def start(self) -> subprocess.Popen[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = popen(
             self.argv,
             cwd=self.cwd,
             env=self.env,

@@ -13,6 +13,7 @@ from . import __version__
 from .app import init_app
 from .config import load_config
 from .config_reader import ConfigError
+from .logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,12 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print("config OK")
         return 0
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The access log would carry onboarding URLs, whose query string is a secret token.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    setup_logging(config.log_level, config.log_format)
     app = init_app(config)
     web.run_app(
         app,

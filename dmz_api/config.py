@@ -19,6 +19,7 @@ from aiohttp import web
 
 from .config_reader import ConfigError, Section
 from .keys import ApiKey, hash_api_key
+from .logs import LogFormat
 
 if TYPE_CHECKING:
     from .gateway.config import GatewayConfig
@@ -47,6 +48,8 @@ class Config:
     gateway: GatewayConfig | None = None
     log_level: str = "INFO"
     database_opts: Mapping[str, Any] = field(default_factory=dict)
+    # "text" (one line per record) or "json" (one JSON object per line, for a log shipper).
+    log_format: LogFormat = "text"
 
 
 # The whole config, set by init_app; a role is handed its own section by its setup().
@@ -84,6 +87,10 @@ def _parse_api_keys(root: Section) -> tuple[ApiKey, ...]:
             raise entry.error("scopes", f"must be a non-empty list of {', '.join(sorted(SCOPES))}")
         keys.append(ApiKey(name=name, key_hash=key_hash, scopes=frozenset(scopes)))
     return tuple(keys)
+
+
+def _log_format(root: Section) -> LogFormat:
+    return "json" if root.choice("log_format", ("text", "json"), "text") == "json" else "text"
 
 
 def parse_config(data: Any, base_dir: Path | None = None) -> Config:
@@ -126,6 +133,7 @@ def parse_config(data: Any, base_dir: Path | None = None) -> Config:
         gateway=gateway,
         log_level=root.choice("log_level", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
         database_opts=opts,
+        log_format=_log_format(root),
     )
 
 

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .auth import Handler
 from .errors import ApiError, json_error
+from .logs import request_id_var
 from .metrics import METRICS
 
 log = logging.getLogger("dmz_api.http")
@@ -38,7 +39,12 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     given = request.headers.get("X-Request-Id", "")
     rid = given if _REQUEST_ID.match(given) else secrets.token_hex(8)
     request[REQUEST_ID] = rid
-    response = await handler(request)
+    # Every log line of this request, and its homeserver calls, carry the id (dmz_api.logs).
+    reset = request_id_var.set(rid)
+    try:
+        response = await handler(request)
+    finally:
+        request_id_var.reset(reset)
     response.headers["X-Request-Id"] = rid
     return response
 

@@ -36,7 +36,7 @@ from .identity import IdentityChecker
 from .migrations import upgrade_table
 from .revocation import Revoker
 from .services import Services
-from .web import AuditExport
+from .web import AuditExport, SweepMetrics
 
 
 class BastionBot(Plugin):
@@ -101,6 +101,8 @@ class BastionBot(Plugin):
                 AuditExport(self.config, audit, self.log.getChild("export"))
             )
         self.revoker = Revoker(self.services, self.log.getChild("revocation"))
+        if self.webapp is not None:
+            self.register_handler_class(SweepMetrics(self.config, self.revoker))
         self.sweep_task = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:

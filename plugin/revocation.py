@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 
 from mautrix.types import EventID, MessageType, RoomID, UserID
 
@@ -27,6 +28,9 @@ class Revoker:
         self.config = services.config
         self.log = log
         self._busy: set[UserID] = set()
+        # Unix times of the sweep's last start and last complete run (0: never), for /metrics.
+        self.last_attempt = 0.0
+        self.last_success = 0.0
 
     @property
     def server_name(self) -> str:
@@ -41,6 +45,7 @@ class Revoker:
 
     async def sweep(self) -> int:
         """Revoke for every deactivated sponsor still holding something open; how many."""
+        self.last_attempt = time.time()
         acting = Acting(self.services.client.mxid, secrets.token_hex(8))
         registrar = self.services.registrar
         try:
@@ -61,6 +66,7 @@ class Revoker:
                 )
                 revoked += 1
         self.log.debug("Sweep checked %d sponsors, revoked for %d", len(sponsors), revoked)
+        self.last_success = time.time()
         return revoked
 
     async def revoke(

@@ -1,4 +1,5 @@
-"""The plugin web app: ``GET /audit.jsonl?since=`` for a SIEM (bearer ``audit.export_key``).
+"""The plugin web app: ``GET /audit.jsonl?since=`` for a SIEM (bearer ``audit.export_key``),
+and ``GET /metrics`` (Prometheus text, no secrets in it) with the revocation sweep's state.
 
 ``since`` is the last sequence number the caller already has (entries after it are
 sent), or a duration such as ``24h`` (entries from that long ago on). Each line is one
@@ -19,6 +20,7 @@ from maubot.handlers import web as route
 from .audit import AuditLog
 from .config import Config
 from .durations import parse_duration
+from .revocation import Revoker
 
 
 def _error(status: int, errcode: str, message: str, **headers: str) -> web.Response:
@@ -77,3 +79,37 @@ class AuditExport:
         await response.write_eof()
         self.log.info("Exported %d audit entries after #%d", sent, seq)
         return response
+
+
+class SweepMetrics:
+    """``GET /metrics``: when the revocation sweep last ran through, for an alert that it stalls.
+
+    Written by hand: three gauges do not justify a dependency maubot does not bring.
+    """
+
+    def __init__(self, config: Config, revoker: Revoker) -> None:
+        self.config = config
+        self.revoker = revoker
+
+    @route.get("/metrics")
+    async def metrics(self, request: web.Request) -> web.Response:
+        gauges = (
+            ("bastion_bot_sweep_last_success_timestamp_seconds",
+             "Unix time the revocation sweep last completed (0: not yet)",
+             self.revoker.last_success),
+            ("bastion_bot_sweep_last_attempt_timestamp_seconds",
+             "Unix time the revocation sweep last started (0: not yet)",
+             self.revoker.last_attempt),
+            ("bastion_bot_sweep_interval_seconds",
+             "Configured seconds between sweeps (0: the sweep is off)",
+             float(self.config.sweep_interval)),
+        )  # fmt: skip
+        lines = []
+        for name, doc, value in gauges:
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value!r}"]
+        return web.Response(
+            text="\n".join(lines) + "\n",
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"Cache-Control": "no-store"},
+        )

@@ -51,6 +51,14 @@ class GatewayMetrics:
         self.queue = metrics.gauge(
             "dmz_api_gateway_decision_queue", "Decision records waiting to be written"
         )
+        self.store_errors = metrics.counter(
+            "dmz_api_gateway_rule_store_errors_total",
+            "Failed reads of the rule store (the last loaded ruleset stays in force)",
+        )
+        self.store_read = metrics.gauge(
+            "dmz_api_gateway_rule_store_last_read_timestamp_seconds",
+            "Unix time of the last successful read of the rule store",
+        )
 
 
 class DecisionLog:

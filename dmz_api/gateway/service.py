@@ -167,6 +167,7 @@ class GatewayService:
             self._fail_closed(str(e))
             return
         except Exception as e:
+            self.metrics.store_errors.inc()
             if self._compiled is None:
                 self._fail_closed(f"the rule store cannot be read ({type(e).__name__})")
             else:
@@ -176,6 +177,7 @@ class GatewayService:
                     self._compiled.version,
                 )
             return
+        self.metrics.store_read.set_to_current_time()
         try:
             compiled = CompiledRuleset(rules, version)
         except Exception:
@@ -211,7 +213,9 @@ class GatewayService:
             self._changed.clear()
             try:
                 current = await self.store.current_version()
+                self.metrics.store_read.set_to_current_time()
             except Exception as e:
+                self.metrics.store_errors.inc()
                 if self._compiled is None:
                     self._fail_closed(f"the rule store cannot be read ({type(e).__name__})")
                 continue

@@ -30,6 +30,7 @@ from .ratelimit import RateLimiter, SharedRateLimiter
 from .routes import add_routes
 from .service import REGISTRAR, RegistrarMetrics, RegistrarService
 from .store import RegistrarStore
+from .tracing import HomeserverTracing
 
 log = logging.getLogger("dmz_api.registrar")
 
@@ -48,6 +49,7 @@ def setup(
             "will not survive a restart (and replicas cannot share them)"
         )
     metrics = RegistrarMetrics(app[METRICS])
+    tracing = HomeserverTracing(app[METRICS])
     add_routes(app)
     page = OnboardingPage(config, keys, public_url=public_url, trusted_proxies=trusted_proxies)
     page.add_routes(app)
@@ -57,7 +59,10 @@ def setup(
         timeout = aiohttp.ClientTimeout(total=hs.timeout, connect=min(hs.timeout, 5.0))
         connector = aiohttp.TCPConnector(limit=64)
         async with aiohttp.ClientSession(
-            timeout=timeout, connector=connector, raise_for_status=False
+            timeout=timeout,
+            connector=connector,
+            raise_for_status=False,
+            trace_configs=[tracing.trace_config()],
         ) as session:
             store = RegistrarStore(app[DATABASE])
             if store.shared and isinstance(page.limiter, RateLimiter):

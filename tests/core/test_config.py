@@ -73,6 +73,7 @@ def test_valid_config_parses_and_hashes_keys() -> None:
         ),
         ({"registrar": None}, "enable at least one role"),
         ({"log_level": "LOUD"}, "log_level: must be one of"),
+        ({"log_format": "xml"}, "log_format: must be one of text, json"),
         (
             {"server": {"public_url": "https://a", "event_loop": "tokio"}},
             "server.event_loop: must be one of uvloop, asyncio",

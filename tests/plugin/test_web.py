@@ -14,6 +14,7 @@ from plugin import BastionBot
 from plugin.audit import GENESIS, AuditEntry, AuditRecord, Outcome
 
 from .conftest import AUDITOR, EXPORT_KEY, NOBODY, Chat
+from .fakes import FakeRegistrar
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
@@ -119,3 +120,37 @@ async def test_export_off_without_a_key(
     maubot_plugin_config["audit.export_key"] = ""
     response = await http.get("/audit.jsonl", headers=auth(""))
     assert response.status == 404
+
+
+def gauges(text: str) -> dict[str, float]:
+    """The samples of a Prometheus text exposition (no labels in these)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.split()
+            found[name] = float(value)
+    return found
+
+
+async def test_metrics_show_when_the_sweep_last_went_through(
+    bot: BastionBot, registrar: FakeRegistrar, http: TestClient[Any, Any]
+) -> None:
+    assert await bot.revoker.sweep() == 0
+    response = await http.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    first = gauges(await response.text())
+    assert set(first) == {
+        "bastion_bot_sweep_last_success_timestamp_seconds",
+        "bastion_bot_sweep_last_attempt_timestamp_seconds",
+        "bastion_bot_sweep_interval_seconds",
+    }
+    assert first["bastion_bot_sweep_interval_seconds"] == bot.config.sweep_interval
+    succeeded = first["bastion_bot_sweep_last_success_timestamp_seconds"]
+    assert succeeded >= first["bastion_bot_sweep_last_attempt_timestamp_seconds"] > 0
+    # With the registrar down the sweep is tried but does not go through.
+    registrar.fail = (500, "down")
+    assert await bot.revoker.sweep() == 0
+    failed = gauges(await (await http.get("/metrics")).text())
+    assert failed["bastion_bot_sweep_last_success_timestamp_seconds"] == succeeded
+    assert failed["bastion_bot_sweep_last_attempt_timestamp_seconds"] > succeeded
