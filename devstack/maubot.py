@@ -9,6 +9,8 @@
     bot.stop()
 
 Standalone mode rewrites its config file on start, so every run gets its own copy.
+``restart()`` keeps the database (``maubot.db``: the audit trail, pending confirmations,
+the sync token).
 Messages sent before the bot's first sync are ignored: invite the bot after ``start()``
 and wait for it to join before sending commands.
 """
@@ -171,6 +173,11 @@ class Maubot:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def restart(self, timeout: float = 30.0) -> Maubot:
+        """Stop and start again on the same database (a fresh config file, as on start)."""
+        self.stop()
+        return self.start(timeout)
 
     def log(self) -> str:
         try:

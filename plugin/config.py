@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from mautrix.types import RoomID
@@ -12,11 +13,17 @@ from .durations import parse_duration
 IDENTITY_MODES = ("synapse_admin", "membership")
 GUEST_POLICIES = ("keep", "deactivate")
 ROLE_NAMES = ("operator", "gateway_admin", "auditor")
+# One word, as maubot matches it: it lowercases the first word of a message.
+PREFIX = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+# The words Bastion answers on its own, so a prefix cannot be one of them.
+TAKEN_WORDS = frozenset({"token", "guest", "sbg", "audit", "help", "whoami"})
 
 
 class Config(BaseProxyConfig):
     def do_update(self, helper: ConfigUpdateHelper) -> None:
         helper.copy("control_rooms")
+        helper.copy("commands.prefix")
+        helper.copy("commands.bare_aliases")
         helper.copy("roles.operator")
         helper.copy("roles.gateway_admin")
         helper.copy("roles.auditor")
@@ -60,11 +67,29 @@ class Config(BaseProxyConfig):
             found.append("token_defaults.uses must be a whole number of at least 1")
         if not self.dmz_api_key:
             found.append("dmz.api_key is empty, so every call to dmz_api will be refused")
+        prefix = self.command_prefix
+        if prefix and (not PREFIX.match(prefix) or prefix in TAKEN_WORDS):
+            found.append(
+                "commands.prefix must be one lowercase word of letters, digits, '-', '_' or '.', "
+                f"and none of {', '.join(sorted(TAKEN_WORDS))}"
+            )
+        if prefix and self["commands.bare_aliases"]:
+            found.append("commands.bare_aliases is ignored while commands.prefix is set")
         return found
 
     @property
     def control_rooms(self) -> frozenset[RoomID]:
         return frozenset(RoomID(str(room)) for room in self["control_rooms"] or [])
+
+    @property
+    def command_prefix(self) -> str:
+        """The word every command is typed after ("" for none), lowercased as maubot matches."""
+        return str(self["commands.prefix"] or "").strip().lower()
+
+    @property
+    def bare_aliases(self) -> bool:
+        """Whether bare ``!help`` / ``!whoami`` are answered (never under a prefix)."""
+        return bool(self["commands.bare_aliases"]) and not self.command_prefix
 
     def role_patterns(self, role: str) -> list[str]:
         return [str(pattern) for pattern in self[f"roles.{role}"] or []]

@@ -55,7 +55,7 @@ def test_mbp_loads_in_standalone_maubot(
         assert "Failed" not in log and "Traceback" not in log
         staff.invite(room, bot.user_id)
         staff.wait_membership(room, bot.user_id)
-        reply = staff.ask(room, "!whoami")
+        reply = staff.ask(room, "!bastion whoami")
         assert reply.startswith(f"You are {staff.user_id}.")
         assert "Roles: operator." in reply and "Account: active" in reply
 
@@ -66,7 +66,7 @@ def test_mbp_loads_in_standalone_maubot(
         with urllib.request.urlopen(request, timeout=5) as response:
             [entry] = [json.loads(line) for line in response.read().splitlines()]
         assert (entry["command"], entry["sender"], entry["outcome"]) == (
-            "whoami",
+            "bastion whoami",
             staff.user_id,
             "ok",
         )
