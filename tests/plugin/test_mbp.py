@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
+import sys
+import textwrap
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -92,3 +95,64 @@ def test_mbp_loads_in_standalone_maubot_with_a_partial_config(
             staff.user_id,
             "ok",
         )
+
+
+# Loads each .mbp through maubot's own zip loader, in order, in one fresh interpreter.
+LOAD_IN_ORDER = """
+import asyncio, sys
+from maubot.loader.zip import ZippedPluginLoader
+
+async def main():
+    for path in sys.argv[1:]:
+        loader = ZippedPluginLoader.get(path)
+        try:
+            await loader.load()
+            print(loader.meta.id, "loaded")
+        except Exception as e:
+            print(loader.meta.id, "failed:", e, "|", e.__context__)
+
+asyncio.run(main())
+"""
+
+
+def other_plugin_named_plugin(tmp_path: Path) -> Path:
+    """Another maubot plugin whose top-level module is also ``plugin``."""
+    source = tmp_path / "other"
+    (source / "plugin").mkdir(parents=True)
+    (source / "maubot.yaml").write_text(
+        "maubot: 0.6.0\nid: org.example.other\nversion: 1.0.0\nlicense: MIT\n"
+        "modules:\n  - plugin\nmain_class: OtherBot\n"
+    )
+    (source / "plugin" / "__init__.py").write_text("from .bot import OtherBot\n")
+    (source / "plugin" / "bot.py").write_text(
+        textwrap.dedent(
+            """\
+            from maubot import Plugin
+
+
+            class OtherBot(Plugin):
+                pass
+            """
+        )
+    )
+    return build_mbp(tmp_path / "other-build", source)
+
+
+def test_a_second_plugin_with_the_module_name_plugin_fails_to_load(tmp_path: Path) -> None:
+    """What deploy/README.md says about the module name ``plugin`` on a shared maubot."""
+    bastion, other = build_mbp(tmp_path / "bastion-build"), other_plugin_named_plugin(tmp_path)
+    for first, second, second_id, missing in (
+        (other, bastion, "org.bastion.chatops", "BastionBot"),
+        (bastion, other, "org.example.other", "OtherBot"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD_IN_ORDER, str(first), str(second)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        loaded, failed = result.stdout.splitlines()
+        assert loaded.endswith(" loaded") and not loaded.startswith(second_id)
+        assert failed.startswith(f"{second_id} failed: Failed to load module plugin | ")
+        assert f"cannot import name '{missing}' from 'plugin.bot' ({first}/plugin/bot.py)" in failed
