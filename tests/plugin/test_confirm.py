@@ -1,16 +1,23 @@
 """Confirmations are kept in the plugin database: a restart neither loses nor replays them.
 
-``!guest deactivate`` is the confirmable command here; ``!sbg`` uses the same store.
+``!guest deactivate`` is the confirmable command here; ``!sbg`` uses the same store. The
+handler tests run on SQLite (maubot.testing's database); the store runs on PostgreSQL too.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from mautrix.types import EventID, RelationType
+import attrs
+import pytest
+from mautrix.types import EventID, RelationType, RoomID
+from mautrix.util.async_db import Database
 
+from devstack.postgres import Postgres
 from plugin import BastionBot
 from plugin.confirm import now_ms
+from plugin.db import ConfirmationStore, PendingConfirmation
+from plugin.migrations import upgrade_table
 
 from .conftest import STAFF, Chat
 from .fakes import FakeRegistrar
@@ -121,3 +128,41 @@ async def test_the_confirmation_names_the_command_under_a_prefix(
     await bot.database.execute("UPDATE confirmation SET expires_at=$1", 1)
     await chat.react(command)
     assert chat.last.body.startswith("That confirmation of `!ops guest deactivate` expired")
+
+
+@pytest.mark.slow
+async def test_the_store_claims_once_on_postgresql(postgres: Postgres) -> None:
+    """maubot's asyncpg mode (database_type: asyncpg) on a real PostgreSQL: the same SQL."""
+    database = Database.create(
+        await postgres.new_database(), upgrade_table=upgrade_table, db_args={"min_size": 4}
+    )
+    await database.start()
+    try:
+        store = ConfirmationStore(database)
+        now = now_ms()
+        pending = PendingConfirmation(
+            request_event=EventID("$request"),
+            prompt_event=None,
+            thread_root=None,
+            room_id=RoomID("!r:corp.example"),
+            sender=STAFF,
+            command="guest deactivate",
+            args={"guest": GUEST, "yes": False},
+            payload={"guest": GUEST},
+            expires_at=now + 60_000,
+            confirmed_at=None,
+        )
+        await store.add(pending)
+        await store.set_prompt(pending.request_event, EventID("$prompt"))
+        found = await store.find(EventID("$prompt"))
+        assert found == attrs.evolve(pending, prompt_event=EventID("$prompt"))
+        claims = await asyncio.gather(*(store.claim(pending.request_event, now) for _ in range(4)))
+        assert sorted(claims) == [False, False, False, True]
+        assert (await store.find(EventID("$request"))).confirmed_at == now  # type: ignore[union-attr]
+
+        await store.add(attrs.evolve(pending, request_event=EventID("$late"), expires_at=now))
+        assert not await store.claim(EventID("$late"), now), "expired: never claimed"
+        await store.forget_before(now + 1)
+        assert await store.find(EventID("$late")) is None
+    finally:
+        await database.stop()
