@@ -4,9 +4,9 @@
 
 Starts two throwaway Synapses (internal, DMZ), the registrar (``python -m dmz_api``) and
 maubot standalone with the plugin built into an ``.mbp``, all on loopback. A staff user
-sends ``!whoami`` and ``!token generate`` alternately over the client-server API; each
+sends ``!bastion whoami`` and ``!token generate`` alternately over the client-server API; each
 round trip runs from the send to the bot's reply arriving on the staff user's long-poll
-``/sync``. ``!whoami`` (gate + live status check + audit, no DMZ call) is the baseline,
+``/sync``. ``!bastion whoami`` (gate + live status check + audit, no DMZ call) is the baseline,
 so the ratio shows what minting through the registrar adds. Then staff members with an
 open token are deactivated on the internal Synapse, and the onboarding page is polled
 until it refuses their token. Prints a table and writes ``bench/results/bot.json``.
@@ -75,12 +75,12 @@ class Syncer:
 def command_latencies(stack: BotStack, count: int) -> tuple[list[float], list[float]]:
     syncer = Syncer(stack.staff)
     for _ in range(3):
-        syncer.round_trip(stack.room, "!whoami")
+        syncer.round_trip(stack.room, "!bastion whoami")
         syncer.round_trip(stack.room, "!token generate --note warm-up")
     whoami: list[float] = []
     generate: list[float] = []
     for i in range(count):
-        took, reply = syncer.round_trip(stack.room, "!whoami")
+        took, reply = syncer.round_trip(stack.room, "!bastion whoami")
         assert reply.startswith("You are "), reply
         whoami.append(took)
         took, reply = syncer.round_trip(stack.room, f"!token generate --note bench {i}")
@@ -139,7 +139,7 @@ def main() -> None:
         parser.error("--commands must be at least 30")
     result = run(args.commands, args.revocations)
     rows = [
-        ("!whoami → reply", result["whoami"]),
+        ("!bastion whoami → reply", result["whoami"]),
         ("!token generate → reply", result["token_generate"]),
         ("deactivation → token refused", result["deactivation_to_revoked"]),
     ]
@@ -150,7 +150,8 @@ def main() -> None:
             f"{row['mean_ms']:>9.1f}"
         )
     print(
-        f"!token generate / !whoami: {result['ratio_p50']}x at p50, {result['ratio_p99']}x at p99"
+        f"!token generate / !bastion whoami: {result['ratio_p50']}x at p50, "
+        f"{result['ratio_p99']}x at p99"
     )
     write_results(RESULTS, result)
 

@@ -208,7 +208,9 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
         return reply
 
     t.step("1. A staff member mints an onboarding link")
-    ask(staff, "!whoami")
+    listing = ask(staff, "!bastion help")
+    t.check("`!token generate" in listing, "!bastion help lists what the staff member may run")
+    ask(staff, "!bastion whoami")
     reply = ask(staff, '!token generate --note "Partner onboarding: Bob from Contoso"')
     url = onboarding_url(reply)
     t.check("/register?token=" in url, "the bot answered with a single-use onboarding URL")
@@ -304,7 +306,7 @@ def print_access(stack: DemoStack, say: Callable[[str], None]) -> None:
     say(f"  dmz_api API key      {stack.api_key}")
     say(f"  synapse admins       {stack.internal.admin_user_id} / {stack.dmz.admin_user_id}, "
         f"passwords {stack.internal.admin_password} / {stack.dmz.admin_password}")  # fmt: skip
-    say("Try `!help` in the control room as @sam or @ada. Press Ctrl-C to stop everything.")
+    say("Try `!bastion help` in the control room as @sam or @ada. Press Ctrl-C to stop.")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

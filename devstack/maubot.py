@@ -8,14 +8,16 @@
     bot.webapp_url     # the plugin web app (audit export)
     bot.stop()
 
-Standalone mode rewrites its config file on start, so every run gets its own copy.
+Standalone mode rewrites its config file on start, so every run gets its own copy; the
+``plugin_config`` given is written as is (the plugin fills in its own defaults from its
+``base-config.yaml``, which standalone mode does not merge). ``restart()`` keeps the
+database (``maubot.db``: the audit trail, pending confirmations, the sync token).
 Messages sent before the bot's first sync are ignored: invite the bot after ``start()``
 and wait for it to join before sending commands.
 """
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 import sys
@@ -28,7 +30,6 @@ import yaml
 
 from .ports import free_port
 from .process import ManagedProcess, StartupError
-from .synapse import deep_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_LINE = "Startup completed, running forever"
@@ -108,7 +109,7 @@ class Maubot:
                 "public_url": self.webapp_url,
             },
             "database": f"sqlite:{self.workdir / 'maubot.db'}",
-            "plugin_config": self.full_plugin_config(),
+            "plugin_config": self.plugin_config,
             "logging": {
                 "version": 1,
                 "formatters": {
@@ -131,15 +132,6 @@ class Maubot:
                 "root": {"level": "INFO", "handlers": ["file"]},
             },
         }
-
-    def full_plugin_config(self) -> dict[str, Any]:
-        """The plugin's base-config.yaml with ``plugin_config`` merged over it.
-
-        Standalone mode does not read the plugin's base config (its own example config
-        is the base), so keys left out here would be missing instead of defaulted.
-        """
-        base = yaml.safe_load((self.plugin_dir / "base-config.yaml").read_text())
-        return deep_merge(base, copy.deepcopy(self.plugin_config))
 
     def extract(self) -> None:
         if self.plugin_dir.exists():
@@ -171,6 +163,16 @@ class Maubot:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def restart(self, timeout: float = 30.0) -> Maubot:
+        """Stop and start again on the same database (a fresh config file, as on start)."""
+        self.stop()
+        return self.start(timeout)
+
+    def saved_plugin_config(self) -> dict[str, Any]:
+        """The plugin config as maubot saved it back after loading (defaults filled in)."""
+        saved = yaml.safe_load(self.config_path.read_text())
+        return dict(saved["plugin_config"])
 
     def log(self) -> str:
         try:

@@ -95,6 +95,18 @@ def start_bot(
     return maubot
 
 
+def wait_answering(user: MatrixUser, room: str, attempts: int = 20) -> None:
+    """Until the bot answers ``!bastion whoami`` (after a start it ignores its first sync)."""
+    for _ in range(attempts):
+        command = user.send(room, "!bastion whoami")
+        try:
+            user.wait_reply(room, command, timeout=1.5)
+            return
+        except TimeoutError:
+            continue
+    raise TimeoutError(f"the bot did not answer in {room} after {attempts} tries")
+
+
 class BotStack:
     def __init__(
         self,

@@ -20,15 +20,15 @@ from mautrix.util.config import BaseProxyConfig
 from .audit import AuditLog
 from .commands import (
     AuditCommands,
+    BastionCommands,
     CommandFamily,
     GuestCommands,
-    MiscCommands,
     SbgCommands,
     TokenCommands,
 )
 from .config import Config
 from .confirm import Confirmations
-from .db import DirectRoomStore
+from .db import ConfirmationStore, DirectRoomStore
 from .direct import DirectMessages
 from .dmz import DmzTransport, Gateway, Registrar
 from .gate import Gate
@@ -80,7 +80,12 @@ class BastionBot(Plugin):
             audit=audit,
             registrar=Registrar(dmz),
             gateway=Gateway(dmz),
-            confirmations=Confirmations(gate),
+            confirmations=Confirmations(
+                gate,
+                ConfirmationStore(self.database),
+                self.client,
+                self.log.getChild("confirm"),
+            ),
             direct=DirectMessages(
                 self.client, DirectRoomStore(self.database), self.log.getChild("direct")
             ),
@@ -93,7 +98,7 @@ class BastionBot(Plugin):
             SbgCommands(self.services),
             AuditCommands(self.services),
         ]
-        self.families.append(MiscCommands(self.services, self.families))
+        self.families.append(BastionCommands(self.services, self.families))
         for family in self.families:
             self.register_handler_class(family)
         if self.webapp is not None:
@@ -113,7 +118,6 @@ class BastionBot(Plugin):
             except asyncio.CancelledError:
                 pass
             self.sweep_task = None
-        self.services.confirmations.clear()
         await super().stop()
 
     async def _sweep_forever(self) -> None:

@@ -1,22 +1,71 @@
-"""The plugin configuration (base-config.yaml) with typed, always-current accessors."""
+"""The plugin configuration (base-config.yaml) with typed, always-current accessors.
+
+The defaults are the plugin's own ``base-config.yaml`` whatever the loader hands over:
+the maubot server passes that file, maubot's standalone mode passes its own example
+config's (empty) ``plugin_config``; keys missing there are filled in from the copy
+shipped beside the ``plugin`` package (``extra_files`` in ``maubot.yaml``).
+"""
 
 from __future__ import annotations
 
+import re
+from importlib import resources
 from typing import Any
 
 from mautrix.types import RoomID
-from mautrix.util.config import BaseProxyConfig, ConfigUpdateHelper
+from mautrix.util.config import BaseProxyConfig, ConfigUpdateHelper, RecursiveDict
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 
 from .durations import parse_duration
 
 IDENTITY_MODES = ("synapse_admin", "membership")
 GUEST_POLICIES = ("keep", "deactivate")
 ROLE_NAMES = ("operator", "gateway_admin", "auditor")
+# One word, as maubot matches it: it lowercases the first word of a message.
+PREFIX = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+# The words Bastion answers on its own, so a prefix cannot be one of them.
+TAKEN_WORDS = frozenset({"token", "guest", "sbg", "audit", "help", "whoami"})
+BASE_CONFIG = "base-config.yaml"
+
+
+def packaged_base() -> CommentedMap | None:
+    """The ``base-config.yaml`` shipped beside the package (at the root of the .mbp)."""
+    try:
+        # A directory, or a zipfile.Path inside the .mbp: both have a parent.
+        root = resources.files(__package__).parent  # type: ignore[attr-defined]
+        text = (root / BASE_CONFIG).read_text("utf-8")
+    except (OSError, AttributeError, ValueError):
+        return None
+    data = YAML().load(text)
+    return data if isinstance(data, CommentedMap) else None
+
+
+def fill_in(target: CommentedMap, defaults: CommentedMap) -> None:
+    """Add to ``target`` every key of ``defaults`` it lacks (nested maps key by key)."""
+    for key, value in defaults.items():
+        if key not in target:
+            target[key] = value
+        elif isinstance(target[key], CommentedMap) and isinstance(value, CommentedMap):
+            fill_in(target[key], value)
 
 
 class Config(BaseProxyConfig):
+    def load_base(self) -> RecursiveDict[CommentedMap] | None:
+        given = super().load_base()
+        packaged = packaged_base()
+        if packaged is None:
+            return given
+        data = given._data if given is not None else None
+        if not isinstance(data, CommentedMap):
+            return RecursiveDict(packaged, CommentedMap)
+        fill_in(data, packaged)
+        return given
+
     def do_update(self, helper: ConfigUpdateHelper) -> None:
         helper.copy("control_rooms")
+        helper.copy("commands.prefix")
+        helper.copy("commands.bare_aliases")
         helper.copy("roles.operator")
         helper.copy("roles.gateway_admin")
         helper.copy("roles.auditor")
@@ -60,11 +109,29 @@ class Config(BaseProxyConfig):
             found.append("token_defaults.uses must be a whole number of at least 1")
         if not self.dmz_api_key:
             found.append("dmz.api_key is empty, so every call to dmz_api will be refused")
+        prefix = self.command_prefix
+        if prefix and (not PREFIX.match(prefix) or prefix in TAKEN_WORDS):
+            found.append(
+                "commands.prefix must be one lowercase word of letters, digits, '-', '_' or '.', "
+                f"and none of {', '.join(sorted(TAKEN_WORDS))}"
+            )
+        if prefix and self["commands.bare_aliases"]:
+            found.append("commands.bare_aliases is ignored while commands.prefix is set")
         return found
 
     @property
     def control_rooms(self) -> frozenset[RoomID]:
         return frozenset(RoomID(str(room)) for room in self["control_rooms"] or [])
+
+    @property
+    def command_prefix(self) -> str:
+        """The word every command is typed after ("" for none), lowercased as maubot matches."""
+        return str(self["commands.prefix"] or "").strip().lower()
+
+    @property
+    def bare_aliases(self) -> bool:
+        """Whether bare ``!help`` / ``!whoami`` are answered (never under a prefix)."""
+        return bool(self["commands.bare_aliases"]) and not self.command_prefix
 
     def role_patterns(self, role: str) -> list[str]:
         return [str(pattern) for pattern in self[f"roles.{role}"] or []]

@@ -1,8 +1,12 @@
-"""Small plugin tables besides the audit trail."""
+"""Small plugin tables besides the audit trail: direct rooms, pending confirmations."""
 
 from __future__ import annotations
 
-from mautrix.types import RoomID, UserID
+import json
+from typing import Any
+
+from attrs import frozen
+from mautrix.types import EventID, RoomID, UserID
 from mautrix.util.async_db import Database
 
 
@@ -23,3 +27,88 @@ class DirectRoomStore:
             user_id,
             room_id,
         )
+
+
+@frozen
+class PendingConfirmation:
+    """A request waiting for ✅ from its sender: what to run again, and until when."""
+
+    request_event: EventID
+    prompt_event: EventID | None
+    thread_root: EventID | None
+    room_id: RoomID
+    sender: UserID
+    command: str
+    args: dict[str, Any]
+    payload: dict[str, Any]
+    expires_at: int
+    confirmed_at: int | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> PendingConfirmation:
+        return cls(
+            request_event=EventID(row["request_event"]),
+            prompt_event=EventID(row["prompt_event"]) if row["prompt_event"] else None,
+            thread_root=EventID(row["thread_root"]) if row["thread_root"] else None,
+            room_id=RoomID(row["room_id"]),
+            sender=UserID(row["sender"]),
+            command=row["command"],
+            args=json.loads(row["args"]),
+            payload=json.loads(row["payload"]),
+            expires_at=int(row["expires_at"]),
+            confirmed_at=int(row["confirmed_at"]) if row["confirmed_at"] is not None else None,
+        )
+
+
+class ConfirmationStore:
+    """Pending confirmations; a confirmation is claimed once, by one conditional UPDATE."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def add(self, pending: PendingConfirmation) -> None:
+        await self.db.execute(
+            "INSERT INTO confirmation (request_event, prompt_event, thread_root, room_id, sender, "
+            "command, args, payload, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            pending.request_event,
+            pending.prompt_event,
+            pending.thread_root,
+            pending.room_id,
+            pending.sender,
+            pending.command,
+            json.dumps(pending.args, sort_keys=True, default=str),
+            json.dumps(pending.payload, sort_keys=True),
+            pending.expires_at,
+        )
+
+    async def set_prompt(self, request_event: EventID, prompt_event: EventID) -> None:
+        await self.db.execute(
+            "UPDATE confirmation SET prompt_event=$2 WHERE request_event=$1",
+            request_event,
+            prompt_event,
+        )
+
+    async def find(self, event_id: EventID) -> PendingConfirmation | None:
+        """The confirmation whose request or prompt is ``event_id``."""
+        row = await self.db.fetchrow(
+            "SELECT request_event, prompt_event, thread_root, room_id, sender, command, args, "
+            "payload, expires_at, confirmed_at FROM confirmation "
+            "WHERE request_event=$1 OR prompt_event=$1",
+            event_id,
+        )
+        return PendingConfirmation.from_row(row) if row is not None else None
+
+    async def claim(self, request_event: EventID, now_ms: int) -> bool:
+        """Mark it confirmed if it is still pending and unexpired; True for the one winner."""
+        claimed = await self.db.fetchval(
+            "UPDATE confirmation SET confirmed_at=$2 "
+            "WHERE request_event=$1 AND confirmed_at IS NULL AND expires_at > $2 "
+            "RETURNING request_event",
+            request_event,
+            now_ms,
+        )
+        return claimed is not None
+
+    async def forget_before(self, cutoff_ms: int) -> None:
+        """Drop confirmations that expired before ``cutoff_ms`` (kept a while for the reply)."""
+        await self.db.execute("DELETE FROM confirmation WHERE expires_at < $1", cutoff_ms)

@@ -27,6 +27,7 @@ from .audit import AuditLog, AuditRecord, Outcome
 from .config import Config
 from .dmz import Acting, DmzError, DmzUnavailable
 from .identity import AccountState, AccountStatus, IdentityChecker
+from .spelling import spell
 from .syntax import BadSyntax
 
 Reply = Callable[[str], Awaitable[EventID]]
@@ -53,11 +54,12 @@ def user_matches(pattern: str, user_id: str) -> bool:
 class CommandSpec:
     """What a command is called, which roles may run it, and what a DMZ outage leaves undone."""
 
+    # Canonical ("token generate", "bastion help"); spelling.spell says how it is typed.
     name: str
     roles: tuple[Role, ...] = ()
     # Said when dmz_api does not answer: "nothing was <effect>".
     effect: str | None = None
-    # A family root that only lists its subcommands is not listed by !help itself.
+    # A family root that only lists its subcommands is not listed by `bastion help` itself.
     listed: bool = True
 
     def allows(self, roles: frozenset[Role]) -> bool:
@@ -99,6 +101,8 @@ class Context:
     status: AccountStatus | None
     reply: Reply
     args: dict[str, Any]
+    # The thread the command was sent in, so a later confirmation answers there too.
+    thread_root: EventID | None = None
     detail: str = ""
     outcome: Outcome = Outcome.OK
 
@@ -151,7 +155,8 @@ class Gate:
             return Decision(
                 False,
                 roles,
-                message=f"You need the {spec.role_text} role to use `!{spec.name}`.",
+                message=f"You need the {spec.role_text} role to use "
+                f"{fmt.code(spell(self.config, spec.name))}.",
                 detail=f"missing role {spec.role_text}",
             )
         if not spec.roles:
@@ -186,6 +191,7 @@ class Gate:
         reply: Reply,
         handler: Handler,
         bad_syntax: BadSyntax | None = None,
+        thread_root: EventID | None = None,
     ) -> Outcome:
         """Check, run, answer and audit one command; returns how it ended."""
         request_id = secrets.token_hex(8)
@@ -196,7 +202,7 @@ class Gate:
                 outcome, detail, message = Outcome.REFUSED, decision.detail, decision.message
             elif bad_syntax is not None:
                 outcome, detail = Outcome.REFUSED, f"bad syntax: {bad_syntax.message}"
-                usage = f"!{spec.name} {bad_syntax.usage}".strip()
+                usage = f"{spell(self.config, spec.name)} {bad_syntax.usage}".strip()
                 message = f"{fmt.md(bad_syntax.message)}  \n**Usage:** {fmt.code(usage)}"
             else:
                 ctx = Context(
@@ -209,6 +215,7 @@ class Gate:
                     status=decision.status,
                     reply=reply,
                     args=dict(args),
+                    thread_root=thread_root,
                 )
                 outcome, detail, message = await self._invoke(spec, ctx, handler)
         except asyncio.CancelledError:
@@ -326,12 +333,18 @@ def gated(
                 reply=evt.reply,
                 handler=handler,
                 bad_syntax=args if isinstance(args, BadSyntax) else None,
+                thread_root=thread_of(evt),
             )
 
         wrapper.__bastion_command__ = spec  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+def thread_of(evt: MessageEvent) -> EventID | None:
+    get_parent = getattr(evt.content, "get_thread_parent", None)
+    return get_parent() if callable(get_parent) else None
 
 
 def command_spec(fn: object) -> CommandSpec | None:

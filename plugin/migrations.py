@@ -58,3 +58,23 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
             room_id TEXT NOT NULL
         )"""
     )
+
+
+@upgrade_table.register(description="Pending confirmations, kept across restarts")
+async def upgrade_v2(conn: Connection) -> None:
+    # One row per request awaiting ✅; confirmed_at is set once, by one conditional UPDATE.
+    await conn.execute(
+        """CREATE TABLE confirmation (
+            request_event TEXT   PRIMARY KEY,
+            prompt_event  TEXT,
+            thread_root   TEXT,
+            room_id       TEXT   NOT NULL,
+            sender        TEXT   NOT NULL,
+            command       TEXT   NOT NULL,
+            args          TEXT   NOT NULL,
+            payload       TEXT   NOT NULL,
+            expires_at    BIGINT NOT NULL,
+            confirmed_at  BIGINT
+        )"""
+    )
+    await conn.execute("CREATE INDEX confirmation_prompt_idx ON confirmation (prompt_event)")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from .audit import AuditCommands
 from .base import CommandFamily
+from .bastion import BastionCommands
 from .guests import GuestCommands
-from .misc import MiscCommands
 from .sbg import SbgCommands
 from .tokens import TokenCommands
 
 __all__ = [
     "AuditCommands",
+    "BastionCommands",
     "CommandFamily",
     "GuestCommands",
-    "MiscCommands",
     "SbgCommands",
     "TokenCommands",
 ]

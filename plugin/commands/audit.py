@@ -7,14 +7,13 @@ from typing import ClassVar, Self
 
 from attrs import frozen
 from maubot import MessageEvent
-from maubot.handlers import command
 
 from .. import fmt
 from ..audit import AuditEntry
 from ..durations import format_ms, parse_duration
 from ..gate import Context, Failed, Role, gated
 from ..syntax import Words, arguments, bad, user_id, whole_number
-from .base import CommandFamily, NoArgs
+from .base import CommandFamily, NoArgs, family_root
 
 
 def since(value: str) -> int:
@@ -52,12 +51,7 @@ def describe(entry: AuditEntry) -> str:
 
 
 class AuditCommands(CommandFamily):
-    @command.new(
-        "audit",
-        help="recent audit entries, newest first",
-        require_subcommand=False,
-        arg_fallthrough=False,
-    )
+    @family_root("audit", help="recent audit entries, newest first")
     @arguments(AuditArgs)
     @gated("audit", Role.AUDITOR)
     async def audit(self, evt: MessageEvent, ctx: Context, args: AuditArgs) -> None:

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Self
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
 
 from attrs import frozen
 from maubot import MessageEvent
-from maubot.handlers import command
 
 from .. import fmt
 from ..dmz import DmzError, Guest
 from ..durations import format_time
 from ..gate import Context, Failed, Role, gated
+from ..services import Services
 from ..syntax import Words, arguments, user_id
-from .base import CommandFamily, Subcommand
+from .base import CommandFamily, Subcommand, family_root, spec_of
 
 MAX_LISTED = 30
 
@@ -55,12 +56,11 @@ def describe(guest: Guest) -> str:
 
 
 class GuestCommands(CommandFamily):
-    @command.new(
-        "guest",
-        help="Guest accounts on the DMZ homeserver",
-        require_subcommand=False,
-        arg_fallthrough=False,
-    )
+    def __init__(self, services: Services) -> None:
+        super().__init__(services)
+        services.confirmations.register(spec_of(self.deactivate), self._deactivate)
+
+    @family_root("guest", help="Guest accounts on the DMZ homeserver")
     @arguments(Subcommand)
     @gated("guest", Role.OPERATOR, listed=False)
     async def guest(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
@@ -89,20 +89,15 @@ class GuestCommands(CommandFamily):
     @arguments(DeactivateArgs)
     @gated("guest deactivate", Role.OPERATOR, effect="changed")
     async def deactivate(self, evt: MessageEvent, ctx: Context, args: DeactivateArgs) -> None:
-        if args.yes:
-            await self._deactivate(ctx, args.guest)
-            return
-
-        async def confirmed(confirmation: Context) -> None:
-            await self._deactivate(confirmation, args.guest)
-
-        await self.services.confirmations.ask(
+        await self.services.confirmations.run_or_ask(
             ctx,
+            args.yes,
             f"Deactivate guest {fmt.user(args.guest)}? They will no longer be able to sign in.",
-            confirmed,
+            {"guest": args.guest},
         )
 
-    async def _deactivate(self, ctx: Context, guest: str) -> None:
+    async def _deactivate(self, ctx: Context, payload: Mapping[str, Any]) -> None:
+        guest = str(payload["guest"])
         try:
             await self.services.registrar.deactivate_guest(ctx.acting, guest)
         except DmzError as e:

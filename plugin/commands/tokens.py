@@ -6,14 +6,13 @@ from typing import ClassVar, Self
 
 from attrs import frozen
 from maubot import MessageEvent
-from maubot.handlers import command
 
 from .. import fmt
 from ..dmz import DmzError, Token
 from ..durations import format_duration, format_time, parse_duration
 from ..gate import Context, Failed, Role, gated
 from ..syntax import Words, arguments, bad, token_id, whole_number
-from .base import CommandFamily, Subcommand
+from .base import CommandFamily, Subcommand, family_root
 
 MAX_LISTED = 30
 
@@ -84,12 +83,7 @@ def describe(token: Token) -> str:
 
 
 class TokenCommands(CommandFamily):
-    @command.new(
-        "token",
-        help="Registration tokens for guests",
-        require_subcommand=False,
-        arg_fallthrough=False,
-    )
+    @family_root("token", help="Registration tokens for guests")
     @arguments(Subcommand)
     @gated("token", Role.OPERATOR, listed=False)
     async def token(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:

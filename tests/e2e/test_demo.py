@@ -17,6 +17,7 @@ def test_demo_scenario_runs_every_step(tmp_path: Path, capsys: pytest.CaptureFix
     transcript = (tmp_path / "transcript.txt").read_text()
     assert "✘" not in transcript
     for expected in (
+        "!bastion help lists what the staff member may run",
         "single-use onboarding URL",
         "account @bob:partners.localhost created",
         "refused at the gateway",

@@ -17,7 +17,7 @@ import pytest
 from devstack.dmz import DmzApi
 from devstack.matrix import MatrixUser
 from devstack.process import http_json
-from devstack.stack import control_room, plugin_config, start_bot
+from devstack.stack import control_room, plugin_config, start_bot, wait_answering
 from devstack.synapse import Synapse
 
 pytestmark = pytest.mark.slow
@@ -231,3 +231,43 @@ def test_gateway_down_is_said_and_audited(stack: SbgStack) -> None:
         assert detail.startswith("gateway unavailable: ")
     finally:
         stack.gateway.start()
+
+
+def test_a_confirmation_survives_a_maubot_restart_and_runs_once(stack: SbgStack) -> None:
+    sec, room = stack.security, stack.room
+    server = f"restart-{secrets.token_hex(3)}.example"
+    added = sec.ask(room, f"!sbg rule add server_block {server} --audit")
+    match = RULE_ID.search(added)
+    assert match, added
+    rule_id = match.group(1)
+    command = sec.send(room, f"!sbg rule promote {rule_id}")
+    assert "React with ✅" in sec.wait_reply(room, command)["content"]["body"]
+
+    stack.maubot.restart()
+    wait_answering(sec, room)
+    sec.react(room, command)
+    done = sec.wait_event(
+        room,
+        lambda e: (
+            e["content"]["body"].startswith(f"Rule `{rule_id}` (server_block")
+            and " is now enforced; " in e["content"]["body"]
+        ),
+    )
+    assert done["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == command
+    assert stack.federation_request(server) == 403
+
+    # Another ✅ (the other spelling: Synapse refuses the same annotation twice), after
+    # another restart, replays nothing; the answer to the next command comes after it.
+    stack.maubot.restart()
+    wait_answering(sec, room)
+    sec.react(room, command, key="\u2705\ufe0f")
+    assert sec.ask(room, "!sbg rule list").startswith("Ruleset version ")
+    promotes = [
+        (outcome, detail)
+        for command_name, _, outcome, detail in stack.audit()
+        if command_name == "sbg rule promote"
+        and (detail == "awaiting confirmation" or detail.endswith(f"promoted {rule_id}"))
+    ]
+    assert len(promotes) == 2, promotes
+    assert promotes[0] == ("ok", "awaiting confirmation")
+    assert promotes[1][0] == "ok" and promotes[1][1].endswith(f"; promoted {rule_id}")

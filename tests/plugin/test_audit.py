@@ -157,7 +157,7 @@ async def test_recent_filters(trail: AuditLog) -> None:
             room_id="!r:x",
             event_id="$x",
             sender=NOBODY,
-            command="help",
+            command="bastion help",
             args={},
             outcome=Outcome.REFUSED,
             detail="",
@@ -171,7 +171,7 @@ async def test_recent_filters(trail: AuditLog) -> None:
 
 async def test_audit_command_lists_recent_entries(chat: Chat) -> None:
     await chat.send("!token list")
-    await chat.send("!whoami", sender=NOBODY)
+    await chat.send("!bastion whoami", sender=NOBODY)
     reply = await chat.ask("!audit", sender=AUDITOR)
     lines = reply.splitlines()
     assert "#2" in lines[0] and "whoami" in lines[0] and NOBODY in lines[0]

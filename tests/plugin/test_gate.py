@@ -50,7 +50,7 @@ async def test_sender_without_the_role_is_refused(chat: Chat, registrar: FakeReg
 async def test_roles_come_from_globs(chat: Chat, homeserver: FakeHomeserver) -> None:
     ops = "@ops-bob:corp.example"
     homeserver.add_user(ops)
-    assert "Roles: operator" in await chat.ask("!whoami", sender=ops)
+    assert "Roles: operator" in await chat.ask("!bastion whoami", sender=ops)
     reply = await chat.ask("!token list", sender="@ops-bob:evil.example")
     assert reply.startswith("You need the operator role")
 
@@ -189,8 +189,8 @@ async def test_family_name_alone_lists_the_subcommands(chat: Chat) -> None:
 
 async def test_every_command_leaves_exactly_one_entry(chat: Chat, registrar: FakeRegistrar) -> None:
     commands = [
-        ("!whoami", STAFF),
-        ("!help", NOBODY),
+        ("!bastion whoami", STAFF),
+        ("!bastion help", NOBODY),
         ("!token generate", STAFF),
         ("!token list --bogus", STAFF),
         ("!token show 000000000000", STAFF),
@@ -226,10 +226,10 @@ async def test_correlation_id_reaches_the_dmz_and_the_trail(
 
 async def test_replies_follow_the_thread(chat: Chat) -> None:
     root = EventID("$thread-root")
-    await chat.send("!whoami", thread=root)
+    await chat.send("!bastion whoami", thread=root)
     relation = chat.last.relates_to
     assert (relation.rel_type, relation.event_id) == (RelationType.THREAD, root)
     await chat.send("!token list --nope", thread=root)
     assert chat.last.relates_to.event_id == root
-    await chat.send("!whoami")
+    await chat.send("!bastion whoami")
     assert chat.last.relates_to.rel_type is None

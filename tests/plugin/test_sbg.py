@@ -554,7 +554,7 @@ async def test_group_commands_list_what_the_sender_may_use(chat: Chat) -> None:
 
 
 async def test_help_lists_sbg_by_role(chat: Chat) -> None:
-    admin = await ask(chat, "!help")
+    admin = await ask(chat, "!bastion help")
     for line in (
         "`!sbg rule list`",
         "`!sbg rule add <kind>",
@@ -567,10 +567,10 @@ async def test_help_lists_sbg_by_role(chat: Chat) -> None:
     ):
         assert line in admin, line
     assert "!token" not in admin
-    auditor = await ask(chat, "!help", AUDITOR)
+    auditor = await ask(chat, "!bastion help", AUDITOR)
     assert "`!sbg rule list`" in auditor and "`!sbg decisions" in auditor
     assert "rule add" not in auditor and "!sbg test" not in auditor
-    assert "!sbg" not in await ask(chat, "!help", STAFF)
+    assert "!sbg" not in await ask(chat, "!bastion help", STAFF)
 
 
 async def test_gateway_timeout_changes_nothing(

@@ -38,7 +38,7 @@ def auth(key: str = EXPORT_KEY) -> dict[str, str]:
 
 async def fill(chat: Chat, count: int) -> None:
     for _ in range(count):
-        await chat.send("!whoami", sender=NOBODY)
+        await chat.send("!bastion whoami", sender=NOBODY)
 
 
 async def lines(response: Any) -> list[dict[str, Any]]:

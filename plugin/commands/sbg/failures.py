@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 from maubot import MessageEvent
 
 from ... import fmt
-from ...confirm import Action
+from ...confirm import Resume
 from ...dmz import DmzError, DmzFailure, DmzUnavailable
 from ...gate import Context, Failed, GatedHandler
 
@@ -29,13 +30,13 @@ def translate(error: DmzFailure) -> Failed:
     return Failed("The gateway call failed; nothing was changed.", type(error).__name__)
 
 
-def guarded(action: Action) -> Action:
-    """``action`` with gateway failures turned into replies (for confirmed actions)."""
+def guarded(resume: Resume) -> Resume:
+    """``resume`` with gateway failures turned into replies (for confirmed actions)."""
 
-    @functools.wraps(action)
-    async def run(ctx: Context) -> None:
+    @functools.wraps(resume)
+    async def run(ctx: Context, payload: Mapping[str, Any]) -> None:
         try:
-            await action(ctx)
+            await resume(ctx, payload)
         except DmzFailure as e:
             raise translate(e) from None
 

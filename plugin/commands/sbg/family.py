@@ -11,21 +11,19 @@ names the ruleset version before and after (``version 7 -> 8``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
 from maubot import MessageEvent
-from maubot.handlers import command
 
 from ... import fmt
-from ...confirm import Action
 from ...dmz import DmzError, DmzFailure, DmzUnavailable, GatewayRule, Ruleset, RuleWrite
 from ...durations import format_duration
 from ...gate import Context, Failed, Role, gated
 from ...services import Services
 from ...syntax import arguments
-from ..base import CommandFamily, NoArgs, Subcommand
+from ..base import CommandFamily, NoArgs, Subcommand, family_root, spec_of
 from .args import (
     KIND_USAGE,
     DecisionsArgs,
@@ -49,6 +47,12 @@ from .render import (
     trace_table,
 )
 
+
+def target_payload(ruleset: Ruleset, rule: GatewayRule) -> dict[str, Any]:
+    """What a confirmed change to ``rule`` needs: its id, how it was shown, the version seen."""
+    return {"rule": rule.id, "described": describe_rule(rule), "version": ruleset.version}
+
+
 # How far back a promotion prompt counts what the rule would have refused ("24 hours").
 WOULD_BLOCK_WINDOW = 86400
 WOULD_BLOCK_LIMIT = 1000
@@ -58,13 +62,14 @@ class SbgCommands(CommandFamily):
     def __init__(self, services: Services) -> None:
         super().__init__(services)
         self.gateway = services.gateway
+        confirmations = services.confirmations
+        confirmations.register(spec_of(self.rule_add), guarded(self._resume_add))
+        confirmations.register(spec_of(self.rule_remove), guarded(self._resume_remove))
+        confirmations.register(spec_of(self.rule_enable), guarded(self._resume_switch))
+        confirmations.register(spec_of(self.rule_disable), guarded(self._resume_switch))
+        confirmations.register(spec_of(self.rule_promote), guarded(self._resume_promote))
 
-    @command.new(
-        "sbg",
-        help="The Secure Border Gateway: rules, dry runs, decisions",
-        require_subcommand=False,
-        arg_fallthrough=False,
-    )
+    @family_root("sbg", help="The Secure Border Gateway: rules, dry runs, decisions")
     @arguments(Subcommand)
     @gated("sbg", Role.GATEWAY_ADMIN, Role.AUDITOR, listed=False)
     async def sbg(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
@@ -172,7 +177,7 @@ class SbgCommands(CommandFamily):
         raise Failed(
             f"Someone else changed the gateway rules after you looked (you saw version "
             f"{before}, it is now version {current.version}{by}); nothing was applied. "
-            "Check `!sbg rule list` and try again.",
+            f"Check {fmt.code(self.spell('sbg rule list'))} and try again.",
             f"stale version {before}, now {current.version}; nothing applied",
         )
 
@@ -185,12 +190,17 @@ class SbgCommands(CommandFamily):
         return f", changed by {fmt.user(author)}" if isinstance(author, str) and author else ""
 
     async def _confirm_or_run(
-        self, ctx: Context, yes: bool, question: str, effects: list[str], action: Action
+        self,
+        ctx: Context,
+        yes: bool,
+        question: str,
+        effects: list[str],
+        payload: Mapping[str, Any],
     ) -> None:
-        if yes or not effects:
-            await action(ctx)
-            return
-        await self.services.confirmations.ask(ctx, " ".join((question, *effects)), guarded(action))
+        """Run the command's resume now, or -- for broad effects -- ask first (stored)."""
+        await self.services.confirmations.run_or_ask(
+            ctx, yes or not effects, " ".join((question, *effects)), payload
+        )
 
     @rule.subcommand(
         "add",
@@ -217,18 +227,16 @@ class SbgCommands(CommandFamily):
             f"Add a {args.kind} rule for {fmt.md(describe_params(args.kind, args.params))} "
             f"to ruleset version {ruleset.version}?"
         )
+        payload = {"kind": args.kind, "spec": args.spec(), "version": ruleset.version}
+        await self._confirm_or_run(ctx, args.yes, question, effects, payload)
 
-        async def add(run: Context) -> None:
-            await self._add(run, args, ruleset.version)
-
-        await self._confirm_or_run(ctx, args.yes, question, effects, add)
-
-    async def _add(self, ctx: Context, args: RuleAddArgs, before: int) -> None:
+    async def _resume_add(self, ctx: Context, payload: Mapping[str, Any]) -> None:
+        kind, spec, before = str(payload["kind"]), dict(payload["spec"]), int(payload["version"])
         result = await self._write(
             ctx,
             before,
-            lambda v: self.gateway.add_rule(ctx.acting, args.spec(), version=v),
-            usage=f"!sbg rule add {KIND_USAGE[args.kind]}",
+            lambda v: self.gateway.add_rule(ctx.acting, spec, version=v),
+            usage=f"{self.spell('sbg rule add')} {KIND_USAGE[kind]}",
         )
         rule = result.rule
         if rule is None:
@@ -256,58 +264,56 @@ class SbgCommands(CommandFamily):
     async def rule_remove(self, evt: MessageEvent, ctx: Context, args: RuleIdArgs) -> None:
         ruleset, rule = await self._target(ctx, args.rule_id)
         after = [r for r in ruleset.rules if r.id != rule.id]
-
-        async def remove(run: Context) -> None:
-            result = await self._write(
-                run,
-                ruleset.version,
-                lambda v: self.gateway.remove_rule(run.acting, rule.id, version=v),
-            )
-            run.note(f"removed {rule.id}")
-            await run.reply(
-                f"Rule {describe_rule(rule)} removed; the ruleset is now version {result.version}."
-            )
-
         await self._confirm_or_run(
             ctx,
             args.yes,
             f"Remove rule {describe_rule(rule)} from ruleset version {ruleset.version}?",
             broad_effects(ruleset.rules, after),
-            remove,
+            target_payload(ruleset, rule),
         )
+
+    async def _resume_remove(self, run: Context, payload: Mapping[str, Any]) -> None:
+        rule_id, described = str(payload["rule"]), str(payload["described"])
+        result = await self._write(
+            run,
+            int(payload["version"]),
+            lambda v: self.gateway.remove_rule(run.acting, rule_id, version=v),
+        )
+        run.note(f"removed {rule_id}")
+        await run.reply(f"Rule {described} removed; the ruleset is now version {result.version}.")
 
     async def _switch(self, ctx: Context, args: RuleIdArgs, enabled: bool) -> None:
         ruleset, rule = await self._target(ctx, args.rule_id)
         after = [attrs.evolve(r, enabled=enabled) if r.id == rule.id else r for r in ruleset.rules]
-        state = "enabled" if enabled else "disabled"
-
-        async def switch(run: Context) -> None:
-            result = await self._write(
-                run,
-                ruleset.version,
-                lambda v: self.gateway.update_rule(
-                    run.acting, rule.id, {"enabled": enabled}, version=v
-                ),
-            )
-            if not result.changed:
-                await run.reply(
-                    f"Rule {fmt.code(rule.id)} was already {state}; nothing changed "
-                    f"(ruleset version {result.version})."
-                )
-                return
-            run.note(f"{state} {rule.id}")
-            await run.reply(
-                f"Rule {describe_rule(rule)} is {state}; the ruleset is now version "
-                f"{result.version}."
-            )
-
         verb = "Enable" if enabled else "Disable"
         await self._confirm_or_run(
             ctx,
             args.yes,
             f"{verb} rule {describe_rule(rule)} in ruleset version {ruleset.version}?",
             broad_effects(ruleset.rules, after),
-            switch,
+            {**target_payload(ruleset, rule), "enabled": enabled},
+        )
+
+    async def _resume_switch(self, run: Context, payload: Mapping[str, Any]) -> None:
+        rule_id, described = str(payload["rule"]), str(payload["described"])
+        enabled = bool(payload["enabled"])
+        state = "enabled" if enabled else "disabled"
+        result = await self._write(
+            run,
+            int(payload["version"]),
+            lambda v: self.gateway.update_rule(
+                run.acting, rule_id, {"enabled": enabled}, version=v
+            ),
+        )
+        if not result.changed:
+            await run.reply(
+                f"Rule {fmt.code(rule_id)} was already {state}; nothing changed "
+                f"(ruleset version {result.version})."
+            )
+            return
+        run.note(f"{state} {rule_id}")
+        await run.reply(
+            f"Rule {described} is {state}; the ruleset is now version {result.version}."
         )
 
     @rule.subcommand("enable", help="enable a rule (asks to confirm broad changes)")
@@ -330,23 +336,6 @@ class SbgCommands(CommandFamily):
     @gateway_errors
     async def rule_promote(self, evt: MessageEvent, ctx: Context, args: RuleIdArgs) -> None:
         ruleset, rule = await self._target(ctx, args.rule_id)
-
-        async def promote(run: Context) -> None:
-            result = await self._write(
-                run, ruleset.version, lambda v: self.gateway.promote(run.acting, rule.id, version=v)
-            )
-            if not result.changed:
-                await run.reply(
-                    f"Rule {fmt.code(rule.id)} was already enforced; nothing changed "
-                    f"(ruleset version {result.version})."
-                )
-                return
-            run.note(f"promoted {rule.id}")
-            await run.reply(
-                f"Rule {describe_rule(rule)} is now enforced; the ruleset is now version "
-                f"{result.version}."
-            )
-
         effects: list[str] = []
         if rule.mode == "audit" and not args.yes:
             after = [
@@ -361,7 +350,25 @@ class SbgCommands(CommandFamily):
             f"Promote rule {describe_rule(rule)} from audit to enforce in ruleset version "
             f"{ruleset.version}?",
             effects,
-            promote,
+            target_payload(ruleset, rule),
+        )
+
+    async def _resume_promote(self, run: Context, payload: Mapping[str, Any]) -> None:
+        rule_id, described = str(payload["rule"]), str(payload["described"])
+        result = await self._write(
+            run,
+            int(payload["version"]),
+            lambda v: self.gateway.promote(run.acting, rule_id, version=v),
+        )
+        if not result.changed:
+            await run.reply(
+                f"Rule {fmt.code(rule_id)} was already enforced; nothing changed "
+                f"(ruleset version {result.version})."
+            )
+            return
+        run.note(f"promoted {rule_id}")
+        await run.reply(
+            f"Rule {described} is now enforced; the ruleset is now version {result.version}."
         )
 
     async def _would_block(self, ctx: Context, rule: GatewayRule) -> str:
@@ -434,7 +441,8 @@ class SbgCommands(CommandFamily):
             described["room"] = args.room
         if args.event_type:
             described["event_type"] = args.event_type
-        await self._evaluate(ctx, described, "!sbg test federation " + DryRunFederationArgs.USAGE)
+        usage = f"{self.spell('sbg test federation')} {DryRunFederationArgs.USAGE}"
+        await self._evaluate(ctx, described, usage)
 
     @dry_run.subcommand("client", help="what the gateway would do with a client request")
     @arguments(DryRunClientArgs)
@@ -445,7 +453,9 @@ class SbgCommands(CommandFamily):
         for key, value in (("user", args.user), ("user_agent", args.user_agent), ("ip", args.ip)):
             if value is not None:
                 described[key] = value
-        await self._evaluate(ctx, described, "!sbg test client " + DryRunClientArgs.USAGE)
+        await self._evaluate(
+            ctx, described, f"{self.spell('sbg test client')} {DryRunClientArgs.USAGE}"
+        )
 
     async def _evaluate(self, ctx: Context, described: dict[str, Any], usage: str) -> None:
         try:
