@@ -75,3 +75,13 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
 upgrade_table.register(
     upgrade_v1, description="Versioned rules, ruleset history and the decision log"
 )
+
+
+async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
+    # The origin as the request spelled it, when that differs from its canonical form.
+    await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN origin_raw TEXT")
+
+
+upgrade_table.register(
+    upgrade_v2, description="Decision log: the origin as the request spelled it"
+)
