@@ -22,6 +22,10 @@ class ListenConfig:
     # PEM files; with both set the proxy listener speaks TLS (e.g. federation on 8448).
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
+    # Seconds a request being read may go without a byte arriving (head or body).
+    body_timeout: float = 60.0
+    # Seconds from a request's first byte to the end of its body.
+    request_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
             port=listen_section.int("port", low=0, high=65535),
             tls_certificate=tls.get("tls_certificate"),
             tls_private_key=tls.get("tls_private_key"),
+            body_timeout=listen_section.float("body_timeout", 60.0),
+            request_timeout=listen_section.float("request_timeout", 600.0),
         )
     upstream = section.url("upstream") if section.has("upstream") else None
     if listen is not None and upstream is None:

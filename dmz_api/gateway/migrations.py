@@ -82,6 +82,4 @@ async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN origin_raw TEXT")
 
 
-upgrade_table.register(
-    upgrade_v2, description="Decision log: the origin as the request spelled it"
-)
+upgrade_table.register(upgrade_v2, description="Decision log: the origin as the request spelled it")

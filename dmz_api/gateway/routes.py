@@ -7,7 +7,6 @@ author, and answer with the new ``version`` (also as ``ETag``).
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +24,6 @@ from .policy.model import Outcome, RequestClass, RequestInfo, Source
 from .policy.rules import RULE_ID
 from .service import GatewayService, WriteResult
 from .store import DecisionQuery
-
 
 
 def service(request: web.Request) -> GatewayService:
