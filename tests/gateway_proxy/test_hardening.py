@@ -48,7 +48,8 @@ async def quick(make_gateway: MakeGateway, upstream: Upstream) -> Gateway:
         ),
         (
             "chunked body stalls",
-            b"POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: x\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
             b"4\r\nabcd\r\n",
         ),
         (
