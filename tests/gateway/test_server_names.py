@@ -191,3 +191,12 @@ def test_policy_server_paths_are_federation() -> None:
     assert info.endpoint == "policy.sign"
     unstable = classify("POST", "/_matrix/policy/unstable/org.matrix.msc4284/sign")
     assert unstable.endpoint == "policy.sign"
+
+
+def test_unknown_unsigned_endpoints_are_refused() -> None:
+    with pytest.raises(InvalidParam, match="is not an unsigned federation endpoint"):
+        validate_params(
+            Kind.SERVER_ALLOW, {"servers": ["a.example"], "allow_unsigned_endpoints": ["send"]}
+        )
+    with pytest.raises(InvalidParam, match="unknown key"):
+        validate_params(Kind.SERVER_BLOCK, {"servers": ["a"], "allow_unsigned_endpoints": []})
