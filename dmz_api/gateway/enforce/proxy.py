@@ -5,7 +5,9 @@ Every request is classified (``matrix_paths``) and judged by ``GatewayService.de
 before anything reaches the homeserver. A block is answered here,
 ``403 {"errcode": "M_FORBIDDEN", "error": ...}`` (503 while the gateway fails closed);
 any other path gets ``404 M_UNRECOGNIZED``. An allowed request is forwarded with its raw,
-still-encoded path (re-encoding breaks X-Matrix signatures) and its body untouched.
+still-encoded path (re-encoding breaks X-Matrix signatures) and its body untouched; its
+``X-Forwarded-For``, ``X-Real-IP`` and ``Forwarded`` headers are rebuilt to name exactly
+the address the rules judged.
 Request and response bodies stream through under flow control, so a long-polling
 ``/sync`` or a large media transfer holds no more than a few buffers. Only ``createRoom``
 bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state`` names

@@ -14,11 +14,14 @@ Used by every HTTP enforcement point (the reverse proxy and ``GET /v1/authz``)::
     decision = app[appkeys.GATEWAY].decide(info)
 
 The classifier is deliberately lenient: it recognises every spelling a homeserver might
-accept (``r0``, ``v3``, ``unstable[/namespace]``, ``api/v1``, any case, empty segments,
-trailing slashes, percent-encoding, ``POST send`` without a transaction id), so a request
-is never judged as something harmless that a homeserver would route as an event. Paths
-are split on ``/`` first and each segment is then percent-decoded, as Synapse does; a path
-with an encoded slash is classified both ways and the event types are merged.
+accept (``r0``, ``v3``, ``unstable[/namespace]``, ``api/v1``, any case, a trailing slash,
+percent-encoding, ``POST send`` without a transaction id), so a request is never judged as
+something harmless that a homeserver would route as an event. Paths are read as Twisted
+and Synapse read them: the path ends at the first ``?`` (a raw ``#`` is part of it), is
+split on ``/`` first and each segment is then percent-decoded; a path with an encoded slash
+is classified both ways and the event types are merged. Dot segments and empty segments
+(``//``), which Synapse's servlets would read one place off, make a request malformed.
+Server names in ``X-Matrix`` headers are read by ``server_names``.
 """
 
 from __future__ import annotations
