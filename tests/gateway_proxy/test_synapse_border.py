@@ -153,6 +153,8 @@ JOINS: list[tuple[str, str, str | None]] = [
     ("/_matrix/client/v3/join/#nowhere:{sn}?via=x", "alias #nowhere:{sn}", "#nowhere:{sn}"),
     ("/_matrix/client/v3/join/#now;here:{sn}", "alias #now;here:{sn}", "#now;here:{sn}"),
     ("/_matrix/client/v3/join/#no%2Fwhere:{sn}", "alias #no/where:{sn}", "#no/where:{sn}"),
+    ("/_matrix/client/v3/join/#no%3Fwhere:{sn}", "alias #no?where:{sn}", "#no?where:{sn}"),
+    ("/_matrix/client/v3/join/#no%3fwhere:{sn}?x#y", "alias #no?where:{sn}", "#no?where:{sn}"),
     ("/_matrix/client/v3/join/#nowhere:{sn}#x", "not legal", "#nowhere:{sn}#x"),
     ("/_matrix/client//v3/join/#nowhere:{sn}", "unrecognized", None),
     ("/_matrix/client/v3//join/#nowhere:{sn}", "unrecognized", None),
