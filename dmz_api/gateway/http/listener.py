@@ -97,6 +97,7 @@ class ServerRequest:
         "keep_alive",
         "method",
         "raw_path",
+        "repeated_framing",
         "started",
     )
 
@@ -111,6 +112,7 @@ class ServerRequest:
         self.keep_alive = True
         self.body_exists = False
         self.content_length: int | None = None
+        self.repeated_framing = False
         self._chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self._complete = False
@@ -275,6 +277,9 @@ class ServerRequest:
         self._conn.close()
 
 
+_FRAMING = frozenset({b"transfer-encoding", b"content-length"})
+
+
 class BadFraming(Exception):
     """The request's framing headers are ambiguous; the text says which."""
 
@@ -402,6 +407,8 @@ class _HttpConnection(WriteFlow):
         request.headers.append((lower, name, value))
         if lower not in request.fields:
             request.fields[lower] = value
+        elif lower in _FRAMING:
+            request.repeated_framing = True
 
     def on_headers_complete(self) -> None:
         request = self._parsing
@@ -413,12 +420,17 @@ class _HttpConnection(WriteFlow):
         request.http11 = parser.get_http_version() != "1.0"
         request.keep_alive = parser.should_keep_alive()
         fields = request.fields
-        if b"transfer-encoding" in fields or b"content-length" in fields:
-            check_framing(request)  # raises: httptools stops, data_received answers 400
         length = fields.get(b"content-length")
+        encoding = fields.get(b"transfer-encoding")
+        if (
+            encoding is not None
+            or request.repeated_framing
+            or (length is not None and not length.isdigit())
+        ):
+            check_framing(request)  # raises: httptools stops, data_received answers 400
         if length is not None:
             request.content_length = int(length)
-        if b"transfer-encoding" in fields:
+        if encoding is not None:
             request.body_exists = True  # chunked, the only encoding check_framing admits
         else:
             request.body_exists = bool(request.content_length)
