@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Section
+from .policy import server_names
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_SERVER_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?$")
 _LOOPBACK = ("127.0.0.1/32", "::1/128")
 
 
@@ -89,7 +88,7 @@ def _optional(section: Section, name: str) -> Section:
 
 def parse_gateway_config(section: Section) -> GatewayConfig:
     server_name = section.str("server_name")
-    if not _SERVER_NAME.match(server_name):
+    if server_names.parse(server_name, trailing_dot=False) is None:
         raise section.error(
             "server_name", "must be a server name such as corp.example or host:8448"
         )
