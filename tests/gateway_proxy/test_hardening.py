@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Gateway, MakeGateway, Upstream
+from .conftest import ADMIN, Gateway, MakeGateway, Upstream
 from .test_listener import read_response
 
 PUT_HEAD = (
@@ -218,6 +218,11 @@ async def test_a_blocked_server_is_refused_in_every_spelling(
     [row] = await gateway.decisions(1)
     assert row["origin"] == "evil.example:8448" and row["origin_raw"] == origin
     assert row["rule"] == "evil" and row["outcome"] == "block"
+    # A query in any spelling finds it.
+    resp = await gateway.admin.get(
+        "/v1/decisions", params={"origin": "EVIL.Example:08448"}, headers=ADMIN
+    )
+    assert [d["id"] for d in (await resp.json())["decisions"]] == [row["id"]]
 
 
 @pytest.mark.parametrize(
