@@ -132,6 +132,8 @@ def test_two_spellings_of_one_server_are_one_origin_two_servers_conflict() -> No
         ("*.Example.ORG", "*.example.org"),
         ("*.example.org.", "*.example.org"),
         ("host:*", "host:*"),
+        ("Host.:*", "host:*"),
+        ("[0::1]:*", "[::1]:*"),
         ("host?:0443", "host?:443"),
         ("[::1]:8448", "[::1]:8448"),
         ("*", "*"),
@@ -141,7 +143,10 @@ def test_rule_patterns_are_stored_canonical(pattern: str, canonical: str) -> Non
     assert validate_params(Kind.SERVER_BLOCK, {"servers": [pattern]}) == {"servers": [canonical]}
 
 
-@pytest.mark.parametrize("pattern", ["evil_example", "host:+*", "*.example:0x1", "a..*", "évil.*"])
+@pytest.mark.parametrize(
+    "pattern",
+    ["evil_example", "host:+*", "*.example:0x1", "a..*", "évil.*", "evil_example:*", "a:b:*"],
+)
 def test_rule_patterns_that_name_no_server_are_refused(pattern: str) -> None:
     with pytest.raises(InvalidParam, match="is not a server name or glob"):
         validate_params(Kind.SERVER_BLOCK, {"servers": [pattern]})

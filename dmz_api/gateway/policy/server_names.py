@@ -118,10 +118,17 @@ def canonical_glob(pattern: str) -> str | None:
     if "*" not in pattern and "?" not in pattern:
         return canonical(pattern)
     host, port_text = split(pattern.lower())
-    if host.endswith(".") and not host.endswith(".."):
-        host = host[:-1]
-    if not host or not _HOST_GLOB.match(host) or ".." in host:
-        return None
+    if "*" not in host and "?" not in host:
+        # A server's host with a wildcard port (``[::1]:*``).
+        name = canonical(host) if ":" not in host or host.startswith("[") else None
+        if name is None:
+            return None
+        host = name
+    else:
+        if host.endswith(".") and not host.endswith(".."):
+            host = host[:-1]
+        if not host or not _HOST_GLOB.match(host) or ".." in host:
+            return None
     if port_text is None or port_text == "*":
         return host if port_text is None else f"{host}:*"
     if not port_text.isascii() or not port_text.isdigit():
