@@ -10,8 +10,9 @@ after the response, so an unread body is never taken for the next request.
 
 Reading a request is bounded in time: a request whose head or body goes ``body_timeout``
 seconds without a byte, or is not complete ``request_timeout`` seconds after its first
-byte, is answered ``408`` (when no answer was started) and its connection closed; time
-during which reading is paused by the gateway itself does not count as the client's.
+byte, is answered ``408`` (when no answer was started) and its connection closed. While
+the gateway itself pauses reading (flow control), the client is not idle; the total time
+counts regardless.
 Framing that two parsers could read differently is refused with ``400`` before any
 handler sees it: more than one ``Transfer-Encoding``, one other than ``chunked``, one
 beside a ``Content-Length``, and several or non-numeric ``Content-Length`` values.
