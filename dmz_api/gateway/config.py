@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config_reader import Section
+from .policy import server_names
 from .signing.keys import KeyFileError, check_key_file
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_SERVER_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?$")
 _LOOPBACK = ("127.0.0.1/32", "::1/128")
 
 
@@ -23,6 +22,10 @@ class ListenConfig:
     # PEM files; with both set the proxy listener speaks TLS (e.g. federation on 8448).
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
+    # Seconds a request being read may go without a byte arriving (head or body).
+    body_timeout: float = 60.0
+    # Seconds from a request's first byte to the end of its body.
+    request_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def _optional(section: Section, name: str) -> Section:
 
 def parse_gateway_config(section: Section) -> GatewayConfig:
     server_name = section.str("server_name")
-    if not _SERVER_NAME.match(server_name):
+    if server_names.parse(server_name, trailing_dot=False) is None:
         raise section.error(
             "server_name", "must be a server name such as corp.example or host:8448"
         )
@@ -125,6 +128,8 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
             port=listen_section.int("port", low=0, high=65535),
             tls_certificate=tls.get("tls_certificate"),
             tls_private_key=tls.get("tls_private_key"),
+            body_timeout=listen_section.float("body_timeout", 60.0),
+            request_timeout=listen_section.float("request_timeout", 600.0),
         )
     upstream = section.url("upstream") if section.has("upstream") else None
     if listen is not None and upstream is None:

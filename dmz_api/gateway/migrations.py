@@ -75,3 +75,9 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE INDEX gateway_decisions_outcome ON gateway_decisions (outcome, id)")
     await conn.execute("CREATE INDEX gateway_decisions_origin ON gateway_decisions (origin, id)")
     await conn.execute("CREATE INDEX gateway_decisions_rule ON gateway_decisions (rule_id, id)")
+
+
+@upgrade_table.register(description="Decision log: the origin as the request spelled it")
+async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
+    # The origin as the request spelled it, when that differs from its canonical form.
+    await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN origin_raw TEXT")

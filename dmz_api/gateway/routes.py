@@ -7,7 +7,6 @@ author, and answer with the new ``version`` (also as ``ETag``).
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,13 +17,12 @@ from ..auth import requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
 from ..params import actor, json_body, query_choice, query_int, query_limit
+from .policy import server_names
 from .policy.matrix_paths import request_info
 from .policy.model import Outcome, RequestClass, RequestInfo, Source
 from .policy.rules import RULE_ID
 from .service import GATEWAY, GatewayService, WriteResult
 from .store import DecisionQuery
-
-_SERVER_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]{1,255})(:\d{1,5})?$")
 
 
 def service(request: web.Request) -> GatewayService:
@@ -185,7 +183,7 @@ async def list_decisions(request: web.Request) -> web.Response:
     user = request.query.get("user") or None
     query = DecisionQuery(
         outcome=query_choice(request, "decision", tuple(o.value for o in Outcome)),
-        origin=origin.lower() if origin else None,
+        origin=(server_names.canonical(origin) or origin.lower()) if origin else None,
         user=validate_user_id(user, "user") if user else None,
         rule=request.query.get("rule") or None,
         request_class=query_choice(request, "class", tuple(c.value for c in RequestClass)),
@@ -266,10 +264,11 @@ def describe_request(body: dict[str, Any]) -> RequestInfo:
         )
     origin = _optional_str(body, "origin", 255)
     if origin is not None:
-        origin = origin.lower()
-        if not _SERVER_NAME.match(origin):
+        name = server_names.canonical(origin)
+        if name is None:
             raise InvalidParam("origin must be a server name such as partner.example")
-        info.origin = origin
+        info.origin = name
+        info.origin_raw = origin if origin != name else None
     user = _optional_str(body, "user", 255)
     if user is not None:
         info.user = validate_user_id(user, "user")

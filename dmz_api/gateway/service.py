@@ -249,6 +249,7 @@ class GatewayService:
                 decision.outcome.value,
                 latency_us,
                 decision.version,
+                req.origin_raw,
             )
         )
         self._counters[decision.outcome].inc()

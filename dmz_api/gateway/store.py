@@ -55,6 +55,7 @@ DECISION_COLUMNS = (
     "outcome",
     "latency_us",
     "version",
+    "origin_raw",
 )
 # One decision record, in DECISION_COLUMNS order.
 DecisionRecord = tuple[
@@ -72,12 +73,13 @@ DecisionRecord = tuple[
     str,
     int,
     int,
+    str | None,
 ]
 
 _INSERT_DECISION = (
     "INSERT INTO gateway_decisions (ts, source, class, origin, user_id, method, path,"
-    " event_type, room, rule_id, mode, outcome, latency_us, version)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+    " event_type, room, rule_id, mode, outcome, latency_us, version, origin_raw)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
 )
 # SQLite: a batch is one multi-row INSERT, so the database thread binds it and runs one
 # step, taking the GIL once per statement rather than once per row (``executemany``). Its
@@ -98,7 +100,7 @@ def _insert_decisions_sql(rows: int) -> str:
 
 _SELECT_DECISIONS = (
     "SELECT id, ts, source, class, origin, user_id, method, path, event_type, room, rule_id,"
-    " mode, outcome, latency_us, version FROM gateway_decisions"
+    " mode, outcome, latency_us, version, origin_raw FROM gateway_decisions"
 )
 
 
@@ -165,6 +167,7 @@ def decision_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "source": row["source"],
         "class": row["class"],
         "origin": row["origin"],
+        "origin_raw": row["origin_raw"],
         "user": row["user_id"],
         "method": row["method"],
         "path": row["path"],

@@ -31,7 +31,7 @@ def test_full(tmp_path: Path) -> None:
     config = parse(
         {
             "upstream": "http://127.0.0.1:8008/",
-            "listen": {"host": "0.0.0.0", "port": 8448},
+            "listen": {"host": "0.0.0.0", "port": 8448, "body_timeout": 5, "request_timeout": 90},
             "authz": {"secret_file": "authz.secret", "allowed_peers": ["0.0.0.0/0"]},
             "trusted_proxies": ["10.0.0.1", "fd00::/8"],
             "decision_log": {
@@ -48,6 +48,7 @@ def test_full(tmp_path: Path) -> None:
     assert [str(n) for n in config.trusted_proxies] == ["10.0.0.1/32", "fd00::/8"]
     assert config.decision_log.retention == 7 * 86400
     assert config.upstream_ca_file is None
+    assert config.listen.body_timeout == 5.0 and config.listen.request_timeout == 90.0
 
 
 def test_upstream_ca_file_is_relative_to_the_config(tmp_path: Path) -> None:
@@ -62,6 +63,14 @@ def test_upstream_ca_file_is_relative_to_the_config(tmp_path: Path) -> None:
         ({"server_name": "not a name"}, "gateway.server_name: must be a server name"),
         ({"listen": {"port": 8448}}, "gateway.upstream: is required when listen is set"),
         ({"upstream": "ftp://x"}, "gateway.upstream: must be an http(s) URL"),
+        (
+            {"upstream": "http://h", "listen": {"port": 1, "body_timeout": 0}},
+            "gateway.listen.body_timeout: must be a number above 0",
+        ),
+        (
+            {"upstream": "http://h", "listen": {"port": 1, "request_timeout": "soon"}},
+            "gateway.listen.request_timeout: must be a number above 0",
+        ),
         ({"authz": {"secret": "short"}}, "gateway.authz.secret: must be at least 22"),
         ({"authz": {"allowed_peers": ["0.0.0.0/0"]}}, "gateway.authz.allowed_peers: admits every"),
         ({"trusted_proxies": ["nope"]}, "gateway.trusted_proxies: 'nope' is not an IP"),
@@ -88,3 +97,4 @@ def test_example_config_parses() -> None:
 
     config = load_config(Path(__file__).parents[2] / "dmz_api" / "example-config.yaml")
     assert config.gateway is not None and config.gateway.listen is not None
+    assert config.gateway.listen.body_timeout == 60 and config.gateway.listen.request_timeout == 600

@@ -30,7 +30,6 @@ ROOM = "!abc:corp.example"
         ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/{ENC}/txn1?ts=1&user_id=x"),
         ("POST", f"/_matrix/client/v3/rooms/{ROOM}/send/{ENC}"),
         ("POST", f"/_matrix/client/v3/rooms/{ROOM}/send/{ENC}/"),
-        ("PUT", f"/_matrix//client/v3//rooms/{ROOM}/send/{ENC}/t"),
         ("PUT", f"/_MATRIX/Client/V3/Rooms/{ROOM}/SEND/{ENC}/t"),
         ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/m%2Eroom%2Eencryption/t"),
         ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/m%2eroom%2eencryption/t"),

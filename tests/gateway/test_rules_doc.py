@@ -102,6 +102,20 @@ def test_server_globs_and_ports() -> None:
     assert blocks("10.0.0.?:8448", "10.0.0.7:8448")
 
 
+def test_every_spelling_of_a_server_is_that_server() -> None:
+    rules = [make_rule("b", "server_block", {"servers": ["Evil.Example.:08448"]})]
+    assert rules[0].params["servers"] == ["evil.example:8448"]
+    for origin in ("evil.example:8448", "evil.example:008448", "evil.example:+8448",
+                   "evil.example:8_448", "evil.example: 8448", "EVIL.EXAMPLE:8448"):  # fmt: skip
+        assert outcome(rules, fed(origin)) == ("block", "b"), origin
+    assert outcome(rules, fed("evil.example:8449")) == ("allow", None)
+
+
+def test_an_unreadable_x_matrix_origin_is_malformed() -> None:
+    for origin in ("evil.example:0x20fb", "evil_example", "evil.example."):
+        assert outcome([], fed(origin)) == ("block", "builtin:malformed"), origin
+
+
 # ---- 2.2 server_allow
 
 
@@ -438,3 +452,26 @@ def test_trace_lists_every_rule_in_order() -> None:
         ("y", "disabled", False),
         ("z", "block", True),
     ]
+
+
+def test_unsigned_onbind_needs_allow_unsigned_endpoints() -> None:
+    onbind = fed(None, "/_matrix/federation/v1/3pid/onbind")
+    profile = fed(None, "/_matrix/federation/v1/query/profile", "GET")
+    plain = [make_rule("A", "server_allow", {"servers": ["partner.example"]})]
+    assert outcome(plain, onbind) == ("block", "A")
+    params = {"servers": ["partner.example"], "allow_unsigned_endpoints": ["3pid/onbind"]}
+    rules = [make_rule("A", "server_allow", params)]
+    assert outcome(rules, onbind) == ("allow", "A")
+    assert outcome(rules, profile) == ("block", "A")
+    assert outcome(rules, fed("other.example", "/_matrix/federation/v1/3pid/onbind")) == (
+        "block",
+        "A",
+    )
+    # An audit rule that allows it previews nothing blocked; an enforced gate without it
+    # still refuses (an audit allow never opens what an enforced rule refuses).
+    audit = [*plain, make_rule("B", "server_allow", params, mode="audit")]
+    assert outcome(audit, onbind) == ("block", "A")
+    assert outcome([make_rule("B", "server_allow", params, mode="audit")], onbind) == (
+        "allow",
+        None,
+    )

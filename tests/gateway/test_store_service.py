@@ -130,6 +130,7 @@ async def test_decision_queries(db: Database) -> None:
             "block",
             3,
             1,
+            None,
         ),
         (
             2000,
@@ -146,6 +147,7 @@ async def test_decision_queries(db: Database) -> None:
             "allow",
             2,
             1,
+            None,
         ),
         (
             3000,
@@ -162,6 +164,7 @@ async def test_decision_queries(db: Database) -> None:
             "would_block",
             1,
             2,
+            "EVIL.example:08448",
         ),
     ]
     await store.insert_decisions(rows)

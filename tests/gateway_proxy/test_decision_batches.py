@@ -37,6 +37,7 @@ def record(n: int) -> DecisionRecord:
         "allow",
         n,
         7,
+        None if n % 2 else f"Remote{n}.example",
     )
 
 

@@ -90,6 +90,8 @@ async def test_forwarding_headers(
         "Proxy-Authorization": "Basic Zm9vOmJhcg==",
         "TE": "trailers",
         "X-Forwarded-For": "6.6.6.6",
+        "X-Real-IP": "6.6.6.6",
+        "Forwarded": "for=6.6.6.6;proto=https",
         "X-Forwarded-Host": "spoofed.example",
         "X-Custom": "kept",
         "User-Agent": "Element/1.11.50",
@@ -101,24 +103,43 @@ async def test_forwarding_headers(
     seen = dict(upstream.seen[-1].headers)
     for name in ("X-Private-Hop", "Keep-Alive", "Proxy-Authorization", "TE"):
         assert name not in seen
-    assert seen["X-Forwarded-For"] == "127.0.0.1"  # the client's own claim is dropped
+    # The client's own claims are dropped: every address header names the peer.
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+    assert seen["X-Real-IP"] == "127.0.0.1"
+    assert seen["Forwarded"] == "for=127.0.0.1;proto=http"
+    assert [name for name, _ in upstream.seen[-1].headers].count("X-Real-IP") == 1
     assert seen["X-Forwarded-Proto"] == "http"
     host = gateway.url.removeprefix("http://")
     assert seen["X-Forwarded-Host"] == host and seen["Host"] == host
     assert seen["X-Custom"] == "kept" and seen["User-Agent"] == "Element/1.11.50"
 
 
-async def test_trusted_proxy_forwarded_for_is_extended(
+async def test_trusted_proxy_forwards_exactly_the_judged_address(
     make_gateway: MakeGateway, upstream: Upstream, http: aiohttp.ClientSession
 ) -> None:
     gateway = await make_gateway(upstream.url, trusted_proxies=["127.0.0.1"])
     await gateway.add_rule({"kind": "client_allow", "params": {"networks": ["10.0.0.0/8"]}})
-    headers = {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"}
+    # The leftmost entry was written by the client; the rules judge the rightmost one the
+    # trusted proxy added, and the homeserver (which believes the first entry) gets only it.
+    headers = {
+        "X-Forwarded-For": "192.0.2.66, 10.1.2.3",
+        "X-Real-IP": "192.0.2.66",
+        "Forwarded": "for=192.0.2.66",
+        "X-Forwarded-Proto": "https",
+    }
     async with http.get(raw(gateway.url, "/_matrix/client/versions"), headers=headers) as resp:
         assert resp.status == 200, await resp.text()
     seen = dict(upstream.seen[-1].headers)
-    assert seen["X-Forwarded-For"] == "10.1.2.3, 127.0.0.1"
+    assert seen["X-Forwarded-For"] == "10.1.2.3"
+    assert seen["X-Real-IP"] == "10.1.2.3"
+    assert seen["Forwarded"] == "for=10.1.2.3;proto=https"
     assert seen["X-Forwarded-Proto"] == "https"
+    headers = {"X-Real-IP": "10.9.9.9"}  # a trusted proxy that sends only X-Real-IP
+    async with http.get(raw(gateway.url, "/_matrix/client/versions"), headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+    seen = dict(upstream.seen[-1].headers)
+    assert seen["X-Forwarded-For"] == seen["X-Real-IP"] == "10.9.9.9"
+    headers = {"X-Forwarded-For": "192.0.2.7"}
     headers["X-Forwarded-For"] = "192.0.2.7"
     async with http.get(raw(gateway.url, "/_matrix/client/versions"), headers=headers) as resp:
         assert resp.status == 403  # client_allow judged the forwarded address

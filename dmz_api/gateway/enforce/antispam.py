@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from ...errors import json_error
+from ..policy import server_names
 from ..policy.model import RequestClass, RequestInfo, Source
 from ..service import GATEWAY
 from .authz import caller_problem
@@ -50,24 +51,39 @@ def _str(body: Mapping[str, Any], key: str, required: bool = True) -> str | None
 
 
 def server_of(user_id: str) -> str:
-    return user_id.partition(":")[2].lower()
+    """The canonical server of a user ID (``server_names``), or its raw server part
+    lower-cased when that is not a server name (such a caller is refused as malformed)."""
+    raw = server_names.server_of_user(user_id)
+    return server_names.canonical(raw) or raw.lower()
+
+
+def _bad_server(user_id: str) -> str | None:
+    raw = server_names.server_of_user(user_id)
+    return None if server_names.canonical(raw) is not None else "the user's server name is invalid"
 
 
 class CallbackMapper:
     """Turns one callback body into the RequestInfo the rules judge."""
 
     def __init__(self, server_name: str) -> None:
-        self.server_name = server_name.lower()
+        self.exact_name = server_name
+        self.server_name = server_names.canonical(server_name) or server_name.lower()
 
     def _by(self, callback: str, user: str, **fields: Any) -> RequestInfo:
+        # Local as Synapse's is_mine sees it: the exact server name. Any other spelling is
+        # a remote server, judged by its canonical name.
+        raw = server_names.server_of_user(user)
+        local = raw == self.exact_name
         server = server_of(user)
-        local = server == self.server_name
+        if not local and "malformed" not in fields:
+            fields["malformed"] = _bad_server(user)
         return RequestInfo(
             RequestClass.CLIENT if local else RequestClass.FEDERATION,
             "POST",
             f"{PREFIX}/{callback}",
             endpoint=f"antispam.{callback}",
             origin=None if local else server,
+            origin_raw=None if local or raw == server else raw,
             user=user,
             source=Source.ANTISPAM,
             **fields,
@@ -104,8 +120,11 @@ class CallbackMapper:
         inviter, invitee = _str(body, "inviter"), _str(body, "invitee")
         assert inviter is not None and invitee is not None
         info = self._by("user_may_invite", inviter, event_types=_MEMBER, room=_str(body, "room_id"))
-        if info.request_class is RequestClass.CLIENT and server_of(invitee) != self.server_name:
+        invitee_server = server_names.server_of_user(invitee)
+        if info.request_class is RequestClass.CLIENT and invitee_server != self.exact_name:
             info.origin = server_of(invitee)
+            info.origin_raw = invitee_server if invitee_server != info.origin else None
+            info.malformed = info.malformed or _bad_server(invitee)
         return info
 
     def user_may_join_room(self, body: Mapping[str, Any]) -> RequestInfo:

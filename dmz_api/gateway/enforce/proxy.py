@@ -7,7 +7,9 @@ before anything reaches the homeserver. A block is answered here,
 any other path gets ``404 M_UNRECOGNIZED``. With ``gateway.policy_server`` configured, the
 policy server's paths (``policy_server.handles``) are answered here, not forwarded. An
 allowed request is forwarded with its raw, still-encoded path (re-encoding breaks
-X-Matrix signatures) and its body untouched.
+X-Matrix signatures) and its body untouched; its
+``X-Forwarded-For``, ``X-Real-IP`` and ``Forwarded`` headers are rebuilt to name exactly
+the address the rules judged.
 Request and response bodies stream through under flow control, so a long-polling
 ``/sync`` or a large media transfer holds no more than a few buffers. Only ``createRoom``
 bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state`` names
@@ -76,6 +78,7 @@ _NEVER_DROP_B = frozenset(name.encode() for name in _NEVER_DROP)
 _NOT_COPIED = frozenset(
     {name.lower().encode() for name in _HOP_BY_HOP}
     | {b"expect", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+    | {b"x-real-ip", b"forwarded"}
 )
 # Methods that get ``Content-Length: 0`` when they carry no body (as ClientSession did).
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -122,6 +125,13 @@ def _response_head(raw: list[tuple[str, str]]) -> bytes:
             dropped = dropped | _connection_named(value)
     lines = [f"{name}: {value}\r\n" for name, value in raw if name.lower() not in dropped]
     return "".join(lines).encode("utf-8", "surrogateescape")
+
+
+def forwarded_lines(ip: str, proto: str) -> str:
+    """``X-Forwarded-For``, ``X-Real-IP`` and ``Forwarded`` naming exactly ``ip``."""
+    node = f'"[{ip}]"' if ":" in ip else ip  # RFC 7239 §6: IPv6 in brackets, quoted
+    token = proto if proto.isalnum() else "https"
+    return f"X-Forwarded-For: {ip}\r\nX-Real-IP: {ip}\r\nForwarded: for={node};proto={token}\r\n"
 
 
 def _refuse(request: ServerRequest, status: int, errcode: str, error: str) -> None:
@@ -192,7 +202,11 @@ class GatewayProxy:
             keepalive_timeout=30.0,
             ca_file=str(ca) if (ca := self.config.upstream_ca_file) is not None else None,
         )
-        self._listener = HttpListener(self.handle)
+        self._listener = HttpListener(
+            self.handle,
+            body_timeout=self._listen.body_timeout,
+            request_timeout=self._listen.request_timeout,
+        )
         self.port = await self._listener.start(
             self._listen.host, self._listen.port, ssl_context=self._ssl_context(), backlog=1024
         )
@@ -253,7 +267,7 @@ class GatewayProxy:
             return _refuse(request, decision.status, "M_FORBIDDEN", decision.reason)
         if body is None:
             request.send_continue()
-        await self._forward(request, peer, body)
+        await self._forward(request, peer, ip, body)
 
     async def _read_inspected(self, request: ServerRequest) -> tuple[bytes | None, Any, str | None]:
         """(raw body, parsed JSON, problem) of a body the rules must see."""
@@ -282,10 +296,20 @@ class GatewayProxy:
         return body, content, None
 
     def _upstream_head(
-        self, request: ServerRequest, peer: str | None, length: int | None, chunked: bool
+        self,
+        request: ServerRequest,
+        peer: str | None,
+        ip: str | None,
+        length: int | None,
+        chunked: bool,
     ) -> bytes:
         """The upstream request's header lines: the client's, less hop-by-hop ones, with
-        the forwarding headers and the body framing (``length`` or ``chunked``) set here."""
+        the forwarding headers and the body framing (``length`` or ``chunked``) set here.
+
+        The client address headers (``X-Forwarded-For``, ``X-Real-IP``, ``Forwarded``) are
+        rebuilt from ``ip``, the address the rules judged; what the client sent is dropped,
+        so the homeserver (which believes the first X-Forwarded-For entry) sees the same
+        address as the rules."""
         connection = request.fields.get(b"connection")
         dropped = _NOT_COPIED
         if connection:
@@ -317,30 +341,19 @@ class GatewayProxy:
             lines.append("Transfer-Encoding: chunked\r\n")
         elif not has_length and request.method not in _BODYLESS_METHODS:
             lines.append("Content-Length: 0\r\n")
+        proto, host = self._scheme, request.host
         if self._trusted and in_networks(peer, self._trusted):
-            prior = request.header(b"x-forwarded-for")
-            forwarded_for = (f"{prior}, {peer}" if prior else peer) if peer else prior
-            if forwarded_for:
-                lines.append(f"X-Forwarded-For: {forwarded_for}\r\n")
-            proto = request.header(b"x-forwarded-proto")
-            if proto is None:
-                proto = self._scheme
-            lines.append(f"X-Forwarded-Proto: {proto}\r\n")
-            host = request.header(b"x-forwarded-host")
-            if host is None:
-                host = request.host
-            lines.append(f"X-Forwarded-Host: {host}\r\n")
-        else:
-            # Whatever an untrusted client claims about its address is dropped.
-            if peer:
-                lines.append(f"X-Forwarded-For: {peer}\r\n")
-            lines.append(
-                f"X-Forwarded-Proto: {self._scheme}\r\nX-Forwarded-Host: {request.host}\r\n"
-            )
+            proto = request.header(b"x-forwarded-proto") or proto
+            host = request.header(b"x-forwarded-host") or host
+        if ip:
+            lines.append(forwarded_lines(ip, proto))
+        lines.append(f"X-Forwarded-Proto: {proto}\r\nX-Forwarded-Host: {host}\r\n")
         append("".join(lines).encode("utf-8", "surrogateescape"))
         return b"".join(parts)
 
-    async def _forward(self, request: ServerRequest, peer: str | None, body: bytes | None) -> None:
+    async def _forward(
+        self, request: ServerRequest, peer: str | None, ip: str | None, body: bytes | None
+    ) -> None:
         pool = self._pool
         assert pool is not None
         data: bytes | BodySource | None = body
@@ -360,7 +373,7 @@ class GatewayProxy:
             upstream = await pool.request(
                 request.method,
                 request.raw_path,
-                self._upstream_head(request, peer, length, chunked),
+                self._upstream_head(request, peer, ip, length, chunked),
                 data,
                 chunked=chunked,
             )

@@ -7,6 +7,15 @@ mark before reading pauses; responses are written whole, or streamed with ``drai
 the transport's flow control. Keep-alive follows the request (HTTP/1.0 or
 ``Connection: close``); a connection whose request body was not received in full closes
 after the response, so an unread body is never taken for the next request.
+
+Reading a request is bounded in time: a request whose head or body goes ``body_timeout``
+seconds without a byte, or is not complete ``request_timeout`` seconds after its first
+byte, is answered ``408`` (when no answer was started) and its connection closed. While
+the gateway itself pauses reading (flow control), the client is not idle; the total time
+counts regardless.
+Framing that two parsers could read differently is refused with ``400`` before any
+handler sees it: more than one ``Transfer-Encoding``, one other than ``chunked``, one
+beside a ``Content-Length``, and several or non-numeric ``Content-Length`` values.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ _MAX_HEAD = 2**16
 _IDLE_TIMEOUT = 75.0
 _SWEEP = 5.0
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+TIMED_OUT = "The request was not received in time"
 
 Handler = Callable[["ServerRequest"], Awaitable[None]]
 
@@ -88,6 +98,7 @@ class ServerRequest:
         "keep_alive",
         "method",
         "raw_path",
+        "repeated_framing",
         "started",
     )
 
@@ -102,6 +113,7 @@ class ServerRequest:
         self.keep_alive = True
         self.body_exists = False
         self.content_length: int | None = None
+        self.repeated_framing = False
         self._chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self._complete = False
@@ -266,10 +278,31 @@ class ServerRequest:
         self._conn.close()
 
 
+_FRAMING = frozenset({b"transfer-encoding", b"content-length"})
+
+
+class BadFraming(Exception):
+    """The request's framing headers are ambiguous; the text says which."""
+
+
+def check_framing(request: ServerRequest) -> None:
+    """Refuse framing that a parser behind us could read differently (RFC 9112 §6.1, §6.3)."""
+    encodings = [v for name, _, v in request.headers if name == b"transfer-encoding"]
+    lengths = [v for name, _, v in request.headers if name == b"content-length"]
+    if encodings:
+        if len(encodings) > 1 or encodings[0].strip().lower() != b"chunked":
+            raise BadFraming("Transfer-Encoding must be one chunked")
+        if lengths:
+            raise BadFraming("Transfer-Encoding and Content-Length together")
+    if lengths and (len(lengths) > 1 or not lengths[0].strip().isdigit()):
+        raise BadFraming("Content-Length must be one number")
+
+
 _REASONS = {
     400: "Bad Request",
     403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -299,6 +332,10 @@ class _HttpConnection(WriteFlow):
         self.task: asyncio.Task[None] | None = None
         self._read_paused = False
         self._ignore = False
+        # loop.time() of the request's first byte and of the last byte read from the client.
+        self.read_started = 0.0
+        self.last_read = 0.0
+        self.timed_out = False
 
     # ---- asyncio.Protocol ------------------------------------------------------------
 
@@ -315,12 +352,15 @@ class _HttpConnection(WriteFlow):
     def data_received(self, data: bytes) -> None:
         if self._ignore or self.closed:
             return
+        self.last_read = self.loop.time()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._upgraded()
-        except httptools.HttpParserError:
-            self._bad_request(400, "Bad Request")
+        except httptools.HttpParserError as e:
+            cause = e.__context__ or e.__cause__
+            text = str(cause) if isinstance(cause, BadFraming) else "Malformed HTTP request"
+            self._bad_request(400, "Bad Request", text)
             return
         if self._in_head:
             self._head_size += len(data)
@@ -355,6 +395,7 @@ class _HttpConnection(WriteFlow):
         self._url = b""
         self._in_head = True
         self._head_size = 0
+        self.read_started = self.last_read = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -367,6 +408,8 @@ class _HttpConnection(WriteFlow):
         request.headers.append((lower, name, value))
         if lower not in request.fields:
             request.fields[lower] = value
+        elif lower in _FRAMING:
+            request.repeated_framing = True
 
     def on_headers_complete(self) -> None:
         request = self._parsing
@@ -379,17 +422,17 @@ class _HttpConnection(WriteFlow):
         request.keep_alive = parser.should_keep_alive()
         fields = request.fields
         length = fields.get(b"content-length")
-        if length is not None:
-            try:
-                request.content_length = int(length)
-            except ValueError:
-                request.content_length = None
         encoding = fields.get(b"transfer-encoding")
-        if encoding is not None and b"chunked" in encoding.lower():
-            # The body is framed by its chunks: a Content-Length beside them says nothing
-            # (and must not be passed on with the decoded body).
-            request.content_length = None
-            request.body_exists = True
+        if (
+            encoding is not None
+            or request.repeated_framing
+            or (length is not None and not length.isdigit())
+        ):
+            check_framing(request)  # raises: httptools stops, data_received answers 400
+        if length is not None:
+            request.content_length = int(length)
+        if encoding is not None:
+            request.body_exists = True  # chunked, the only encoding check_framing admits
         else:
             request.body_exists = bool(request.content_length)
         self._queue.append(request)
@@ -426,13 +469,17 @@ class _HttpConnection(WriteFlow):
         request._end()
         self._parsing = None
 
-    def _bad_request(self, status: int, reason: str) -> None:
+    def _bad_request(self, status: int, reason: str, error: str | None = None) -> None:
         self._ignore = True
         if self.current is None:
-            self.write(
-                b"HTTP/1.1 %d %b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                % (status, reason.encode())
+            body = json_body("M_UNKNOWN", error) if error is not None else b""
+            head = b"HTTP/1.1 %d %b\r\n%bContent-Length: %d\r\nConnection: close\r\n\r\n" % (
+                status,
+                reason.encode(),
+                _JSON_TYPE if body else b"",
+                len(body),
             )
+            self.write(head + body)
             self.close()
         else:
             # Answer the request in progress, then close.
@@ -450,6 +497,7 @@ class _HttpConnection(WriteFlow):
             request = self._parsing
             if request is None or request.buffered < _LOW_WATER:
                 self._read_paused = False
+                self.last_read = self.loop.time()  # the pause was ours, not the client's
                 if self.transport is not None and not self.closed:
                     self.transport.resume_reading()
 
@@ -462,6 +510,9 @@ class _HttpConnection(WriteFlow):
         try:
             await self.listener.handler(request)
         except asyncio.CancelledError:
+            if self.timed_out and not request.started and not self.closed:
+                request.keep_alive = False
+                request.respond_json(408, "M_UNKNOWN", TIMED_OUT)
             self.close()
             return
         except Exception:
@@ -501,12 +552,40 @@ class _HttpConnection(WriteFlow):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
+    def check_read_timeout(self, now: float, idle: float, total: float) -> None:
+        """End the request being read when the client stalls or takes too long (408)."""
+        request = self._parsing
+        if request is None or self._read_paused or self.closed or self._ignore:
+            return
+        current = self.current
+        if current is not None and current is not request:
+            return  # a pipelined request: reading waits for the one in flight
+        if now - self.last_read <= idle and now - self.read_started <= total:
+            return
+        self.timed_out = True
+        self._ignore = True
+        request._fail(TimeoutError(TIMED_OUT))
+        task = self.task
+        if current is None:
+            # Still in its head, or queued with no handler yet: nothing was answered.
+            self._bad_request(408, "Request Timeout", TIMED_OUT)
+        elif task is not None and not task.done():
+            task.cancel()  # _run answers 408 if nothing was sent yet, and closes
+        else:
+            self.close()
+
 
 class HttpListener:
     """A listening socket whose requests go to ``handler``."""
 
-    def __init__(self, handler: Handler) -> None:
+    def __init__(
+        self, handler: Handler, *, body_timeout: float = 60.0, request_timeout: float = 600.0
+    ) -> None:
         self.handler = handler
+        self.body_timeout = body_timeout
+        self.request_timeout = request_timeout
+        # Often enough that a timeout is noticed within a quarter of its length.
+        self._sweep_every = max(0.01, min(_SWEEP, body_timeout / 4, request_timeout / 4))
         self.loop = asyncio.get_running_loop()
         self.connections: set[_HttpConnection] = set()
         self.closing = False
@@ -526,15 +605,21 @@ class HttpListener:
             backlog=backlog,
             reuse_address=True,
         )
-        self._sweeper = self.loop.call_later(_SWEEP, self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         return int(self._server.sockets[0].getsockname()[1])
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        for conn in [c for c in self.connections if c.current is None]:
-            if now - conn.last_active > _IDLE_TIMEOUT:
+        idle, total = self.body_timeout, self.request_timeout
+        for conn in list(self.connections):
+            conn.check_read_timeout(now, idle, total)
+            if (
+                conn.current is None
+                and conn._parsing is None
+                and now - conn.last_active > _IDLE_TIMEOUT
+            ):
                 conn.close()
-        self._sweeper = self.loop.call_later(_SWEEP, self._sweep)
+        self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     async def stop(self, grace: float) -> None:
         """Stop listening, close idle connections, give requests in flight ``grace``

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
-from .rules import Kind, Rule, Scope, split_server
+from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
 _CACHE_LIMIT = 8192
 FEDERATION = RequestClass.FEDERATION
@@ -217,6 +217,7 @@ class CompiledSet:
     server_block: ServerIndex | None = None
     server_allow: ServerIndex | None = None
     allow_gate: Ref | None = None
+    unsigned: dict[str, Ref] = field(default_factory=dict)
     partners: ServerIndex | None = None
     client_types: dict[str, Ref] = field(default_factory=dict)
     federation_types: dict[str, Ref] = field(default_factory=dict)
@@ -239,6 +240,9 @@ class CompiledSet:
                 (s, ref) for ref in by_kind[Kind.SERVER_ALLOW] for s in ref.rule.params["servers"]
             )
             compiled.allow_gate = by_kind[Kind.SERVER_ALLOW][0]
+            for ref in by_kind[Kind.SERVER_ALLOW]:
+                for name in ref.rule.params.get("allow_unsigned_endpoints", ()):
+                    compiled.unsigned.setdefault(UNSIGNED_ENDPOINTS[name], ref)
         if by_kind[Kind.PARTNER_SCOPE]:
             for ref in by_kind[Kind.PARTNER_SCOPE]:
                 rooms, types = ref.rule.params.get("rooms"), ref.rule.params.get("event_types")
@@ -308,7 +312,9 @@ class CompiledSet:
                     best = partner
                     break
         elif self.allow_gate is not None and req.request_class is FEDERATION and not req.public:
-            best = self.allow_gate
+            allowed_by = self.unsigned.get(req.endpoint)
+            if allowed_by is None:
+                best = self.allow_gate
         if req.event_types:
             table = self.federation_types if req.request_class is FEDERATION else self.client_types
             if table:

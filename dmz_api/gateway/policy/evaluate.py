@@ -19,7 +19,7 @@ from typing import Any
 
 from .compile import MALFORMED_RULE, glob_regex, make_ref
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
-from .rules import Kind, Rule, Scope, split_server
+from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
 NOT_APPLICABLE = "not_applicable"
 PASSES = "pass"
@@ -80,6 +80,9 @@ def rule_result(rule: Rule, req: RequestInfo) -> tuple[str, str, str | None]:
     if kind is Kind.SERVER_ALLOW:
         if req.origin is None:
             if req.request_class is RequestClass.FEDERATION and not req.public:
+                for name in params.get("allow_unsigned_endpoints", ()):
+                    if UNSIGNED_ENDPOINTS[name] == req.endpoint:
+                        return LISTED, f"unsigned endpoint {name} allowed", None
                 return NOT_LISTED, "unsigned federation request", None
             return NOT_APPLICABLE, "no origin server", None
         pattern = _first_server(params["servers"], req.origin)

@@ -14,11 +14,14 @@ Used by every HTTP enforcement point (the reverse proxy and ``GET /v1/authz``)::
     decision = app[GATEWAY].decide(info)  # GATEWAY: gateway/service.py
 
 The classifier is deliberately lenient: it recognises every spelling a homeserver might
-accept (``r0``, ``v3``, ``unstable[/namespace]``, ``api/v1``, any case, empty segments,
-trailing slashes, percent-encoding, ``POST send`` without a transaction id), so a request
-is never judged as something harmless that a homeserver would route as an event. Paths
-are split on ``/`` first and each segment is then percent-decoded, as Synapse does; a path
-with an encoded slash is classified both ways and the event types are merged.
+accept (``r0``, ``v3``, ``unstable[/namespace]``, ``api/v1``, any case, a trailing slash,
+percent-encoding, ``POST send`` without a transaction id), so a request is never judged as
+something harmless that a homeserver would route as an event. Paths are read as Twisted
+and Synapse read them: the path ends at the first ``?`` (a raw ``#`` is part of it), is
+split on ``/`` first and each segment is then percent-decoded; a path with an encoded slash
+is classified both ways and the event types are merged. Dot segments and empty segments
+(``//``), which Synapse's servlets would read one place off, make a request malformed.
+Server names in ``X-Matrix`` headers are read by ``server_names``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote
 
+from . import server_names
 from .model import RequestClass, RequestInfo, Source
 
 FEDERATION = RequestClass.FEDERATION
@@ -42,7 +46,6 @@ _WORD = re.compile(r"^[a-z][a-z_]{0,31}$")
 _CAMEL_WORDS = frozenset(
     {"createRoom", "sendToDevice", "publicRooms", "joined_rooms", "thirdparty", "getConfig"}
 )
-_SERVER_NAME = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9.\-]{1,255})(:\d{1,5})?$")
 _MEMBERSHIP_ACTIONS = frozenset({"invite", "join", "leave", "kick", "ban", "unban", "knock"})
 _FED_MEMBER = frozenset(
     {
@@ -69,9 +72,6 @@ _FED_ROOM = _FED_MEMBER | frozenset(
     }
 )
 _MEMBER = ("m.room.member",)
-_X_MATRIX = re.compile(r"^X-Matrix +", re.IGNORECASE)
-_PARAM_SEPARATOR = re.compile(r"[ \t]*,[ \t]*")
-_ESCAPED = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +219,10 @@ def _federation(segments: list[str]) -> PathInfo:
         return PathInfo(
             FEDERATION, "federation.version", _template([*prefix, "version"]), public=True
         )
+    if resource == "3pid" and i + 1 < n and segments[i + 1].lower() == "onbind":
+        # Unsigned by design (identity servers call it); only a rule can let it through.
+        parts = [*prefix, "3pid", "onbind"]
+        return PathInfo(FEDERATION, "federation.3pid_onbind", _template(parts))
     if resource == "openid":
         # Authenticated by an OpenID token, not by a server signature.
         parts = prefix + _rest(segments, i)
@@ -252,6 +256,12 @@ def _classify_segments(method: str, segments: list[str]) -> PathInfo:
             return PathInfo(FEDERATION, "federation.keys", _template(parts), public=True)
         if second == "media":
             return _media(segments)
+        if second == "policy":
+            # MSC4284 policy servers: signed by the asking server like any federation call.
+            i = _skip_version(segments, 2) or 2
+            endpoint = f"policy.{_word(segments[i].lower())}" if i < n else "policy.unknown"
+            parts = ["_matrix", "policy", *_rest(segments, 2)]
+            return PathInfo(FEDERATION, endpoint, _template(parts))
         return PathInfo(CLIENT, "matrix.other", _template(["_matrix", *_rest(segments, 1)]))
     if first == ".well-known" and second == "matrix":
         name = segments[2].lower() if n > 2 else ""
@@ -269,7 +279,8 @@ def classify(method: str, raw_path: str) -> PathInfo:
     proxy calls it once per request.
     """
     method = method.upper()
-    path = raw_path.partition("?")[0].partition("#")[0]
+    # As Twisted: the path ends at the first "?"; a raw "#" is part of the path.
+    path = raw_path.partition("?")[0]
     if not path.startswith("/") and "://" in path[:16]:
         # An absolute-form request target (``PUT http://host/_matrix/...``): keep the path.
         path = "/" + path.partition("://")[2].partition("/")[2]
@@ -291,6 +302,10 @@ def classify(method: str, raw_path: str) -> PathInfo:
                 info.inspect_body or alt.inspect_body,
                 info.malformed or alt_malformed,
             )
+    if not malformed and "//" in path:
+        # Synapse's servlets match one segment per group, empty ones included: with the
+        # empty segments dropped, the rest would be read one place off.
+        malformed = "empty segments (//) in the request path"
     if malformed and not info.malformed:
         info = PathInfo(
             info.request_class,
@@ -305,47 +320,20 @@ def classify(method: str, raw_path: str) -> PathInfo:
     return info
 
 
-def _strip_quotes(value: str) -> str:
-    if value.startswith('"'):
-        value = value[1:-1]
-        return _ESCAPED.sub(r"\1", value) if "\\" in value else value
-    return value
-
-
 def parse_x_matrix(header: str) -> str | None:
-    """The origin server of one ``X-Matrix`` Authorization header, parsed as Synapse does.
+    """The canonical origin server of one ``X-Matrix`` Authorization header.
 
-    None when the header is not X-Matrix, cannot be parsed or names no valid server.
+    None when the header is not X-Matrix, cannot be parsed or names no valid server
+    (``server_names`` reads it as Synapse does).
     """
-    parts = _X_MATRIX.split(header, maxsplit=1)
-    if len(parts) != 2:
-        return None
-    params: dict[str, str] = {}
-    for param in _PARAM_SEPARATOR.split(parts[1]):
-        key, sep, value = param.partition("=")
-        if sep:
-            params[key.lower()] = value
-    origin = params.get("origin")
-    if origin is None:
-        return None
-    origin = _strip_quotes(origin.strip()).lower()
-    return origin if _SERVER_NAME.match(origin) else None
+    raw = server_names.parse_header(header.strip())
+    return None if raw is None else server_names.canonical(raw)
 
 
 def x_matrix_origin(authorization: Iterable[str]) -> tuple[str | None, str | None]:
-    """(origin, problem) from every Authorization header of a request.
-
-    Synapse takes the origin of the *last* X-Matrix header, other servers may take the
-    first: a request naming two different origins is refused rather than guessed at.
-    """
-    origins: set[str] = set()
-    for header in authorization:
-        origin = parse_x_matrix(header.strip())
-        if origin is not None:
-            origins.add(origin)
-    if len(origins) > 1:
-        return None, "conflicting X-Matrix origins"
-    return (next(iter(origins)) if origins else None), None
+    """(canonical origin, problem) from every Authorization header of a request."""
+    found = server_names.x_matrix(authorization)
+    return found.origin, found.problem
 
 
 def create_room_event_types(body: bytes | str | Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -403,9 +391,10 @@ def request_info(
     ``path_info`` when the caller has already classified the path.
     """
     info = path_info or classify(method, raw_path)
-    origin, problem = None, None
+    origin = origin_raw = problem = None
     if info.request_class is FEDERATION:
-        origin, problem = x_matrix_origin(authorization)
+        found = server_names.x_matrix(authorization)
+        origin, origin_raw, problem = found.origin, found.raw, found.problem
     event_types = info.event_types
     if info.inspect_body and body is not None:
         extra = tuple(t for t in create_room_event_types(body) if t not in event_types)
@@ -416,6 +405,7 @@ def request_info(
         path=info.template,
         endpoint=info.endpoint,
         origin=origin,
+        origin_raw=origin_raw,
         event_types=event_types,
         room=info.room,
         user_agent=user_agent,

@@ -48,7 +48,8 @@ class RequestInfo:
     without a User-Agent header has ``user_agent=""``. ``public`` marks federation endpoints
     that are unsigned by design (server keys, discovery, version). ``malformed`` names a
     defect that makes the request unjudgeable (conflicting X-Matrix origins, dot segments):
-    such a request is always refused.
+    such a request is always refused. ``origin`` is in canonical spelling
+    (``server_names``); ``origin_raw`` is the spelling the request used, only when it differs.
     """
 
     request_class: RequestClass
@@ -64,6 +65,7 @@ class RequestInfo:
     public: bool = False
     malformed: str | None = None
     source: Source = Source.PROXY
+    origin_raw: str | None = None
 
     def describe(self) -> dict[str, object]:
         return {
@@ -72,6 +74,7 @@ class RequestInfo:
             "method": self.method,
             "path": self.path,
             "origin": self.origin,
+            "origin_raw": self.origin_raw,
             "user": self.user,
             "event_types": list(self.event_types),
             "room": self.room,

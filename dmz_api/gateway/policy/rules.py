@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from ...errors import InvalidParam
+from . import server_names
 from .model import Mode, iso
 
 
@@ -37,11 +38,10 @@ MAX_PRIORITY = 1_000_000
 MAX_LIST = 1000
 MAX_NOTE = 500
 
-# Server globs: lower-case host name characters, IPv6 brackets, an optional :port, and the
-# wildcards * (any run of characters) and ? (one character), as in m.room.server_acl.
-_SERVER_GLOB = re.compile(r"^[a-z0-9.\-*?\[\]:]{1,255}$")
-_PORT_GLOB = re.compile(r"^(\d{1,5}|\*)$")
 # Event types are matched exactly; printable ASCII without quotes, backslashes or spaces.
+# Federation endpoints that are unsigned by the spec yet not public (identity servers call
+# them): a server_allow rule lets them through only when it names them. Name → endpoint.
+UNSIGNED_ENDPOINTS = {"3pid/onbind": "federation.3pid_onbind"}
 _EVENT_TYPE = re.compile(r"^[!#-\[\]-~]{1,255}$")
 _ROOM_ID = re.compile(r"^![!-~]{1,254}$")
 
@@ -96,12 +96,7 @@ class Rule:
         )
 
 
-def split_server(name: str) -> tuple[str, str | None]:
-    """``host:port`` → (host, port); IPv6 literals keep their brackets."""
-    if name.endswith("]") or ":" not in name:
-        return name, None
-    host, _, port = name.rpartition(":")
-    return host, port
+split_server = server_names.split
 
 
 def _str_list(params: Mapping[str, Any], key: str, *, required: bool) -> list[str]:
@@ -123,20 +118,17 @@ def _str_list(params: Mapping[str, Any], key: str, *, required: bool) -> list[st
 
 
 def _servers(params: Mapping[str, Any]) -> list[str]:
-    servers = [s.lower() for s in _str_list(params, "servers", required=True)]
-    if not servers:
-        raise InvalidParam("params.servers must list at least one server name or glob")
-    for server in servers:
-        host, port = split_server(server)
-        if (
-            not _SERVER_GLOB.match(server)
-            or not host
-            or (port is not None and not _PORT_GLOB.match(port))
-        ):
+    servers: list[str] = []
+    for server in _str_list(params, "servers", required=True):
+        name = server_names.canonical_glob(server)
+        if name is None:
             raise InvalidParam(
                 f"params.servers: {server[:80]!r} is not a server name or glob"
                 " (such as partner.example, *.example.org or localhost:8448)"
             )
+        servers.append(name)
+    if not servers:
+        raise InvalidParam("params.servers must list at least one server name or glob")
     return list(dict.fromkeys(servers))
 
 
@@ -160,7 +152,20 @@ def validate_params(kind: Kind, params: Any) -> dict[str, Any]:
     """The normalised parameters of a rule of ``kind``; raises InvalidParam."""
     if not isinstance(params, Mapping):
         raise InvalidParam("params must be an object")
-    if kind in (Kind.SERVER_ALLOW, Kind.SERVER_BLOCK):
+    if kind is Kind.SERVER_ALLOW:
+        _check_keys(params, ("servers", "allow_unsigned_endpoints"))
+        result_allow: dict[str, Any] = {"servers": _servers(params)}
+        unsigned = _str_list(params, "allow_unsigned_endpoints", required=False)
+        for endpoint in unsigned:
+            if endpoint not in UNSIGNED_ENDPOINTS:
+                raise InvalidParam(
+                    f"params.allow_unsigned_endpoints: {endpoint[:80]!r} is not an unsigned"
+                    f" federation endpoint (known: {', '.join(UNSIGNED_ENDPOINTS)})"
+                )
+        if unsigned:
+            result_allow["allow_unsigned_endpoints"] = unsigned
+        return result_allow
+    if kind is Kind.SERVER_BLOCK:
         _check_keys(params, ("servers",))
         return {"servers": _servers(params)}
     if kind is Kind.CLIENT_ALLOW:
