@@ -67,6 +67,8 @@ class GatewayConfig:
     reload_interval: float
     # Largest request body the proxy reads to find event types (createRoom initial_state).
     max_inspect_body: int
+    # Our server names besides server_name (protected rooms always allow them in the ACL).
+    own_servers: tuple[str, ...] = ()
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -150,4 +152,14 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         ),
         reload_interval=section.float("reload_interval", 1.0),
         max_inspect_body=section.int("max_inspect_body", 1024**2, low=1024, high=64 * 1024**2),
+        own_servers=_own_servers(section, server_name),
     )
+
+
+def _own_servers(section: Section, server_name: str) -> tuple[str, ...]:
+    names = [server_name.lower()]
+    for item in section.list("own_servers", []):
+        if not isinstance(item, str) or not _SERVER_NAME.match(item):
+            raise section.error("own_servers", f"{item!r} is not a server name (corp.example)")
+        names.append(item.lower())
+    return tuple(dict.fromkeys(names))

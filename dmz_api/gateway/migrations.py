@@ -75,3 +75,19 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE INDEX gateway_decisions_outcome ON gateway_decisions (outcome, id)")
     await conn.execute("CREATE INDEX gateway_decisions_origin ON gateway_decisions (origin, id)")
     await conn.execute("CREATE INDEX gateway_decisions_rule ON gateway_decisions (rule_id, id)")
+
+
+@upgrade_table.register(description="Protected rooms: the room state the rules are carried into")
+async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
+    # One row per protected room and the protections asked for (gateway/protection.py).
+    await conn.execute(
+        """CREATE TABLE gateway_protected_rooms (
+            room_id       TEXT PRIMARY KEY,
+            ledger        BOOLEAN NOT NULL,
+            acl           BOOLEAN NOT NULL,
+            policy_server BOOLEAN NOT NULL,
+            author        TEXT,
+            created       BIGINT NOT NULL,
+            updated       BIGINT NOT NULL
+        )"""
+    )
