@@ -297,7 +297,8 @@ class DecisionsArgs:
         return cls(blocked, seconds, origin, limit or 20)
 
 
-ROOM_REF = re.compile(r"^[!#][!-~]{1,254}:[A-Za-z0-9.\-]+(:\d{1,5})?$")
+# Room IDs of room version 12 have no server part (!abc); aliases always do (#a:server).
+ROOM_REF = re.compile(r"^(![!-~]{1,254}|#[!-~]{1,254}:[A-Za-z0-9.\-]+(:\d{1,5})?)$")
 
 
 def room_ref(value: str) -> str:
