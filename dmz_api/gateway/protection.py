@@ -6,8 +6,9 @@ crosses our border. A protected room is held by the mechanisms every server enfo
 
 * ``ledger`` — power levels: the ``LEDGER_EVENTS`` (enabling encryption, sending encrypted
   events, redacting) and ``redact`` need the room's top level;
-* every protection — ``GUARD_EVENTS`` (the power levels, the ACL, the policy state) need the
-  top level too, so only the top level can loosen the protection;
+* every protection — ``GUARD_EVENTS`` (the power levels, the ACL, the policy state, and the
+  tombstone: an upgrade would move the room out of its protection) need the top level too,
+  so only the top level can loosen the protection;
 * ``acl`` — ``m.room.server_acl`` from the *enforced*, enabled ``server_allow`` and
   ``server_block`` rules (audit rules never change a room), our own server names always
   allowed and never denied, ``allow_ip_literals: false``;
@@ -35,9 +36,9 @@ POLICY = "m.room.policy"
 # The state whose change could loosen a protection; the proxy judges writes of these.
 GUARDED_STATE = (POWER_LEVELS, SERVER_ACL, POLICY)
 LEDGER_EVENTS = ("m.room.encryption", "m.room.encrypted", "m.room.redaction")
-GUARD_EVENTS = GUARDED_STATE
+GUARD_EVENTS = (*GUARDED_STATE, "m.room.tombstone")
 # Event types among those above that are state events (their default is state_default).
-_STATE_TYPES = frozenset({"m.room.encryption", *GUARDED_STATE})
+_STATE_TYPES = frozenset({"m.room.encryption", *GUARD_EVENTS})
 # Power-level fields (not events) that need the top level in a ledger room.
 LEDGER_FIELDS = ("redact",)
 # Spec defaults when the power levels leave a field out.
@@ -269,7 +270,7 @@ def check_power_levels(
                     f"events.{event_type}",
                     top,
                     have,
-                    f"{event_type} needs level {have}, not the top level {top}",
+                    f"{event_type} can be sent at level {have}, below the top level {top}",
                 )
             )
     for name in want.top_level_fields:
@@ -277,7 +278,7 @@ def check_power_levels(
         if have < top:
             found.append(
                 Difference(
-                    POWER_LEVELS, name, top, have, f"{name} is level {have}, not the top {top}"
+                    POWER_LEVELS, name, top, have, f"{name} is level {have}, below the top level {top}"
                 )
             )
     ours = {name.lower() for name in own_servers}

@@ -171,7 +171,7 @@ class ProtectedRooms:
         """Whether this request writes guarded state (state key "") into a protected room."""
         return (
             path_info.endpoint == "client.state"
-            and method == "PUT"
+            and method in ("PUT", "POST")
             and path_info.room in self._rooms
             and bool(path_info.event_types)
             and path_info.event_types[0] in GUARDED_STATE

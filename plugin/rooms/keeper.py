@@ -176,14 +176,23 @@ class RoomKeeper:
         removes the protection again, so the gateway never guards a room left half-done."""
         state = await self.read_state(room_id)
         self.require_standing(room_id, state)
+        before = next(
+            (r for r in await self.gateway.protected_rooms(acting) if r.get("room_id") == room_id),
+            None,
+        )
         room = await self.gateway.protect_room(acting, room_id, protections)
         try:
             desired = await self.gateway.room_desired(acting, room_id)
             applied = await self.apply(room_id, desired, state)
             check = await self.gateway.room_check(acting, room_id, await self.read_state(room_id))
         except BaseException:
+            # Back to what the gateway held before: no protection, or the earlier one.
             try:
-                await self.gateway.unprotect_room(acting, room_id)
+                if before is None:
+                    await self.gateway.unprotect_room(acting, room_id)
+                else:
+                    flags = {k: bool(before.get(k)) for k in ("ledger", "acl", "policy_server")}
+                    await self.gateway.protect_room(acting, room_id, flags)
             except Exception:
                 self.log.exception("Cannot withdraw the protection of %s", room_id)
             raise
@@ -211,6 +220,13 @@ class RoomKeeper:
                 if e.status == 404:
                     return None
                 raise
+            except Failed as e:
+                # The bot can no longer read the room (it left, or was removed).
+                await self._record(
+                    room_id, command, sender, event_id, Outcome.FAILED, e.detail, acting.request_id
+                )
+                await self._tell(f"Room {fmt.code(room_id)} {why}, but {e.message}")
+                return Applied(())
             if check.get("in_order"):
                 return Applied(())
             fixable = [d for d in check["differences"] if d.get("fixable", True)]

@@ -28,7 +28,7 @@ GUARDED = (POWER_LEVELS, SERVER_ACL, POLICY)
 # Spec defaults for fields the power levels leave out.
 _DEFAULTS = {"users_default": 0, "events_default": 0, "state_default": 50, "redact": 50}
 # Of the event types a protection lists, these are state events (default state_default).
-_STATE_TYPES = frozenset({"m.room.encryption", *GUARDED})
+_STATE_TYPES = frozenset({"m.room.encryption", "m.room.tombstone", *GUARDED})
 
 
 def level(value: Any, default: int) -> int:

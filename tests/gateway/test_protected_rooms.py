@@ -41,6 +41,7 @@ def protected_levels(**overrides: Any) -> dict[str, Any]:
             "m.room.power_levels": 100,
             "m.room.server_acl": 100,
             "m.room.policy": 100,
+            "m.room.tombstone": 100,
             "m.room.message": 0,
         },
         "redact": 100,
@@ -87,6 +88,7 @@ def test_desired_lists_the_top_level_events_by_protection() -> None:
         "m.room.power_levels",
         "m.room.server_acl",
         "m.room.policy",
+        "m.room.tombstone",
     )
     assert ledger.top_level_fields == ("redact",)
     assert ledger.policy == {"via": "corp.example", "public_keys": {"ed25519": KEY}}
@@ -95,6 +97,7 @@ def test_desired_lists_the_top_level_events_by_protection() -> None:
         "m.room.power_levels",
         "m.room.server_acl",
         "m.room.policy",
+        "m.room.tombstone",
     )
     assert acl_only.top_level_fields == () and acl_only.policy is None
     assert acl_only.notes == ("no policy server configured: m.room.policy is not set",)
@@ -134,7 +137,7 @@ def test_differences_name_what_is_loose() -> None:
         ("deny", True),
         ("allow_ip_literals", True),
     ]
-    assert found[0].text == "m.room.encryption needs level 50, not the top level 100"
+    assert found[0].text == "m.room.encryption can be sent at level 50, below the top level 100"
     assert found[3].text == (
         "@boss:partner.example of another server holds the top level 100; only they can lower "
         "themselves"
@@ -151,7 +154,7 @@ def test_a_write_is_judged_on_what_the_writer_controls() -> None:
     lowered = protected_levels()
     lowered["events"] = {**lowered["events"], "m.room.encryption": 0}
     assert judge_write(want, "m.room.power_levels", lowered, OWN) == (
-        "m.room.encryption needs level 0, not the top level 100"
+        "m.room.encryption can be sent at level 0, below the top level 100"
     )
     # A partner already at the top is reported by a check, not blamed on the writer.
     partner_top = protected_levels(users={BOT: 100, "@boss:partner.example": 100})
@@ -287,3 +290,22 @@ async def test_own_servers_come_from_config(make_client: Callable[..., Any]) -> 
     await client.put(PATH, json={}, headers=ADMIN)
     want = await (await client.get(f"{PATH}/desired", headers=ADMIN)).json()
     assert want["server_acl"]["allow"] == ["corp.example", "corp-dmz.example", "partner.example"]
+
+
+async def test_replicas_see_protected_rooms_after_a_refresh(
+    make_client: Callable[..., Any], tmp_path: Any
+) -> None:
+    first: GatewayClient = await make_client()
+    second: GatewayClient = await make_client()  # the same SQLite file: another replica
+    await first.put(PATH, json={}, headers=ADMIN)
+    await second.app[GATEWAY].rooms.refresh()
+    assert [r.room_id for r in second.app[GATEWAY].rooms.rooms()] == [ROOM]
+
+
+def test_own_servers_must_be_server_names(tmp_path: Any) -> None:
+    from dmz_api.config_reader import ConfigError
+
+    from .conftest import gateway_config
+
+    with pytest.raises(ConfigError, match="gateway.own_servers: 'not a name' is not a server"):
+        gateway_config(tmp_path, own_servers=["not a name"])

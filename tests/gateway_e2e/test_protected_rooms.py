@@ -47,6 +47,7 @@ SENSITIVE = (
     "m.room.power_levels",
     "m.room.server_acl",
     "m.room.policy",
+    "m.room.tombstone",
 )
 
 

@@ -22,6 +22,7 @@ LEVELS = {
         "m.room.power_levels": 100,
         "m.room.server_acl": 100,
         "m.room.policy": 100,
+        "m.room.tombstone": 100,
     },
     "redact": 100,
 }
@@ -34,16 +35,19 @@ async def test_loosening_writes_are_refused_and_recorded(
     assert resp.status == 201
     lowered = {**LEVELS, "events": {**LEVELS["events"], "m.room.encryption": 0}}
     headers = {"Authorization": "Bearer user-token"}
-    for path in (
-        STATE.format(ROOM, "m.room.power_levels"),
-        STATE.format(quote(ROOM), "m.room.power_levels/"),
+    for method, path in (
+        ("PUT", STATE.format(ROOM, "m.room.power_levels")),
+        ("PUT", STATE.format(quote(ROOM), "m.room.power_levels/")),
+        ("POST", STATE.format(ROOM, "m%2Eroom%2Epower_levels")),
     ):
-        async with http.put(raw(gateway.url, path), json=lowered, headers=headers) as resp:
+        async with http.request(
+            method, raw(gateway.url, path), json=lowered, headers=headers
+        ) as resp:
             assert resp.status == 403
             assert await resp.json() == {
                 "errcode": "M_FORBIDDEN",
                 "error": f"Refused by the gateway: {ROOM} is a protected room and "
-                "m.room.encryption needs level 0, not the top level 100",
+                "m.room.encryption can be sent at level 0, below the top level 100",
             }
     acl = {"allow": ["*"], "deny": ["corp.example"], "allow_ip_literals": False}
     async with http.put(
@@ -75,7 +79,7 @@ async def test_loosening_writes_are_refused_and_recorded(
 
     rows = await gateway.decisions(3)
     refused = [r for r in rows if r["rule"] == "protected-room"]
-    assert len(refused) == 4
+    assert len(refused) == 5
     assert {(r["outcome"], r["mode"], r["room"]) for r in refused} == {("block", "enforce", ROOM)}
 
     # Unprotected, the room is no longer guarded.

@@ -33,6 +33,7 @@ SENSITIVE = (
     "m.room.power_levels",
     "m.room.server_acl",
     "m.room.policy",
+    "m.room.tombstone",
 )
 DESIRED_LEDGER = {
     "power_levels": {"top_level_events": list(SENSITIVE), "top_level_fields": ["redact"]}
@@ -86,6 +87,7 @@ def test_merge_raises_only_the_sensitive_entries_and_demotes_nobody() -> None:
         "m.room.power_levels": 100,
         "m.room.server_acl": 100,
         "m.room.policy": 100,
+        "m.room.tombstone": 100,
     }
     assert merge.content["redact"] == 100
     assert merge.content["events_default"] == 0 and merge.content["state_default"] == 50
@@ -96,6 +98,7 @@ def test_merge_raises_only_the_sensitive_entries_and_demotes_nobody() -> None:
         "m.room.power_levels 50 → 100",
         "m.room.server_acl 50 → 100",
         "m.room.policy 50 → 100",
+        "m.room.tombstone 50 → 100",
         "redact 50 → 100",
     )
     again = merge_power_levels(merge.content, BOT, DESIRED_LEDGER)
@@ -344,3 +347,50 @@ async def test_usage_roles_and_unprotect(chat: Chat, gateway: GatewayDouble) -> 
     assert await ask(chat, "!sbg room list") == "No room is protected."
     assert await ask(chat, f"!sbg room check {LEDGER}") == f"Room `{LEDGER}` is not protected."
     assert STAFF  # operators have no !sbg role at all
+
+
+async def test_the_policy_server_is_named_when_the_gateway_has_one(
+    chat: Chat, gateway: GatewayDouble, homeserver: FakeHomeserver
+) -> None:
+    gateway.rooms.policy_server = twin.PolicyServer("corp.example", "a2V5")
+    reply = await ask(chat, f"!sbg room protect {LEDGER} --policy-server")
+    assert reply == (
+        f"Room `{LEDGER}` is protected (policy server): power levels m.room.policy 50 → 100; "
+        "policy server corp.example."
+    )
+    assert homeserver.state[(LEDGER, "m.room.policy")] == {
+        "via": "corp.example",
+        "public_keys": {"ed25519": "a2V5"},
+    }
+    assert (LEDGER, "m.room.server_acl") not in homeserver.state
+
+
+async def test_acl_drift_is_put_back(
+    chat: Chat, gateway: GatewayDouble, homeserver: FakeHomeserver, maubot_test_bot: Any
+) -> None:
+    await ask(chat, f"!sbg room protect {LEDGER} --acl")
+    loose = {"allow": ["*"], "deny": [], "allow_ip_literals": True}
+    homeserver.state[(LEDGER, "m.room.server_acl")] = loose
+    event = StateEvent(
+        type=EventType.find("m.room.server_acl", EventType.Class.STATE),
+        room_id=LEDGER,
+        event_id=EventID("$acl"),
+        sender=SECOND_ADMIN,
+        timestamp=0,
+        state_key="",
+        content=loose,  # type: ignore[arg-type]
+    )
+    await maubot_test_bot.dispatch(event.type, event)
+    assert homeserver.state[(LEDGER, "m.room.server_acl")]["allow_ip_literals"] is False
+    assert chat.last.body.endswith("I put it back: ACL set (allow *; deny none).")
+
+
+async def test_a_failed_reprotect_keeps_the_earlier_protection(
+    chat: Chat, gateway: GatewayDouble, homeserver: FakeHomeserver
+) -> None:
+    await ask(chat, f"!sbg room protect {LEDGER} --ledger")
+    homeserver.refuse_state.add("m.room.server_acl")
+    reply = await ask(chat, f"!sbg room protect {LEDGER} --ledger --acl")
+    assert reply.startswith("The homeserver refused my m.room.server_acl change")
+    [room] = gateway.rooms.rooms()
+    assert (room.ledger, room.acl) == (True, False)
