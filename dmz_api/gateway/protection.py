@@ -278,7 +278,11 @@ def check_power_levels(
         if have < top:
             found.append(
                 Difference(
-                    POWER_LEVELS, name, top, have, f"{name} is level {have}, below the top level {top}"
+                    POWER_LEVELS,
+                    name,
+                    top,
+                    have,
+                    f"{name} is level {have}, below the top level {top}",
                 )
             )
     ours = {name.lower() for name in own_servers}

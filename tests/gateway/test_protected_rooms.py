@@ -307,5 +307,5 @@ def test_own_servers_must_be_server_names(tmp_path: Any) -> None:
 
     from .conftest import gateway_config
 
-    with pytest.raises(ConfigError, match="gateway.own_servers: 'not a name' is not a server"):
+    with pytest.raises(ConfigError, match=r"gateway\.own_servers: 'not a name' is not a server"):
         gateway_config(tmp_path, own_servers=["not a name"])
