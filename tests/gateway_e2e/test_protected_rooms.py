@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sqlite3
 import ssl
 import time
@@ -205,7 +206,11 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     assert "no policy server configured" in reply
     ours = state(sec, room, "m.room.power_levels")
     assert ours is not None
-    assert {t: ours["events"][t] for t in SENSITIVE} == dict.fromkeys(SENSITIVE, 100)
+    # Synapse gives room version 12's tombstone 150 (creators only): above the top, it stays.
+    assert {t: ours["events"][t] for t in SENSITIVE} == {
+        **dict.fromkeys(SENSITIVE, 100),
+        "m.room.tombstone": 150,
+    }
     assert ours["redact"] == 100
     assert bob.user_id not in ours["users"], "the partner keeps the default level 0"
     assert ours["events_default"] == 0, "everyone keeps chatting"
@@ -333,3 +338,61 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     assert ("sbg room protect", sec.user_id, "ok") in commands
     assert ("sbg room sync", sec.user_id, "ok") in commands
     assert ("sbg room restore", dave.user_id, "ok") in commands
+
+
+def second_loopback_name() -> str | None:
+    """A host name other than localhost that resolves to loopback here (the machine's own
+    name usually does), so a third server's ACL host differs from the other two."""
+    name = socket.gethostname().lower()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        return None
+    return name if name != "localhost" and address.startswith("127.") else None
+
+
+@pytest.fixture
+def outsider(tmp_path: Path) -> Iterator[Synapse]:
+    host = second_loopback_name()
+    if host is None:
+        pytest.skip("no second host name resolves to loopback here")
+    server = Synapse(tmp_path / "outsider", name="outsider", federation=True)
+    # Its name is set before it starts (the federation port is picked in the constructor).
+    server.server_name = f"{host}:{server.federation_port}"
+    server.admin_user_id = f"@{server.admin_user}:{server.server_name}"
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def test_a_blocked_server_is_refused_by_the_partner_too(ledger: Ledger, outsider: Synapse) -> None:
+    sec, bob, room = ledger.sec, ledger.bob, ledger.room
+    host = outsider.server_name.rsplit(":", 1)[0]
+    eve = MatrixUser.register(outsider, "eve", "protected-rooms-pw")
+    assert sec.ask(ledger.control, f"!sbg room protect {room} --acl").startswith(
+        f"Room `{room}` is protected (ACL)"
+    )
+    reply = sec.ask(ledger.control, f"!sbg rule add server_block {host}")
+    assert f"(server_block {host}) added" in reply, reply
+    eventually(
+        lambda: (state(bob, room, "m.room.server_acl") or {}).get("deny") == [host],
+        "the partner's server holds the ACL that denies the outsider",
+    )
+    # The partner invites eve (partner -> outsider); her server then asks the partner's to
+    # let her join, and the partner's server refuses: the ACL denies her server.
+    bob.invite(room, eve.user_id)
+    result = eventually(
+        lambda: (
+            (r := raw_call(eve, "POST", f"/_matrix/client/v3/join/{quote(room)}", {}))[0] != 404
+            and r
+        ),
+        "eve's join is answered",
+    )
+    status, body = result
+    assert status == 403, result
+    assert sec.membership(room, eve.user_id) == "invite"
+    eventually(
+        lambda: bob.membership(room, eve.user_id) == "invite", "the partner never let her in"
+    )
+    assert body["errcode"] == "M_FORBIDDEN"
