@@ -112,6 +112,8 @@ class BastionBot(Plugin):
                 pass
             self.sweep_task = None
         self.services.confirmations.clear()
+        for family in self.families:
+            await family.close()
         await super().stop()
 
     async def _sweep_forever(self) -> None:

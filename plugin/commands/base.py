@@ -44,6 +44,9 @@ class CommandFamily:
         self.config = services.config
         self.log = services.log.getChild(type(self).__name__)
 
+    async def close(self) -> None:
+        """Stop background work the family started (the plugin stops)."""
+
     def root_commands(self) -> list[CommandHandler]:
         found: list[CommandHandler] = []
         for name in dir(type(self)):

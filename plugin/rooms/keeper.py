@@ -305,6 +305,12 @@ class RoomKeeper:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    async def close(self) -> None:
+        """Cancel background work (the plugin stops)."""
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+
     async def idle(self) -> None:
         """Wait for background work started so far (tests; shutdown)."""
         while self._pending:

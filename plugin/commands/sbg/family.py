@@ -72,6 +72,9 @@ class SbgCommands(CommandFamily):
             self.log.getChild("rooms"),
         )
 
+    async def close(self) -> None:
+        await self.rooms.close()
+
     @command.new(
         "sbg",
         help="The Secure Border Gateway: rules, dry runs, decisions",
