@@ -207,7 +207,14 @@ class RoomKeeper:
     # ---- holding rooms to their protection ------------------------------------------
 
     async def restore(
-        self, room_id: RoomID, *, command: str, sender: str, event_id: str, why: str
+        self,
+        room_id: RoomID,
+        *,
+        command: str,
+        sender: str,
+        event_id: str,
+        why: str,
+        done: str = "I put it back",
     ) -> Applied | None:
         """Put the room back where it can; report and audit when it changed anything or
         cannot be put right. None when the room is not protected."""
@@ -250,7 +257,7 @@ class RoomKeeper:
             if outcome is Outcome.OK and (applied.changes or unfixable):
                 lines = [f"Room {fmt.code(room_id)} {why}."]
                 if applied.changes:
-                    lines.append("I put it back: " + fmt.md("; ".join(applied.changes)) + ".")
+                    lines.append(f"{done}: " + fmt.md("; ".join(applied.changes)) + ".")
                 for text in unfixable:
                     lines.append(f"I cannot fix: {fmt.md(text)}.")
                 await self._tell("  \n".join(lines))
@@ -289,6 +296,7 @@ class RoomKeeper:
                     sender=acting.user_id,
                     event_id="",
                     why=f"follows the gateway rules changed by {fmt.user(acting.user_id)}",
+                    done="I applied them",
                 )
             except Failed as e:
                 await self._tell(

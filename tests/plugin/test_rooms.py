@@ -228,7 +228,7 @@ async def test_enforced_rule_writes_carry_into_the_acl_audit_rules_do_not(
     assert notice.msgtype.value == "m.notice"
     assert notice.body.startswith(
         f"Room `{LEDGER}` follows the gateway rules changed by "
-        "@sec:corp.example.\n I put it back: ACL set "
+        "@sec:corp.example.\n I applied them: ACL set "
         "(allow *; deny evil.example)."
     )
     rule_id = reply.split("`")[1]
