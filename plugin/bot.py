@@ -118,6 +118,8 @@ class BastionBot(Plugin):
             except asyncio.CancelledError:
                 pass
             self.sweep_task = None
+        for family in self.families:
+            await family.close()
         await super().stop()
 
     async def _sweep_forever(self) -> None:

@@ -13,7 +13,9 @@ Where to look:
   request signatures;
 * state and admin, here: ``service`` (the live ruleset, ``decide``, rule writes),
   ``store`` and ``migrations`` (versioned rules, decisions), ``decisions`` (the batched
-  decision log and metrics), ``routes`` (the admin API), ``config``.
+  decision log and metrics), ``routes`` (the admin API), ``config``;
+* protected rooms: ``protection`` (pure: desired room state, differences), ``rooms`` (the
+  live list and the proxy's guard), ``room_routes`` (their admin API).
 
 ``setup(app, config)`` is handed the ``gateway:`` section; it adds the routes and a
 cleanup context that builds the ``GatewayService`` under ``GATEWAY`` once the shared
@@ -29,7 +31,7 @@ from aiohttp import web
 
 from ..db import DATABASE
 from ..metrics import METRICS
-from . import routes
+from . import room_routes, routes
 from .config import GatewayConfig
 from .decisions import GatewayMetrics
 from .enforce import antispam, authz, policy_server
@@ -42,6 +44,7 @@ from .store import RuleStore
 def setup(app: web.Application, config: GatewayConfig) -> None:
     metrics = GatewayMetrics(app[METRICS])
     routes.add_routes(app)
+    room_routes.add_routes(app)
     authz.add_routes(app)
     antispam.add_routes(app, config.server_name)
     policy_server.add_routes(app)

@@ -89,6 +89,8 @@ class GatewayConfig:
     # Largest request body the proxy reads to find event types (createRoom initial_state).
     max_inspect_body: int
     policy_server: PolicyServerConfig | None = None
+    # Our server names besides server_name (protected rooms always allow them in the ACL).
+    own_servers: tuple[str, ...] = ()
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -175,6 +177,7 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         reload_interval=section.float("reload_interval", 1.0),
         max_inspect_body=section.int("max_inspect_body", 1024**2, low=1024, high=64 * 1024**2),
         policy_server=_policy_server(section, upstream),
+        own_servers=_own_servers(section, server_name),
     )
 
 
@@ -207,3 +210,13 @@ def _room_version(policy: Section) -> str:
     if not version.isdigit() or not 1 <= int(version) <= 11:
         raise policy.error("fallback_room_version", "must be a room version from 1 to 11")
     return version
+
+
+def _own_servers(section: Section, server_name: str) -> tuple[str, ...]:
+    names = [server_names.canonical(server_name) or server_name]
+    for item in section.list("own_servers", []):
+        name = server_names.canonical(item) if isinstance(item, str) else None
+        if name is None:
+            raise section.error("own_servers", f"{item!r} is not a server name (corp.example)")
+        names.append(name)
+    return tuple(dict.fromkeys(names))

@@ -81,3 +81,19 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
 async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
     # The origin as the request spelled it, when that differs from its canonical form.
     await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN origin_raw TEXT")
+
+
+@upgrade_table.register(description="Protected rooms: the room state the rules are carried into")
+async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
+    # One row per protected room and the protections asked for (gateway/protection.py).
+    await conn.execute(
+        """CREATE TABLE gateway_protected_rooms (
+            room_id       TEXT PRIMARY KEY,
+            ledger        BOOLEAN NOT NULL,
+            acl           BOOLEAN NOT NULL,
+            policy_server BOOLEAN NOT NULL,
+            author        TEXT,
+            created       BIGINT NOT NULL,
+            updated       BIGINT NOT NULL
+        )"""
+    )

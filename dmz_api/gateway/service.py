@@ -53,6 +53,7 @@ from .policy.rules import (
     parse_rule_id,
     patch_rule,
 )
+from .rooms import ProtectedRooms
 from .store import Change, CorruptRuleset, DecisionQuery, RuleStore, VersionRow
 
 log = logging.getLogger("dmz_api.gateway")
@@ -106,11 +107,14 @@ class GatewayService:
             Outcome.WOULD_BLOCK: metrics.would_block,
         }
         metrics.rules_loaded.set(0)
+        # Protected rooms: their desired state follows the ruleset (rooms.py).
+        self.rooms = ProtectedRooms(self)
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.reload()
+        await self.rooms.start()
         self.decision_log.start()
         self._poll_task = asyncio.create_task(self._poll(), name="gateway-rule-reload")
         if self.store.notifies:
@@ -123,12 +127,18 @@ class GatewayService:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._listen_task = self._poll_task = None
+        await self.rooms.stop()
         await self.decision_log.stop()
 
     @property
     def version(self) -> int | None:
         """The version being enforced, or None while failing closed."""
         return self._compiled.version if self._compiled is not None else None
+
+    @property
+    def ruleset(self) -> CompiledRuleset | None:
+        """The ruleset being enforced, or None while failing closed."""
+        return self._compiled
 
     @property
     def failure(self) -> str | None:
@@ -231,6 +241,11 @@ class GatewayService:
         compiled = self._compiled
         decision = compiled.decide(req) if compiled is not None else self._unavailable
         latency_us = (perf_counter_ns() - start) // 1000
+        self.record(req, decision, latency_us)
+        return decision
+
+    def record(self, req: RequestInfo, decision: Decision, latency_us: int = 0) -> None:
+        """Log ``decision`` about ``req`` and count it (``decide`` does; so do built-in guards)."""
         event_type = ",".join(req.event_types)[:255] if req.event_types else None
         mode = decision.mode
         self.decision_log.record(
@@ -253,7 +268,6 @@ class GatewayService:
             )
         )
         self._counters[decision.outcome].inc()
-        return decision
 
     def evaluate(self, req: RequestInfo) -> dict[str, Any]:
         """A dry run: the decision and the trace of every rule. Not recorded."""

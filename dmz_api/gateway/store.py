@@ -27,6 +27,7 @@ from mautrix.util.async_db import Connection, Database, Scheme
 from ..errors import Conflict
 from .policy.model import iso
 from .policy.rules import Rule
+from .protection import Protection
 
 # The PostgreSQL channel a rule write notifies (the payload is the new version).
 RULES_CHANNEL = "dmz_api_gateway_rules"
@@ -377,3 +378,84 @@ class RuleStore:
 
     async def prune_decisions(self, older_than: int) -> None:
         await self.db.execute("DELETE FROM gateway_decisions WHERE ts < $1", older_than)
+
+
+_SELECT_ROOMS = (
+    "SELECT room_id, ledger, acl, policy_server, author, created, updated"
+    " FROM gateway_protected_rooms"
+)
+
+
+def _protection_from_row(row: Mapping[str, Any]) -> Protection:
+    return Protection(
+        room_id=row["room_id"],
+        ledger=bool(row["ledger"]),
+        acl=bool(row["acl"]),
+        policy_server=bool(row["policy_server"]),
+        author=row["author"],
+        created=int(row["created"]),
+        updated=int(row["updated"]),
+    )
+
+
+class RoomStore:
+    """Protected rooms (``gateway_protected_rooms``): one row per room."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def all(self) -> list[Protection]:
+        rows = await self.db.fetch(_SELECT_ROOMS + " ORDER BY room_id")
+        return [_protection_from_row(row) for row in rows]
+
+    async def put(self, protection: Protection) -> tuple[Protection, bool]:
+        """Store ``protection``; returns the stored row and whether it is new. ``created``
+        and ``author`` of an existing row are kept."""
+        conn: Connection
+        async with self.db.acquire() as conn, conn.transaction():
+            old = await conn.fetchrow(_SELECT_ROOMS + " WHERE room_id=$1", protection.room_id)
+            if old is None:
+                await conn.execute(
+                    "INSERT INTO gateway_protected_rooms"
+                    " (room_id, ledger, acl, policy_server, author, created, updated)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    protection.room_id,
+                    protection.ledger,
+                    protection.acl,
+                    protection.policy_server,
+                    protection.author,
+                    protection.created,
+                    protection.updated,
+                )
+                return protection, True
+            await conn.execute(
+                "UPDATE gateway_protected_rooms SET ledger=$2, acl=$3, policy_server=$4,"
+                " updated=$5 WHERE room_id=$1",
+                protection.room_id,
+                protection.ledger,
+                protection.acl,
+                protection.policy_server,
+                protection.updated,
+            )
+            kept = _protection_from_row(old)
+        return (
+            Protection(
+                protection.room_id,
+                protection.ledger,
+                protection.acl,
+                protection.policy_server,
+                kept.author,
+                kept.created,
+                protection.updated,
+            ),
+            False,
+        )
+
+    async def delete(self, room_id: str) -> Protection | None:
+        conn: Connection
+        async with self.db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_SELECT_ROOMS + " WHERE room_id=$1", room_id)
+            if row is None:
+                return None
+            await conn.execute("DELETE FROM gateway_protected_rooms WHERE room_id=$1", room_id)
+        return _protection_from_row(row)

@@ -71,6 +71,9 @@ class CommandFamily:
         """The command ``name`` (canonical) as it is typed under the current config."""
         return spell(self.config, name)
 
+    async def close(self) -> None:
+        """Stop background work the family started (the plugin stops)."""
+
     def root_commands(self) -> list[CommandHandler]:
         found: list[CommandHandler] = []
         for name in dir(type(self)):

@@ -1,4 +1,5 @@
-"""The gateway's admin API, typed: versioned rules (``If-Match``), dry runs, decisions."""
+"""The gateway's admin API, typed: versioned rules (``If-Match``), dry runs, decisions,
+protected rooms."""
 
 from __future__ import annotations
 
@@ -137,6 +138,48 @@ class Gateway(RoleClient):
         params["limit"] = str(limit)
         data = await self.request("GET", "/v1/decisions", acting=acting, params=params)
         return [item for item in self.items(data, "decisions") if isinstance(item, dict)]
+
+    # ---- protected rooms (docs/rules.md, "Protected rooms") ---------------------------
+
+    async def protected_rooms(self, acting: Acting) -> list[dict[str, Any]]:
+        data = await self.request("GET", "/v1/rooms", acting=acting)
+        return [item for item in self.items(data, "rooms") if isinstance(item, dict)]
+
+    async def protect_room(
+        self, acting: Acting, room_id: str, protections: Mapping[str, bool]
+    ) -> dict[str, Any]:
+        data = await self.request("PUT", _room_path(room_id), acting=acting, body=protections)
+        return _room(data)
+
+    async def unprotect_room(self, acting: Acting, room_id: str) -> dict[str, Any]:
+        return _room(await self.request("DELETE", _room_path(room_id), acting=acting))
+
+    async def room_desired(self, acting: Acting, room_id: str) -> dict[str, Any]:
+        data = await self.request("GET", f"{_room_path(room_id)}/desired", acting=acting)
+        if not isinstance(data, dict) or not isinstance(data.get("power_levels"), dict):
+            raise DmzError(200, "M_BAD_JSON", "the gateway answered without a desired state")
+        return data
+
+    async def room_check(
+        self, acting: Acting, room_id: str, state: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        data = await self.request(
+            "POST", f"{_room_path(room_id)}/check", acting=acting, body={"state": state}
+        )
+        if not isinstance(data, dict) or not isinstance(data.get("differences"), list):
+            raise DmzError(200, "M_BAD_JSON", "the gateway answered without differences")
+        return data
+
+
+def _room_path(room_id: str) -> str:
+    return f"/v1/rooms/{quote(room_id, safe='')}"
+
+
+def _room(data: Any) -> dict[str, Any]:
+    room = data.get("room") if isinstance(data, dict) else None
+    if not isinstance(room, dict) or not isinstance(room.get("room_id"), str):
+        raise DmzError(200, "M_BAD_JSON", "the gateway answered without a room")
+    return room
 
 
 def _rule_path(rule_id: str) -> str:

@@ -132,3 +132,27 @@ async def test_replicas_share_rules_versions_and_decisions(pg: Database) -> None
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_protected_rooms_on_postgres_are_shared_by_replicas(pg: Database) -> None:
+    first, second = service(pg), service(pg)
+    await first.start()
+    await second.start()
+    try:
+        room, created = await first.rooms.protect("!r:corp.example", {}, author="@sec:corp.example")
+        assert created and (room.ledger, room.acl, room.policy_server) == (True, True, False)
+        again, created = await first.rooms.protect(
+            "!r:corp.example", {"ledger": False}, author="@bob:corp.example"
+        )
+        assert not created and again.author == "@sec:corp.example" and not again.ledger
+        deadline = time.monotonic() + 5
+        while [r.room_id for r in second.rooms.rooms()] != ["!r:corp.example"]:
+            assert time.monotonic() < deadline, "the other replica sees the protected room"
+            await asyncio.sleep(0.02)
+        assert second.rooms.rooms()[0] == again
+        await second.rooms.unprotect("!r:corp.example", author=None)
+        await first.rooms.refresh()
+        assert first.rooms.rooms() == []
+    finally:
+        await first.stop()
+        await second.stop()

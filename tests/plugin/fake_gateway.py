@@ -22,6 +22,7 @@ from dmz_api.app import init_app
 from dmz_api.config import parse_config
 from dmz_api.gateway import GATEWAY
 from dmz_api.gateway.policy.model import RequestClass, RequestInfo, Source
+from dmz_api.gateway.rooms import ProtectedRooms
 from dmz_api.gateway.service import GatewayService
 
 from .fakes import REGISTRAR_KEY, Recorded
@@ -63,6 +64,10 @@ class GatewayDouble:
         double = cls(app)
         app.middlewares.insert(0, double.middleware)
         return double
+
+    @property
+    def rooms(self) -> ProtectedRooms:
+        return self.app[GATEWAY].rooms
 
     @property
     def service(self) -> GatewayService:

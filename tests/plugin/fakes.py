@@ -240,6 +240,13 @@ class FakeHomeserver:
     admin_status: int | None = None
     admin_delay: float = 0.0
     create_room_fails: bool = False
+    # Protected rooms: (room_id, event type) -> state content (state key ""); a room with no
+    # state here is one the bot is not in (403).
+    state: dict[tuple[str, str], dict[str, Any]] = field(factory=dict)
+    state_writes: list[tuple[str, str, dict[str, Any]]] = field(factory=list)
+    # Event types whose writes are refused (403), as a homeserver's auth rules would.
+    refuse_state: set[str] = field(factory=set)
+    aliases: dict[str, str] = field(factory=dict)
 
     def add_user(self, user_id: str, **flags: bool) -> None:
         self.users[user_id] = {
@@ -289,6 +296,33 @@ class FakeHomeserver:
             self.members[(room_id, invitee)] = "invite"
         return web.json_response({"room_id": room_id})
 
+    def _in_room(self, room_id: str) -> bool:
+        return any(room == room_id for room, _ in self.state)
+
+    async def get_state(self, request: web.Request) -> web.Response:
+        room_id, event_type = request.match_info["room_id"], request.match_info["event_type"]
+        if not self._in_room(room_id):
+            return error(403, "M_FORBIDDEN", "You are not in this room")
+        content = self.state.get((room_id, event_type))
+        if content is None:
+            return error(404, "M_NOT_FOUND", "Event not found")
+        return web.json_response(content)
+
+    async def put_state(self, request: web.Request) -> web.Response:
+        room_id, event_type = request.match_info["room_id"], request.match_info["event_type"]
+        if not self._in_room(room_id) or event_type in self.refuse_state:
+            return error(403, "M_FORBIDDEN", "You don't have permission to post that to the room")
+        content = await request.json()
+        self.state[(room_id, event_type)] = content
+        self.state_writes.append((room_id, event_type, content))
+        return web.json_response({"event_id": f"$state{len(self.state_writes)}"})
+
+    async def resolve_alias(self, request: web.Request) -> web.Response:
+        room_id = self.aliases.get(request.match_info["alias"])
+        if room_id is None:
+            return error(404, "M_NOT_FOUND", "Room alias not found")
+        return web.json_response({"room_id": room_id, "servers": ["corp.example"]})
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/_synapse/admin/v2/users/{user_id}", self.admin_user)
@@ -296,6 +330,10 @@ class FakeHomeserver:
         app.router.add_get(base + "/state/m.room.member/{user_id}", self.member)
         app.router.add_get(base + "/joined_members", self.joined_members)
         app.router.add_post("/_matrix/client/v3/createRoom", self.create_room)
+        for state_path in (base + "/state/{event_type}", base + "/state/{event_type}/"):
+            app.router.add_get(state_path, self.get_state)
+            app.router.add_put(state_path, self.put_state)
+        app.router.add_get("/_matrix/client/v3/directory/room/{alias}", self.resolve_alias)
         return app
 
 

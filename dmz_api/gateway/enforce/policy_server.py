@@ -49,6 +49,7 @@ from ..config import PolicyServerConfig
 from ..http.listener import ServerRequest, date_line
 from ..policy.matrix_paths import x_matrix_origin
 from ..policy.model import Decision, RequestClass, RequestInfo, Source
+from ..protection import PolicyServerRef
 from ..service import GATEWAY, GatewayService
 from ..signing.events import KNOWN_VERSIONS, RoomVersions, event_id, redact
 from ..signing.keys import KEY_ID, PolicyKey, load_or_create
@@ -325,10 +326,13 @@ async def policy_server_ctx(app: web.Application) -> AsyncIterator[None]:
         await keys.start()
         verifier = RequestVerifier(gateway.config.server_name.lower(), keys)
     app[POLICY_SERVER] = PolicyServer(gateway, config, key, verifier)
+    # Protected rooms name this server and key in their m.room.policy state.
+    gateway.rooms.policy_server = PolicyServerRef(gateway.config.server_name, key.public_key)
     log.info("Policy server for %s, public key %s", gateway.config.server_name, key.public_key)
     try:
         yield
     finally:
+        gateway.rooms.policy_server = None
         if keys is not None:
             await keys.close()
 

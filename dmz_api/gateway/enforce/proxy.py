@@ -241,6 +241,10 @@ class GatewayProxy:
         problem: str | None = None
         if path_info.inspect_body:
             body, content, problem = await self._read_inspected(request)
+        guarded = self.gateway.rooms.guards(method, path_info)
+        if guarded:
+            # A state write into a protected room (gateway/rooms.py): judged on its content.
+            body, content, problem = await self._read_inspected(request)
         peer = request.peer
         ip = peer
         if self._trusted:
@@ -262,6 +266,10 @@ class GatewayProxy:
         )
         if problem is not None and info.malformed is None:
             info.malformed = problem
+        if guarded:
+            refusal = self.gateway.rooms.judge(info, path_info, content, problem)
+            if refusal is not None:
+                return _refuse(request, 403, "M_FORBIDDEN", refusal)
         decision = self.gateway.decide(info)
         if not decision.allowed:
             return _refuse(request, decision.status, "M_FORBIDDEN", decision.reason)

@@ -295,3 +295,52 @@ class DecisionsArgs:
         limit = words.option("--limit", whole_number("--limit", 1, 100))
         words.finish()
         return cls(blocked, seconds, origin, limit or 20)
+
+
+# Room IDs of room version 12 have no server part (!abc); aliases always do (#a:server).
+ROOM_REF = re.compile(r"^(![!-~]{1,254}|#[!-~]{1,254}:[A-Za-z0-9.\-]+(:\d{1,5})?)$")
+
+
+def room_ref(value: str) -> str:
+    if not ROOM_REF.match(value):
+        raise bad(
+            "The room must be a room ID (!abc:corp.example) or an alias (#ledger:corp.example)."
+        )
+    return value
+
+
+@frozen
+class RoomProtectArgs:
+    USAGE: ClassVar[str] = "<room> [--ledger] [--acl] [--policy-server]"
+    room: str
+    ledger: bool = False
+    acl: bool = False
+    policy_server: bool = False
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        ledger, acl = words.flag("--ledger"), words.flag("--acl")
+        policy_server = words.flag("--policy-server")
+        result = cls(words.positional("The room", room_ref), ledger, acl, policy_server)
+        words.finish()
+        return result
+
+    def protections(self) -> dict[str, bool]:
+        """The body for the gateway: empty (all, as far as configured) when no flag is given."""
+        if not (self.ledger or self.acl or self.policy_server):
+            return {}
+        return {"ledger": self.ledger, "acl": self.acl, "policy_server": self.policy_server}
+
+
+@frozen
+class RoomArgs:
+    USAGE: ClassVar[str] = "<room>"
+    room: str
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        result = cls(words.positional("The room", room_ref))
+        words.finish()
+        return result

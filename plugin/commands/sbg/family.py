@@ -1,4 +1,4 @@
-"""``!sbg``: the Secure Border Gateway's rules, dry runs and decisions.
+"""``!sbg``: the Secure Border Gateway's rules, dry runs, decisions and protected rooms.
 
 Rule changes are for ``gateway_admin``; auditors may read the rules and the decisions.
 Every write sends ``If-Match`` with the ruleset version read just before it, so a change
@@ -16,11 +16,14 @@ from typing import Any
 
 import attrs
 from maubot import MessageEvent
+from maubot.handlers import event
+from mautrix.types import EventType, RoomID, StateEvent
 
 from ... import fmt
 from ...dmz import DmzError, DmzFailure, DmzUnavailable, GatewayRule, Ruleset, RuleWrite
 from ...durations import format_duration
 from ...gate import Context, Failed, Role, gated
+from ...rooms import POLICY, SERVER_ACL, RoomKeeper, state_type
 from ...services import Services
 from ...syntax import arguments
 from ..base import CommandFamily, NoArgs, Subcommand, family_root, spec_of
@@ -31,6 +34,8 @@ from .args import (
     DryRunFederationArgs,
     HistoryArgs,
     PresetArgs,
+    RoomArgs,
+    RoomProtectArgs,
     RuleAddArgs,
     RuleIdArgs,
 )
@@ -42,6 +47,8 @@ from .render import (
     describe_params,
     describe_request,
     describe_rule,
+    protections,
+    room_differences,
     ruleset_table,
     timestamp,
     trace_table,
@@ -68,6 +75,16 @@ class SbgCommands(CommandFamily):
         confirmations.register(spec_of(self.rule_enable), guarded(self._resume_switch))
         confirmations.register(spec_of(self.rule_disable), guarded(self._resume_switch))
         confirmations.register(spec_of(self.rule_promote), guarded(self._resume_promote))
+        self.rooms = RoomKeeper(
+            services.client,
+            services.gateway,
+            services.audit,
+            services.config,
+            self.log.getChild("rooms"),
+        )
+
+    async def close(self) -> None:
+        await self.rooms.close()
 
     @family_root("sbg", help="The Secure Border Gateway: rules, dry runs, decisions")
     @arguments(Subcommand)
@@ -164,6 +181,8 @@ class SbgCommands(CommandFamily):
             raise Failed(failure.message, f"version {before}; {failure.detail}") from None
         if result.changed:
             ctx.note(f"version {before} -> {result.version}")
+            # Rules stay the single source of protected rooms' state.
+            self.rooms.rules_changed(ctx.acting)
         else:
             ctx.note(f"version {before}, unchanged")
         return result
@@ -519,3 +538,127 @@ class SbgCommands(CommandFamily):
             f"The last {fmt.plural(len(records), 'decision')}{scope}, newest first "
             f"(ruleset now at version {ruleset.version}):\n\n" + "\n".join(lines)
         )
+
+    # ---- protected rooms (plugin/rooms/, docs/rules.md "Protected rooms") -------------
+
+    @sbg.subcommand(
+        "room",
+        help="protected rooms: the rules held on every server in the room",
+        required_subcommand=False,
+        arg_fallthrough=False,
+    )
+    @arguments(Subcommand)
+    @gated("sbg room", Role.GATEWAY_ADMIN, Role.AUDITOR, listed=False)
+    async def room(self, evt: MessageEvent, ctx: Context, args: Subcommand) -> None:
+        await ctx.reply(await self.list_subcommands(self.room, ctx.roles, args.word))
+
+    @room.subcommand(
+        "protect",
+        help="hold a room to the rules: power levels (--ledger), server ACL (--acl), policy "
+        "server (--policy-server); all by default",
+    )
+    @arguments(RoomProtectArgs)
+    @gated("sbg room protect", Role.GATEWAY_ADMIN, effect="changed")
+    @gateway_errors
+    async def room_protect(self, evt: MessageEvent, ctx: Context, args: RoomProtectArgs) -> None:
+        room_id = await self.rooms.resolve(args.room)
+        try:
+            room, applied = await self.rooms.protect(ctx.acting, room_id, args.protections())
+        except DmzError as e:
+            if e.status == 400:
+                raise Failed(
+                    f"The gateway cannot protect {fmt.code(room_id)}: {fmt.md(e.error)}. Nothing "
+                    "was changed.",
+                    f"400 {e.errcode}",
+                ) from None
+            raise
+        done = "; ".join(applied.changes) or "its state already met the protection"
+        ctx.note(f"protected {room_id} ({protections(room)}): {done}")
+        lines = [f"Room {fmt.code(room_id)} is protected ({protections(room)}): {fmt.md(done)}."]
+        notes = list(applied.notes)
+        if not args.protections() and not room.get("policy_server"):
+            notes.append("the gateway has no policy server configured, so m.room.policy is not set")
+        lines += [f"Note: {fmt.md(note)}." for note in notes]
+        lines += [
+            f"Warning: {fmt.md(text)}; the protection does not hold against them."
+            for text in applied.unfixable
+        ]
+        await ctx.reply("  \n".join(lines))
+
+    @room.subcommand("unprotect", help="stop holding a room to the rules (its state stays)")
+    @arguments(RoomArgs)
+    @gated("sbg room unprotect", Role.GATEWAY_ADMIN, effect="changed")
+    @gateway_errors
+    async def room_unprotect(self, evt: MessageEvent, ctx: Context, args: RoomArgs) -> None:
+        room_id = await self.rooms.resolve(args.room)
+        try:
+            await self.gateway.unprotect_room(ctx.acting, room_id)
+        except DmzError as e:
+            if e.status == 404:
+                raise Failed(
+                    f"Room {fmt.code(room_id)} is not protected.", "not protected"
+                ) from None
+            raise
+        ctx.note(f"unprotected {room_id}")
+        await ctx.reply(
+            f"Room {fmt.code(room_id)} is no longer protected; its power levels, ACL and policy "
+            "state stay as they are."
+        )
+
+    @room.subcommand("list", help="the protected rooms")
+    @arguments(NoArgs)
+    @gated("sbg room list", Role.GATEWAY_ADMIN, Role.AUDITOR)
+    @gateway_errors
+    async def room_list(self, evt: MessageEvent, ctx: Context, args: NoArgs) -> None:
+        rooms = await self.gateway.protected_rooms(ctx.acting)
+        ctx.note(fmt.plural(len(rooms), "room"))
+        if not rooms:
+            await ctx.reply("No room is protected.")
+            return
+        lines = [
+            f"* {fmt.code(room['room_id'])} — {protections(room)}"
+            + (
+                f", by {fmt.user(room['author'])}"
+                if str(room.get("author", "")).startswith("@")
+                else ""
+            )
+            for room in rooms
+        ]
+        await ctx.reply(f"{fmt.plural(len(rooms), 'protected room')}:\n\n" + "\n".join(lines))
+
+    @room.subcommand("check", help="the difference between a room and its protection")
+    @arguments(RoomArgs)
+    @gated("sbg room check", Role.GATEWAY_ADMIN, Role.AUDITOR)
+    @gateway_errors
+    async def room_check(self, evt: MessageEvent, ctx: Context, args: RoomArgs) -> None:
+        room_id = await self.rooms.resolve(args.room)
+        try:
+            result = await self.rooms.check(ctx.acting, room_id)
+        except DmzError as e:
+            if e.status == 404:
+                raise Failed(
+                    f"Room {fmt.code(room_id)} is not protected.", "not protected"
+                ) from None
+            raise
+        differences = [d for d in result["differences"] if isinstance(d, dict)]
+        version = result.get("desired", {}).get("version")
+        ctx.note(f"version {version}; {fmt.plural(len(differences), 'difference')}")
+        if not differences:
+            await ctx.reply(
+                f"Room {fmt.code(room_id)} is in order: its state meets its protection under "
+                f"ruleset version {version}."
+            )
+            return
+        await ctx.reply(
+            f"Room {fmt.code(room_id)} differs from its protection under ruleset version "
+            f"{version}:\n\n" + "\n".join(room_differences(differences))
+        )
+
+    @event.on(EventType.ROOM_POWER_LEVELS)
+    @event.on(state_type(SERVER_ACL))
+    @event.on(state_type(POLICY))
+    async def on_guarded_state(self, evt: StateEvent) -> None:
+        """Drift: someone else changed a protected room's power levels, ACL or policy."""
+        if evt.sender == self.services.client.mxid or evt.state_key != "":
+            return
+        await self.rooms.on_state(RoomID(evt.room_id), evt.sender, evt.event_id, str(evt.type))

@@ -228,3 +228,21 @@ def describe_decision(record: dict[str, Any]) -> str:
         f"{fmt.md(record.get('class', ''))}{who}{what}{types}{room}{decided}, "
         f"version {record.get('version', '?')}"
     )
+
+
+def protections(room: dict[str, Any]) -> str:
+    """``ledger, ACL, policy server`` for a protected room as the gateway lists it."""
+    names = [
+        label
+        for key, label in (("ledger", "ledger"), ("acl", "ACL"), ("policy_server", "policy server"))
+        if room.get(key)
+    ]
+    return ", ".join(names) or "nothing"
+
+
+def room_differences(differences: Sequence[dict[str, Any]]) -> list[str]:
+    lines = []
+    for item in differences:
+        tail = "" if item.get("fixable", True) else " (I cannot fix this)"
+        lines.append(f"* {fmt.md(item.get('text', ''))}{tail}")
+    return lines
