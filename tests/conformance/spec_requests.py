@@ -29,6 +29,8 @@ import importlib
 import json
 import pkgutil
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ from urllib.parse import quote, urlencode
 import yaml
 
 SPEC_DIR = Path(__file__).parent / "spec"
+_ROOT = Path(__file__).resolve().parents[2]  # the repository, for the child process
 # libyaml's loader when PyYAML has it (ten times faster), else the pure-Python one.
 _LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 APIS = {"client-server": "client", "server-server": "federation"}
@@ -217,21 +220,51 @@ def synapse_serves() -> Served:
     """``served(method, path)``: whether installed Synapse routes ``method path`` to a
     client or media servlet, i.e. which ``r0`` and ``api/v1`` spellings it still serves.
 
+    The routes are read in a child process (``synapse_routes``): importing Synapse into the
+    test process loads zope.interface, which breaks maubot's plugin tests that run later.
+    """
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(_ROOT)!r}); "
+            "from tests.conformance.spec_requests import synapse_routes; "
+            "import json; print(json.dumps(synapse_routes()))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    routes = [(method, re.compile(pattern)) for method, pattern in json.loads(found.stdout)]
+    if len(routes) < 100:
+        raise RuntimeError(f"only {len(routes)} Synapse client routes found")
+
+    def served(method: str, path: str) -> bool:
+        path = path.partition("?")[0]
+        return any(m == method and pattern.match(path) for m, pattern in routes)
+
+    return served
+
+
+def synapse_routes() -> list[tuple[str, str]]:
+    """Every (method, path regex) of Synapse's client and media servlets; imports Synapse.
+
     Each servlet class of ``synapse.rest.client`` and ``synapse.rest.media`` registers itself
     with a recorder, as it does with Synapse's HTTP server (``client_patterns`` builds the
-    regexes), without being constructed. Imports Synapse: about 2 s.
+    regexes), without being constructed. About 2 s.
     """
     import synapse.rest.client as client_package
     import synapse.rest.media as media_package
     from synapse.http.servlet import RestServlet
 
-    routes: list[tuple[str, re.Pattern[str]]] = []
+    routes: list[tuple[str, str]] = []
 
     class Recorder:
         def register_paths(
             self, method: str, patterns: Iterable[re.Pattern[str]], *_: object
         ) -> None:
-            routes.extend((method, pattern) for pattern in patterns)
+            routes.extend((method, pattern.pattern) for pattern in patterns)
 
     modules = [
         f"{package.__name__}.{info.name}"
@@ -249,14 +282,7 @@ def synapse_serves() -> Served:
                 object.__new__(value).register(Recorder())
             except NotImplementedError:
                 pass  # a base class (TransactionRestServlet) with nothing to register
-    if len(routes) < 100:
-        raise RuntimeError(f"only {len(routes)} Synapse client routes found")
-
-    def served(method: str, path: str) -> bool:
-        path = path.partition("?")[0]
-        return any(m == method and pattern.match(path) for m, pattern in routes)
-
-    return served
+    return routes
 
 
 # ---- requests -----------------------------------------------------------------------
