@@ -243,6 +243,8 @@ class GatewayService:
                 decision.outcome.value,
                 latency_us,
                 decision.version,
+                req.event_id,
+                ",".join(req.actions) if req.actions else None,
             )
         )
         self._counters[decision.outcome].inc()

@@ -37,6 +37,8 @@ def record(n: int) -> DecisionRecord:
         "allow",
         n,
         7,
+        f"$event{n}" if n % 5 else None,
+        None,
     )
 
 

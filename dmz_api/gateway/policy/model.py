@@ -47,7 +47,9 @@ class RequestInfo:
     without a User-Agent header has ``user_agent=""``. ``public`` marks federation endpoints
     that are unsigned by design (server keys, discovery, version). ``malformed`` names a
     defect that makes the request unjudgeable (conflicting X-Matrix origins, dot segments):
-    such a request is always refused.
+    such a request is always refused. ``actions`` are what the request does that no event
+    type names (``actions.py``: key publishing, erasure, redact-on-ban). ``event_id`` is the
+    event judged, for the events inside federation requests (recorded, not judged).
     """
 
     request_class: RequestClass
@@ -58,6 +60,8 @@ class RequestInfo:
     user: str | None = None
     event_types: tuple[str, ...] = ()
     room: str | None = None
+    actions: tuple[str, ...] = ()
+    event_id: str | None = None
     user_agent: str | None = None
     ip: str | None = None
     public: bool = False
@@ -74,6 +78,8 @@ class RequestInfo:
             "user": self.user,
             "event_types": list(self.event_types),
             "room": self.room,
+            "actions": list(self.actions),
+            "event_id": self.event_id,
             "user_agent": self.user_agent,
             "ip": self.ip,
             "public": self.public,
