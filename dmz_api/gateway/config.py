@@ -67,6 +67,8 @@ class GatewayConfig:
     reload_interval: float
     # Largest request body the proxy reads to find event types (createRoom initial_state).
     max_inspect_body: int
+    # Largest federation transaction (PUT /send/{txnId}) the proxy reads to judge its events.
+    max_transaction_body: int = 12 * 1024**2
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -150,4 +152,7 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         ),
         reload_interval=section.float("reload_interval", 1.0),
         max_inspect_body=section.int("max_inspect_body", 1024**2, low=1024, high=64 * 1024**2),
+        max_transaction_body=section.int(
+            "max_transaction_body", 12 * 1024**2, low=64 * 1024, high=64 * 1024**2
+        ),
     )
