@@ -169,6 +169,11 @@ def test_a_partner_cannot_encrypt_or_redact_our_copy_of_the_room(ledger: Ledger)
         source="proxy",
     )
 
+    # The sending Synapse logged each per-PDU error and never sent those events again
+    # (its queue is sequential, so a retry would have come before "still talking").
+    blocks = gateway.decisions(decision="block", source="proxy")
+    assert sorted(r["event_id"] for r in blocks if r["event_id"] in refused) == sorted(refused)
+
     # What holds on our homeserver's copy of the room.
     assert "m.room.encryption" not in state_types(alice, room)
     messages = alice.messages(room)
