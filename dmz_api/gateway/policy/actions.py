@@ -48,7 +48,8 @@ def path_actions(method: str, endpoint: str, template: str) -> tuple[str, ...]:
     """The actions a request performs by its method and classified path alone."""
     if method not in _WRITE:
         return _NONE
-    if endpoint == "client.keys" and template.endswith(_KEY_WRITES):
+    # ``keys/upload/{deviceId}`` is the old spelling Synapse still routes.
+    if endpoint == "client.keys" and template.removesuffix("/{}").endswith(_KEY_WRITES):
         return (E2EE_KEYS,)
     if endpoint in ("client.room_keys", "client.dehydrated_device"):
         return (E2EE_KEYS,)
