@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from mautrix.util.config import RecursiveDict
 from ruamel.yaml import YAML
 
+from devstack.synapse import Synapse
 from dmz_api import __main__ as dmz_api_main
 from dmz_api.config import load_config
 from dmz_api.gateway.enforce.antispam import CALLBACKS
@@ -212,3 +214,35 @@ def test_synapse_logging_holds_token_loggers_at_warning() -> None:
         "synapse.access",
     ):
         assert loggers[name]["level"] == "WARNING", name
+
+
+@pytest.mark.slow  # Synapse generates a signing key in a subprocess
+def test_ledger_snippet_as_synapse_reads_it(tmp_path: Path) -> None:
+    """deploy/synapse/ledger.yaml merged into a homeserver.yaml, parsed by Synapse itself."""
+    from synapse.config.homeserver import HomeServerConfig
+
+    snippet = load_yaml(DEPLOY / "synapse" / "ledger.yaml")
+    hs = Synapse(tmp_path / "hs", name="ledger", extra_config=snippet)
+    hs.write_config()
+    config = HomeServerConfig.load_config("ledger", ["-c", str(hs.config_path)])
+    assert config.room.encryption_enabled_by_default_for_room_presets == set()
+    assert config.server.redaction_retention_period is None
+    assert config.server.forgotten_room_retention_period is None
+    assert config.retention.retention_enabled is False
+    assert config.experimental.msc4293_enabled is False
+    # The same keys without the snippet: Synapse's defaults the snippet changes.
+    plain = Synapse(tmp_path / "plain", name="plain")
+    plain.write_config()
+    defaults = HomeServerConfig.load_config("plain", ["-c", str(plain.config_path)])
+    assert defaults.server.redaction_retention_period is not None
+
+
+def test_tuwunel_notes_give_the_ledger_settings() -> None:
+    notes = (DEPLOY / "synapse" / "tuwunel-notes.md").read_text()
+    section = notes.partition("## Behind the gateway with the compliance ledger")[2]
+    block = section.partition("```toml\n")[2].partition("```")[0]
+    assert tomllib.loads(block) == {
+        "allow_encryption": False,
+        "save_unredacted_events": True,
+        "redaction_retention_seconds": 0,
+    }
