@@ -199,6 +199,7 @@ def test_a_partner_cannot_encrypt_or_redact_our_copy_of_the_room(ledger: Ledger)
         source="antispam",
     )
     assert {r["rule"] for r in pulled} == {"compliance-ledger"}
+    assert refused <= {r["event_id"] for r in pulled}
     status, seen = event(alice, room, kept)
     assert status == 200 and seen["content"] == {}
     assert seen["unsigned"]["redacted_by"] == redaction
