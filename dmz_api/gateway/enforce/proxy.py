@@ -7,9 +7,13 @@ before anything reaches the homeserver. A block is answered here,
 any other path gets ``404 M_UNRECOGNIZED``. An allowed request is forwarded with its raw,
 still-encoded path (re-encoding breaks X-Matrix signatures) and its body untouched.
 Request and response bodies stream through under flow control, so a long-polling
-``/sync`` or a large media transfer holds no more than a few buffers. Only ``createRoom``
-bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state`` names
-event types. Such a body that cannot be judged (too large, compressed, not a JSON object)
+``/sync`` or a large media transfer holds no more than a few buffers. Only bodies that
+hold what the rules judge are read first: ``createRoom`` (``initial_state`` names event
+types), ``account/deactivate``, ``kick`` and ``ban`` (actions: erasure, redact-on-ban), up to
+``gateway.max_inspect_body``; federation transactions (up to
+``gateway.max_transaction_body``) and membership events, judged event by event
+(``federation.py``): a transaction holding a refused event is answered here and not
+forwarded. Such a body that cannot be judged (too large, compressed, not a JSON object)
 is refused as malformed.
 
 The hot path avoids what a naive proxy pays for: a plain asyncio protocol server with
