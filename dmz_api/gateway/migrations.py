@@ -77,10 +77,14 @@ upgrade_table.register(
 )
 
 
-@upgrade_table.register(description="Decision log: the event id and actions of each decision")
 async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
     # The event a decision judged (events inside federation transactions and membership
     # requests) and the actions it carried (policy/actions.py), comma-separated.
     await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN event_id TEXT")
     await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN actions TEXT")
     await conn.execute("CREATE INDEX gateway_decisions_event ON gateway_decisions (event_id, id)")
+
+
+upgrade_table.register(
+    upgrade_v2, description="Decision log: the event id and actions of each decision"
+)
