@@ -91,6 +91,8 @@ class GatewayConfig:
     policy_server: PolicyServerConfig | None = None
     # Our server names besides server_name (protected rooms always allow them in the ACL).
     own_servers: tuple[str, ...] = ()
+    # Largest federation transaction (PUT /send/{txnId}) the proxy reads to judge its events.
+    max_transaction_body: int = 12 * 1024**2
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -178,6 +180,9 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         max_inspect_body=section.int("max_inspect_body", 1024**2, low=1024, high=64 * 1024**2),
         policy_server=_policy_server(section, upstream),
         own_servers=_own_servers(section, server_name),
+        max_transaction_body=section.int(
+            "max_transaction_body", 12 * 1024**2, low=64 * 1024, high=64 * 1024**2
+        ),
     )
 
 

@@ -97,3 +97,12 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
             updated       BIGINT NOT NULL
         )"""
     )
+
+
+@upgrade_table.register(description="Decision log: the event id and actions of each decision")
+async def upgrade_v4(conn: Connection, scheme: Scheme) -> None:
+    # The event a decision judged (events inside federation transactions and membership
+    # requests) and the actions it carried (policy/actions.py), comma-separated.
+    await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN event_id TEXT")
+    await conn.execute("ALTER TABLE gateway_decisions ADD COLUMN actions TEXT")
+    await conn.execute("CREATE INDEX gateway_decisions_event ON gateway_decisions (event_id, id)")

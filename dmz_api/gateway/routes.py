@@ -190,11 +190,19 @@ async def list_decisions(request: web.Request) -> web.Response:
         source=query_choice(request, "source", ("proxy", "authz", "antispam", "policy_server")),
         since=parse_since(since, time.time()) if since else None,
         before_id=query_int(request, "before"),
+        event_id=_optional_query(request, "event_id", 255),
         limit=query_limit(request, default=50),
     )
     decisions = await service(request).decisions(query)
     next_before = decisions[-1]["id"] if len(decisions) == query.limit else None
     return web.json_response({"decisions": decisions, "next_before": next_before})
+
+
+def _optional_query(request: web.Request, name: str, limit: int) -> str | None:
+    value = request.query.get(name) or None
+    if value is not None and len(value) > limit:
+        raise InvalidParam(f"{name} must be at most {limit} characters")
+    return value
 
 
 def _optional_str(body: dict[str, Any], name: str, limit: int = 2000) -> str | None:

@@ -265,6 +265,8 @@ class GatewayService:
                 latency_us,
                 decision.version,
                 req.origin_raw,
+                req.event_id,
+                ",".join(req.actions) if req.actions else None,
             )
         )
         self._counters[decision.outcome].inc()

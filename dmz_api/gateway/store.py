@@ -57,6 +57,8 @@ DECISION_COLUMNS = (
     "latency_us",
     "version",
     "origin_raw",
+    "event_id",
+    "actions",
 )
 # One decision record, in DECISION_COLUMNS order.
 DecisionRecord = tuple[
@@ -75,12 +77,15 @@ DecisionRecord = tuple[
     int,
     int,
     str | None,
+    str | None,
+    str | None,
 ]
 
 _INSERT_DECISION = (
     "INSERT INTO gateway_decisions (ts, source, class, origin, user_id, method, path,"
-    " event_type, room, rule_id, mode, outcome, latency_us, version, origin_raw)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+    " event_type, room, rule_id, mode, outcome, latency_us, version, origin_raw, event_id,"
+    " actions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,"
+    " $16, $17)"
 )
 # SQLite: a batch is one multi-row INSERT, so the database thread binds it and runs one
 # step, taking the GIL once per statement rather than once per row (``executemany``). Its
@@ -101,7 +106,7 @@ def _insert_decisions_sql(rows: int) -> str:
 
 _SELECT_DECISIONS = (
     "SELECT id, ts, source, class, origin, user_id, method, path, event_type, room, rule_id,"
-    " mode, outcome, latency_us, version, origin_raw FROM gateway_decisions"
+    " mode, outcome, latency_us, version, origin_raw, event_id, actions FROM gateway_decisions"
 )
 
 
@@ -151,6 +156,7 @@ class DecisionQuery:
     source: str | None = None
     since: int | None = None
     before_id: int | None = None
+    event_id: str | None = None
     limit: int = 50
 
 
@@ -179,6 +185,8 @@ def decision_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
         "outcome": row["outcome"],
         "latency_us": row["latency_us"],
         "version": row["version"],
+        "event_id": row["event_id"],
+        "actions": row["actions"],
     }
 
 
@@ -366,6 +374,8 @@ class RuleStore:
             where("source = {}", query.source)
         if query.since is not None:
             where("ts >= {}", query.since)
+        if query.event_id is not None:
+            where("event_id = {}", query.event_id)
         if query.before_id is not None:
             where("id < {}", query.before_id)
         sql = _SELECT_DECISIONS

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from mautrix.util.config import RecursiveDict
 from ruamel.yaml import YAML
 
+from devstack.synapse import Synapse
 from dmz_api import __main__ as dmz_api_main
 from dmz_api.config import load_config
 from dmz_api.gateway.enforce.antispam import CALLBACKS
@@ -212,3 +215,61 @@ def test_synapse_logging_holds_token_loggers_at_warning() -> None:
         "synapse.access",
     ):
         assert loggers[name]["level"] == "WARNING", name
+
+
+_READ_LEDGER_KEYS = """
+import json, sys
+from synapse.config.homeserver import HomeServerConfig
+config = HomeServerConfig.load_config("check", ["-c", sys.argv[1]])
+print(json.dumps({
+    "encryption_presets": sorted(config.room.encryption_enabled_by_default_for_room_presets),
+    "redaction_retention_period": config.server.redaction_retention_period,
+    "forgotten_room_retention_period": config.server.forgotten_room_retention_period,
+    "retention_enabled": config.retention.retention_enabled,
+    "msc4293_enabled": config.experimental.msc4293_enabled,
+}))
+"""
+
+
+def synapse_reads(config_path: Path) -> dict[str, Any]:
+    """The ledger's keys as Synapse parses them (in a subprocess: importing Synapse here
+    would load Twisted and zope.interface into the test process)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_LEDGER_KEYS, str(config_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.slow  # Synapse generates a signing key and parses its config in subprocesses
+def test_ledger_snippet_as_synapse_reads_it(tmp_path: Path) -> None:
+    """deploy/synapse/ledger.yaml merged into a homeserver.yaml, parsed by Synapse itself."""
+    snippet = load_yaml(DEPLOY / "synapse" / "ledger.yaml")
+    hs = Synapse(tmp_path / "hs", name="ledger", extra_config=snippet)
+    hs.write_config()
+    assert synapse_reads(hs.config_path) == {
+        "encryption_presets": [],
+        "redaction_retention_period": None,
+        "forgotten_room_retention_period": None,
+        "retention_enabled": False,
+        "msc4293_enabled": False,
+    }
+    # Without the snippet Synapse keeps redacted originals for 7 days only.
+    plain = Synapse(tmp_path / "plain", name="plain")
+    plain.write_config()
+    assert synapse_reads(plain.config_path)["redaction_retention_period"] == 7 * 24 * 3600 * 1000
+
+
+def test_tuwunel_notes_give_the_ledger_settings() -> None:
+    notes = (DEPLOY / "synapse" / "tuwunel-notes.md").read_text()
+    section = notes.partition("## Behind the gateway with the compliance ledger")[2]
+    block = section.partition("```toml\n")[2].partition("```")[0]
+    assert tomllib.loads(block) == {
+        "allow_encryption": False,
+        "save_unredacted_events": True,
+        "redaction_retention_seconds": 0,
+    }

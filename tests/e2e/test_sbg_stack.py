@@ -19,6 +19,7 @@ from devstack.matrix import MatrixUser
 from devstack.process import http_json
 from devstack.stack import control_room, plugin_config, start_bot, wait_answering
 from devstack.synapse import Synapse
+from dmz_api.gateway.policy.rules import LEDGER_EVENT_TYPES
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,8 @@ def test_security_staff_run_the_gateway_from_the_room(stack: SbgStack) -> None:
     reply = sec.ask(room, "!sbg preset compliance-ledger")
     assert reply == (
         "Preset `compliance-ledger` applied: rule `compliance-ledger` (event_type_block "
-        "m.room.encryption, m.room.redaction (both)); the ruleset is now version 1."
+        f"{', '.join(LEDGER_EVENT_TYPES)}; actions account.erase, e2ee.keys, "
+        "membership.redact_events (both)); the ruleset is now version 1."
     )
 
     reply = sec.ask(room, "!sbg rule add server_allow partner.example.org --audit")

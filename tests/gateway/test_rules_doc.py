@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
+
+from dmz_api.errors import InvalidParam
+from dmz_api.gateway.enforce.federation import (
+    BAD_TRANSACTION,
+    NOT_DELIVERED,
+    judge_transaction,
+    reference_event_id,
+)
 from dmz_api.gateway.policy.compile import CompiledRuleset, unavailable_decision
 from dmz_api.gateway.policy.evaluate import explain
 from dmz_api.gateway.policy.matrix_paths import request_info
 from dmz_api.gateway.policy.model import Decision, Mode, Outcome, RequestClass, RequestInfo, Source
-from dmz_api.gateway.policy.rules import Rule
+from dmz_api.gateway.policy.rules import PRESETS, Rule
 
 from .conftest import make_rule
 
 ENC = "m.room.encryption"
+ENC_B = ENC.encode()
 
 
 def judge(rules: Sequence[Rule], req: RequestInfo) -> Decision:
@@ -289,6 +299,60 @@ def test_event_type_match_is_exact() -> None:
     )
 
 
+def test_event_type_block_actions_example() -> None:
+    rules = [make_rule("B", "event_type_block", {"actions": ["account.erase", "e2ee.keys"]})]
+    deactivate = "/_matrix/client/v3/account/deactivate"
+    assert outcome(rules, client(deactivate, "POST", body=b'{"erase": true}')) == ("block", "B")
+    assert judge(rules, client(deactivate, "POST", body=b'{"erase": true}')).reason == (
+        "The action account.erase is blocked by gateway rule B"
+    )
+    assert outcome(rules, client(deactivate, "POST", body=b'{"erase": false}')) == ("allow", None)
+    assert outcome(rules, client(deactivate, "POST", body=b'{"erase": "yes"}')) == ("allow", None)
+    assert outcome(rules, client("/_matrix/client/v3/keys/upload", "POST")) == ("block", "B")
+    assert outcome(rules, client("/_matrix/client/r0/keys/upload/DEV", "POST")) == ("block", "B")
+    assert outcome(rules, client("/_matrix/client/v3/keys/query", "POST")) == ("allow", None)
+    claim = fed("partner.example", "/_matrix/federation/v1/user/keys/claim", "POST")
+    assert outcome(rules, claim) == ("block", "B")
+    query = fed("partner.example", "/_matrix/federation/v1/user/keys/query", "POST")
+    assert outcome(rules, query) == ("allow", None)
+
+
+def test_section_one_actions_by_request() -> None:
+    def actions(method: str, path: str, body: bytes | None = None) -> tuple[str, ...]:
+        return request_info(method, path, body=body).actions
+
+    keys = ("e2ee.keys",)
+    assert actions("POST", "/_matrix/client/v3/keys/claim") == keys
+    assert actions("POST", "/_matrix/client/v3/keys/device_signing/upload") == keys
+    assert actions("POST", "/_matrix/client/v3/keys/signatures/upload") == keys
+    assert actions("PUT", "/_matrix/client/v3/room_keys/keys/!r/s?version=1") == keys
+    assert actions("DELETE", "/_matrix/client/v3/room_keys/version/1") == keys
+    assert actions("GET", "/_matrix/client/v3/room_keys/version") == ()
+    assert (
+        actions("PUT", "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device") == keys
+    )
+    assert actions("POST", "/_matrix/client/v3/keys/changes") == ()
+    ban = "/_matrix/client/v3/rooms/!r:corp/ban"
+    flagged = b'{"user_id": "@g:corp", "org.matrix.msc4293.redact_events": true}'
+    assert actions("POST", ban, flagged) == ("membership.redact_events",)
+    assert actions("POST", ban.replace("ban", "kick"), flagged) == ("membership.redact_events",)
+    assert actions("POST", ban, b'{"user_id": "@g:corp"}') == ()
+
+
+def test_actions_respect_scope() -> None:
+    rules = [make_rule("C", "event_type_block", {"actions": ["e2ee.keys"], "scope": "client"})]
+    claim = fed("partner.example", "/_matrix/federation/v1/user/keys/claim", "POST")
+    assert outcome(rules, claim) == ("allow", None)
+    assert outcome(rules, client("/_matrix/client/v3/keys/upload", "POST")) == ("block", "C")
+
+
+def test_unknown_actions_are_refused() -> None:
+    with pytest.raises(InvalidParam, match="is not an action"):
+        make_rule("X", "event_type_block", {"actions": ["e2ee.everything"]})
+    with pytest.raises(InvalidParam, match="at least one event type"):
+        make_rule("X", "event_type_block", {"event_types": [], "actions": []})
+
+
 # ---- 2.6 partner_scope
 
 
@@ -475,3 +539,110 @@ def test_unsigned_onbind_needs_allow_unsigned_endpoints() -> None:
         "allow",
         None,
     )
+
+
+# ---- 5 presets
+
+
+def ledger() -> list[Rule]:
+    preset = PRESETS["compliance-ledger"]
+    return [make_rule(preset.rule_id, preset.kind, dict(preset.params))]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PUT", "/_matrix/client/v3/rooms/!r:corp/state/m.room.encryption/", None),
+        ("PUT", "/_matrix/client/v3/rooms/!r:corp/send/m.room.encrypted/1", None),
+        ("PUT", "/_matrix/client/v3/rooms/!r:corp/redact/$e/1", None),
+        ("PUT", "/_matrix/client/v3/rooms/!r:corp/state/m.room.retention/", None),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.room_key/1", None),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.room.encrypted/1", None),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.room_key_request/1", None),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.forwarded_room_key/1", None),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.secret.send/1", None),
+        ("POST", "/_matrix/client/v3/keys/upload", None),
+        ("POST", "/_matrix/client/v3/account/deactivate", b'{"erase": true}'),
+        (
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            b'{"initial_state": [{"type": "m.room.encryption"}]}',
+        ),
+    ],
+)
+def test_compliance_ledger_refuses(method: str, path: str, body: bytes | None) -> None:
+    assert outcome(ledger(), client(path, method, body=body)) == ("block", "compliance-ledger")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("PUT", "/_matrix/client/v3/rooms/!r:corp/send/m.room.message/1", None),
+        ("PUT", "/_matrix/client/v3/sendToDevice/m.key.verification.request/1", None),
+        ("POST", "/_matrix/client/v3/keys/query", None),
+        ("POST", "/_matrix/client/v3/account/deactivate", b'{"erase": false}'),
+        ("POST", "/_matrix/client/v3/account/deactivate", b"{}"),
+    ],
+)
+def test_compliance_ledger_allows(method: str, path: str, body: bytes | None) -> None:
+    assert outcome(ledger(), client(path, method, body=body)) == ("allow", None)
+
+
+def test_compliance_ledger_in_federation() -> None:
+    for event_type in ("m.room.encryption", "m.room.encrypted", "m.room.redaction"):
+        remote = antispam_event("@p:partner.example", event_type, "!r:corp")
+        assert outcome(ledger(), remote) == ("block", "compliance-ledger")
+
+
+# ---- 7.1 federation transactions, event by event
+
+
+def transaction(rules: Sequence[Rule], body: dict[str, object]) -> object:
+    compiled = CompiledRuleset(rules, 7)
+    base = fed("partner.example")
+
+    def decide(req: RequestInfo) -> Decision:
+        assert compiled.decide(req) == explain(rules, req, 7).decision
+        return compiled.decide(req)
+
+    return judge_transaction(decide, base, body)
+
+
+def test_transaction_example() -> None:
+    message = {"type": "m.room.message", "room_id": "!r:corp", "content": {"body": "hi"}}
+    encryption = {"type": "m.room.encryption", "room_id": "!r:corp", "content": {}}
+    assert transaction(ledger(), {"pdus": [message], "edus": []}) is None
+    answer = transaction(ledger(), {"pdus": [message, encryption]})
+    assert answer == {
+        "pdus": {
+            reference_event_id(encryption): {
+                "error": "Event type m.room.encryption is blocked by gateway rule compliance-ledger"
+            },
+            reference_event_id(message): {"error": NOT_DELIVERED},
+        }
+    }
+    key = {"edu_type": "m.direct_to_device", "content": {"type": "m.room_key", "messages": {}}}
+    typing = {"edu_type": "m.typing", "content": {"room_id": "!r:corp", "typing": True}}
+    assert transaction(ledger(), {"pdus": [], "edus": [typing]}) is None
+    assert transaction(ledger(), {"pdus": [], "edus": [typing, key]}) == {"pdus": {}}
+    assert transaction(ledger(), {"pdus": [message] * 51}) == BAD_TRANSACTION
+
+
+def test_transaction_audit_rules_forward() -> None:
+    rules = [
+        make_rule("A", "event_type_block", {"event_types": ["m.room.encryption"]}, mode="audit")
+    ]
+    encryption = {"type": "m.room.encryption", "room_id": "!r:corp", "content": {}}
+    assert transaction(rules, {"pdus": [encryption]}) is None
+
+
+def test_transaction_events_meet_partner_scope() -> None:
+    rules = [
+        make_rule("P", "partner_scope", {"servers": ["partner.example"], "rooms": ["!shared:corp"]})
+    ]
+    inside = {"type": "m.room.message", "room_id": "!shared:corp", "content": {}}
+    outside = {"type": "m.room.message", "room_id": "!secret:corp", "content": {}}
+    assert transaction(rules, {"pdus": [inside]}) is None
+    answer = transaction(rules, {"pdus": [inside, outside]})
+    assert isinstance(answer, dict)
+    assert "gateway rule P" in answer["pdus"][reference_event_id(outside)]["error"]

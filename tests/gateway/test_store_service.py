@@ -18,6 +18,7 @@ from dmz_api.gateway.decisions import GatewayMetrics
 from dmz_api.gateway.migrations import upgrade_table
 from dmz_api.gateway.policy.matrix_paths import request_info
 from dmz_api.gateway.policy.model import Outcome, RequestClass, RequestInfo
+from dmz_api.gateway.policy.rules import LEDGER_EVENT_TYPES
 from dmz_api.gateway.service import GatewayService
 from dmz_api.gateway.store import Change, CorruptRuleset, DecisionQuery, RuleStore
 from dmz_api.metrics import Metrics
@@ -131,6 +132,8 @@ async def test_decision_queries(db: Database) -> None:
             3,
             1,
             None,
+            "$refused",
+            None,
         ),
         (
             2000,
@@ -147,6 +150,8 @@ async def test_decision_queries(db: Database) -> None:
             "allow",
             2,
             1,
+            None,
+            None,
             None,
         ),
         (
@@ -165,6 +170,8 @@ async def test_decision_queries(db: Database) -> None:
             1,
             2,
             "EVIL.example:08448",
+            None,
+            "account.erase",
         ),
     ]
     await store.insert_decisions(rows)
@@ -176,6 +183,9 @@ async def test_decision_queries(db: Database) -> None:
     assert await ids(outcome="block") == [1]
     assert await ids(origin="evil.example") == [3, 1]
     assert await ids(rule="b", since=1500) == [3]
+    assert await ids(event_id="$refused") == [1]
+    by_id = {d["id"]: d for d in await store.query_decisions(DecisionQuery())}
+    assert by_id[1]["event_id"] == "$refused" and by_id[3]["actions"] == "account.erase"
     assert await ids(user="@a:corp") == [2]
     assert await ids(request_class="client") == [2]
     assert await ids(source="antispam") == [3]
@@ -244,9 +254,13 @@ async def test_promote_and_preset(service: GatewayService) -> None:
     first = await service.apply_preset("compliance-ledger", {}, author="@sec:corp")
     assert first.created and first.rule is not None
     assert first.rule.params == {
-        "event_types": ["m.room.encryption", "m.room.redaction"],
+        "event_types": list(LEDGER_EVENT_TYPES),
+        "actions": ["account.erase", "e2ee.keys", "membership.redact_events"],
         "scope": "both",
     }
+    assert {"m.room.encryption", "m.room.encrypted", "m.room.redaction"} <= set(
+        first.rule.params["event_types"]
+    )
     second = await service.apply_preset("compliance-ledger", {}, author="@sec:corp")
     assert (second.changed, second.version) == (False, first.version)
     await service.update_rule(
@@ -254,7 +268,7 @@ async def test_promote_and_preset(service: GatewayService) -> None:
     )
     restored = await service.apply_preset("compliance-ledger", {"mode": "audit"}, author=None)
     assert restored.changed and not restored.created and restored.rule is not None
-    assert restored.rule.params["event_types"] == ["m.room.encryption", "m.room.redaction"]
+    assert restored.rule.params == first.rule.params
     assert restored.rule.mode.value == "audit"
     with pytest.raises(NotFound):
         await service.apply_preset("nope", {}, author=None)

@@ -38,6 +38,8 @@ def record(n: int) -> DecisionRecord:
         n,
         7,
         None if n % 2 else f"Remote{n}.example",
+        f"$event{n}" if n % 5 else None,
+        None,
     )
 
 

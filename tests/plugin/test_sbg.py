@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from mautrix.types import UserID
 
+from dmz_api.gateway.policy.rules import LEDGER_EVENT_TYPES
 from plugin.commands.sbg.args import DryRunClientArgs, RuleAddArgs
 from plugin.commands.sbg.render import broad_effects, describe_params, match_all
 from plugin.dmz import GatewayRule
@@ -398,7 +399,8 @@ async def test_preset_compliance_ledger(chat: Chat, gateway: GatewayDouble) -> N
     reply = await ask(chat, "!sbg preset compliance-ledger")
     assert reply == (
         "Preset `compliance-ledger` applied: rule `compliance-ledger` (event_type_block "
-        "m.room.encryption, m.room.redaction (both)); the ruleset is now version 1."
+        f"{', '.join(LEDGER_EVENT_TYPES)}; actions account.erase, e2ee.keys, "
+        "membership.redact_events (both)); the ruleset is now version 1."
     )
     [write] = gateway.writes
     assert (write.path, write.headers["If-Match"]) == ("/v1/rules/preset/compliance-ledger", '"0"')

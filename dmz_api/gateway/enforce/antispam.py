@@ -29,6 +29,7 @@ from aiohttp import web
 
 from ...errors import json_error
 from ..policy import server_names
+from ..policy.actions import event_actions
 from ..policy.model import RequestClass, RequestInfo, Source
 from ..service import GATEWAY
 from .authz import caller_problem
@@ -96,11 +97,14 @@ class CallbackMapper:
         sender = _str(event, "sender")
         event_type = _str(event, "type")
         assert sender is not None and event_type is not None
+        event_id = _str(event, "event_id", required=False)
         return self._by(
             "check_event_for_spam",
             sender,
             event_types=(event_type,),
             room=_str(event, "room_id", required=False),
+            actions=event_actions(event),
+            event_id=event_id[:255] if event_id is not None else None,
         )
 
     def federated_user_may_invite(self, body: Mapping[str, Any]) -> RequestInfo:

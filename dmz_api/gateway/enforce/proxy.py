@@ -11,9 +11,13 @@ X-Matrix signatures) and its body untouched; its
 ``X-Forwarded-For``, ``X-Real-IP`` and ``Forwarded`` headers are rebuilt to name exactly
 the address the rules judged.
 Request and response bodies stream through under flow control, so a long-polling
-``/sync`` or a large media transfer holds no more than a few buffers. Only ``createRoom``
-bodies are read first, up to ``gateway.max_inspect_body``: their ``initial_state`` names
-event types. Such a body that cannot be judged (too large, compressed, not a JSON object)
+``/sync`` or a large media transfer holds no more than a few buffers. Only bodies that
+hold what the rules judge are read first: ``createRoom`` (``initial_state`` names event
+types), ``account/deactivate``, ``kick`` and ``ban`` (actions: erasure, redact-on-ban), up to
+``gateway.max_inspect_body``; federation transactions (up to
+``gateway.max_transaction_body``) and membership events, judged event by event
+(``federation.py``): a transaction holding a refused event is answered here and not
+forwarded. Such a body that cannot be judged (too large, compressed, not a JSON object)
 is refused as malformed.
 
 The hot path avoids what a naive proxy pays for: a plain asyncio protocol server with
@@ -37,7 +41,7 @@ from multidict import CIMultiDict
 
 from ...metrics import METRICS, Metrics
 from ..config import GatewayConfig
-from ..http.listener import HttpListener, ServerRequest
+from ..http.listener import HttpListener, ServerRequest, date_line
 from ..http.upstream import (
     BodySource,
     UpstreamBroken,
@@ -47,9 +51,11 @@ from ..http.upstream import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from ..policy.actions import body_wanted
 from ..policy.matrix_paths import classify, request_info
-from ..policy.model import Source
+from ..policy.model import RequestClass, Source
 from ..service import GATEWAY, GatewayService
+from . import federation
 from .authz import client_ip, in_networks
 from .policy_server import POLICY_SERVER, PolicyServer, handle_proxied, handles
 
@@ -92,6 +98,14 @@ _STOP_GRACE = 5.0
 TOO_LARGE = "the createRoom body is larger than the gateway inspects"
 ENCODED = "the createRoom body is compressed and cannot be inspected"
 NOT_JSON = "the createRoom body is not a JSON object"
+# The same for the other client bodies the rules read (account/deactivate, kick, ban).
+BODY_TEXTS = (
+    "the request body is larger than the gateway inspects",
+    "the request body is compressed and cannot be inspected",
+    "the request body is not a JSON object",
+)
+FEDERATION_TEXTS = (federation.TOO_LARGE, federation.ENCODED, federation.NOT_JSON)
+_JSON_HEAD = b"Content-Type: application/json\r\n"
 
 
 def strip_hop_by_hop(headers: CIMultiDict[str]) -> None:
@@ -156,6 +170,7 @@ class GatewayProxy:
         self._base = config.upstream
         self._trusted = config.trusted_proxies
         self._max_body = config.max_inspect_body
+        self._max_transaction = config.max_transaction_body
         self._scheme = "https" if config.listen.tls_certificate is not None else "http"
         errors = metrics.counter(
             "dmz_api_gateway_proxy_upstream_errors_total",
@@ -239,12 +254,18 @@ class GatewayProxy:
         body: bytes | None = None
         content: Any = None
         problem: str | None = None
-        if path_info.inspect_body:
-            body, content, problem = await self._read_inspected(request)
+        # A state write into a protected room (gateway/rooms.py) is judged on its content.
         guarded = self.gateway.rooms.guards(method, path_info)
-        if guarded:
-            # A state write into a protected room (gateway/rooms.py): judged on its content.
+        if path_info.inspect_body or guarded:
             body, content, problem = await self._read_inspected(request)
+        elif path_info.request_class is RequestClass.FEDERATION:
+            if federation.wants_body(method, path_info.endpoint):
+                limit = federation.body_limit(
+                    path_info.endpoint, self._max_transaction, self._max_body
+                )
+                body, content, problem = await self._read_json(request, limit, FEDERATION_TEXTS)
+        elif body_wanted(method, path_info.endpoint, path_info.template):
+            body, content, problem = await self._read_json(request, self._max_body, BODY_TEXTS)
         peer = request.peer
         ip = peer
         if self._trusted:
@@ -270,37 +291,57 @@ class GatewayProxy:
             refusal = self.gateway.rooms.judge(info, path_info, content, problem)
             if refusal is not None:
                 return _refuse(request, 403, "M_FORBIDDEN", refusal)
+        if content is not None and path_info.endpoint in federation.MEMBER_ENDPOINTS:
+            federation.with_member_event(info, raw_path, content)
         decision = self.gateway.decide(info)
         if not decision.allowed:
             return _refuse(request, decision.status, "M_FORBIDDEN", decision.reason)
+        if content is not None and path_info.endpoint == federation.TRANSACTION:
+            verdict = federation.judge_transaction(self.gateway.decide, info, content)
+            if isinstance(verdict, str):
+                info.malformed = verdict
+                decision = self.gateway.decide(info)
+                return _refuse(request, decision.status, "M_FORBIDDEN", decision.reason)
+            if verdict is not None:
+                # Answered here: forwarding a transaction with events taken out breaks
+                # its signature (enforce/federation.py).
+                answer = json.dumps(verdict).encode()
+                return request.respond(200, "OK", date_line() + _JSON_HEAD, answer)
         if body is None:
             request.send_continue()
         await self._forward(request, peer, ip, body)
 
     async def _read_inspected(self, request: ServerRequest) -> tuple[bytes | None, Any, str | None]:
-        """(raw body, parsed JSON, problem) of a body the rules must see."""
+        """(raw body, parsed JSON, problem) of a createRoom body."""
+        return await self._read_json(request, self._max_body, (TOO_LARGE, ENCODED, NOT_JSON))
+
+    async def _read_json(
+        self, request: ServerRequest, limit: int, texts: tuple[str, str, str]
+    ) -> tuple[bytes | None, Any, str | None]:
+        """(raw body, parsed JSON, problem) of a body the rules must see, read up to
+        ``limit``; ``texts`` are the problems (too large, compressed, not a JSON object)."""
+        too_large, encoded, not_json = texts
         encoding = request.header(b"content-encoding")
         if encoding is not None and encoding.lower() != "identity":
-            return None, None, ENCODED
-        limit = self._max_body
+            return None, None, encoded
         length = request.content_length
         if length is not None and length > limit:
-            return None, None, TOO_LARGE
+            return None, None, too_large
         request.send_continue()
         chunks: list[bytes] = []
         size = 0
         while chunk := await request.readany():
             size += len(chunk)
             if size > limit:
-                return None, None, TOO_LARGE
+                return None, None, too_large
             chunks.append(chunk)
         body = b"".join(chunks)
         try:
             content = json.loads(body)
         except ValueError:
-            return body, None, NOT_JSON
+            return body, None, not_json
         if not isinstance(content, dict):
-            return body, None, NOT_JSON
+            return body, None, not_json
         return body, content, None
 
     def _upstream_head(

@@ -52,13 +52,15 @@ class Ref:
     types: frozenset[str] | None = None
 
 
-def block_reason(rule: Rule, event_type: str | None = None) -> str:
+def block_reason(rule: Rule, event_type: str | None = None, action: str | None = None) -> str:
     if rule.kind is Kind.SERVER_BLOCK:
         text = f"Federation with this server is blocked by gateway rule {rule.id}"
     elif rule.kind is Kind.SERVER_ALLOW:
         text = f"This server is not on the gateway's federation allow list (rule {rule.id})"
     elif rule.kind is Kind.CLIENT_ALLOW:
         text = f"This client application or network is not approved by the gateway (rule {rule.id})"
+    elif rule.kind is Kind.EVENT_TYPE_BLOCK and action is not None:
+        text = f"The action {action} is blocked by gateway rule {rule.id}"
     elif rule.kind is Kind.EVENT_TYPE_BLOCK:
         text = f"Event type {event_type} is blocked by gateway rule {rule.id}"
     else:
@@ -66,8 +68,14 @@ def block_reason(rule: Rule, event_type: str | None = None) -> str:
     return safe_text(text)
 
 
-def make_ref(rule: Rule, order: int, version: int, event_type: str | None = None) -> Ref:
-    reason = block_reason(rule, event_type)
+def make_ref(
+    rule: Rule,
+    order: int,
+    version: int,
+    event_type: str | None = None,
+    action: str | None = None,
+) -> Ref:
+    reason = block_reason(rule, event_type, action)
     return Ref(
         rule=rule,
         order=order,
@@ -221,6 +229,8 @@ class CompiledSet:
     partners: ServerIndex | None = None
     client_types: dict[str, Ref] = field(default_factory=dict)
     federation_types: dict[str, Ref] = field(default_factory=dict)
+    client_actions: dict[str, Ref] = field(default_factory=dict)
+    federation_actions: dict[str, Ref] = field(default_factory=dict)
     client: ClientIndex | None = None
     client_gate: Ref | None = None
     _views: dict[str, _OriginView] = field(default_factory=dict)
@@ -253,16 +263,30 @@ class CompiledSet:
             )
         for ref in by_kind[Kind.EVENT_TYPE_BLOCK]:
             scope = ref.rule.params["scope"]
-            for event_type in ref.rule.params["event_types"]:
-                typed = make_ref(ref.rule, ref.order, version, event_type)
-                for table, wanted in (
-                    (compiled.client_types, Scope.CLIENT),
-                    (compiled.federation_types, Scope.FEDERATION),
-                ):
+            entries = [
+                (t, make_ref(ref.rule, ref.order, version, t), False)
+                for t in ref.rule.params["event_types"]
+            ] + [
+                (a, make_ref(ref.rule, ref.order, version, action=a), True)
+                for a in ref.rule.params.get("actions", ())
+            ]
+            for key, typed, is_action in entries:
+                tables = (
+                    (
+                        (compiled.client_actions, Scope.CLIENT),
+                        (compiled.federation_actions, Scope.FEDERATION),
+                    )
+                    if is_action
+                    else (
+                        (compiled.client_types, Scope.CLIENT),
+                        (compiled.federation_types, Scope.FEDERATION),
+                    )
+                )
+                for table, wanted in tables:
                     if scope in (wanted, Scope.BOTH):
-                        current = table.get(event_type)
+                        current = table.get(key)
                         if current is None or typed.order < current.order:
-                            table[event_type] = typed
+                            table[key] = typed
         if by_kind[Kind.CLIENT_ALLOW]:
             compiled.client = ClientIndex(by_kind[Kind.CLIENT_ALLOW])
             compiled.client_gate = by_kind[Kind.CLIENT_ALLOW][0]
@@ -322,6 +346,14 @@ class CompiledSet:
                     ref = table.get(event_type)
                     if ref is not None and (best is None or ref.order < best.order):
                         best = ref
+        if req.actions:
+            actions = (
+                self.federation_actions if req.request_class is FEDERATION else self.client_actions
+            )
+            for action in req.actions:
+                ref = actions.get(action)
+                if ref is not None and (best is None or ref.order < best.order):
+                    best = ref
         if (
             self.client is not None
             and req.request_class is CLIENT

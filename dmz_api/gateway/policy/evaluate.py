@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .compile import MALFORMED_RULE, glob_regex, make_ref
+from .compile import MALFORMED_RULE, Ref, glob_regex, make_ref
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
 from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
@@ -27,6 +27,8 @@ BLOCK = "block"
 LISTED = "listed"
 NOT_LISTED = "not_listed"
 DISABLED = "disabled"
+# Marks a blocked action (rather than an event type) in the third item of ``rule_result``.
+ACTION_PREFIX = "action:"
 
 
 def server_matches(pattern: str, name: str) -> bool:
@@ -100,13 +102,17 @@ def rule_result(rule: Rule, req: RequestInfo) -> tuple[str, str, str | None]:
         scope = params["scope"]
         if scope != Scope.BOTH and scope != req.request_class.value:
             return NOT_APPLICABLE, f"scope is {scope}", None
-        if not req.event_types:
+        if not req.event_types and not req.actions:
             return NOT_APPLICABLE, "no event type", None
         listed = set(params["event_types"])
         hit = next((t for t in req.event_types if t in listed), None)
-        if hit is None:
-            return PASSES, "event type not listed", None
-        return BLOCK, f"event type {hit}", hit
+        if hit is not None:
+            return BLOCK, f"event type {hit}", hit
+        listed_actions = set(params.get("actions", ()))
+        action = next((a for a in req.actions if a in listed_actions), None)
+        if action is not None:
+            return BLOCK, f"action {action}", ACTION_PREFIX + action
+        return PASSES, "event type not listed", None
     # partner_scope
     if req.origin is None:
         return NOT_APPLICABLE, "no origin server", None
@@ -118,6 +124,12 @@ def rule_result(rule: Rule, req: RequestInfo) -> tuple[str, str, str | None]:
     if types and any(t not in types for t in req.event_types):
         return BLOCK, "event type outside the partner's scope", None
     return PASSES, "within scope", None
+
+
+def _ref(rule: Rule, order: int, version: int, hit: str | None) -> Ref:
+    if hit is not None and hit.startswith(ACTION_PREFIX):
+        return make_ref(rule, order, version, action=hit[len(ACTION_PREFIX) :])
+    return make_ref(rule, order, version, hit)
 
 
 @dataclass(frozen=True)
@@ -182,12 +194,12 @@ def explain(rules: Iterable[Rule], req: RequestInfo, version: int) -> Explanatio
     order = {rule.id: index for index, (rule, _, _) in enumerate(judged)}
     if blocking is not None:
         rule = enforce[blocking][0]
-        decision = make_ref(rule, order[rule.id], version, blocked_type).block
+        decision = _ref(rule, order[rule.id], version, blocked_type).block
     else:
         would, would_type, _ = _judge(judged) if len(enforce) < len(judged) else (None, None, None)
         if would is not None:
             rule = judged[would][0]
-            decision = make_ref(rule, order[rule.id], version, would_type).would_block
+            decision = _ref(rule, order[rule.id], version, would_type).would_block
         elif allowed_by is not None:
             rule = enforce[allowed_by][0]
             decision = make_ref(rule, order[rule.id], version).allow

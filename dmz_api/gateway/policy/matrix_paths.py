@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from . import server_names
+from .actions import body_actions, body_wanted, path_actions
 from .model import RequestClass, RequestInfo, Source
 
 FEDERATION = RequestClass.FEDERATION
@@ -373,6 +374,15 @@ def create_room_event_types(body: bytes | str | Mapping[str, Any] | None) -> tup
     return tuple(types)
 
 
+def _parsed(body: bytes | str | Mapping[str, Any]) -> Any:
+    if isinstance(body, bytes | str):
+        try:
+            return json.loads(body)
+        except ValueError:
+            return None
+    return body
+
+
 def request_info(
     method: str,
     raw_path: str,
@@ -387,7 +397,8 @@ def request_info(
     """The ``RequestInfo`` of an HTTP request, ready for ``GatewayService.decide``.
 
     ``authorization`` is every Authorization header value (the origin is read only on
-    federation paths). Pass ``body`` when ``classify(...).inspect_body`` is true, and
+    federation paths). Pass ``body`` when ``classify(...).inspect_body`` or
+    ``actions.body_wanted`` is true (it then adds the event types and actions it asks for), and
     ``path_info`` when the caller has already classified the path.
     """
     info = path_info or classify(method, raw_path)
@@ -399,15 +410,20 @@ def request_info(
     if info.inspect_body and body is not None:
         extra = tuple(t for t in create_room_event_types(body) if t not in event_types)
         event_types += extra
+    method = method.upper()
+    actions = path_actions(method, info.endpoint, info.template)
+    if body is not None and body_wanted(method, info.endpoint, info.template):
+        actions += body_actions(info.endpoint, _parsed(body))
     return RequestInfo(
         request_class=info.request_class,
-        method=method.upper(),
+        method=method,
         path=info.template,
         endpoint=info.endpoint,
         origin=origin,
         origin_raw=origin_raw,
         event_types=event_types,
         room=info.room,
+        actions=actions,
         user_agent=user_agent,
         ip=ip,
         public=info.public,

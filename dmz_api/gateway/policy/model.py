@@ -50,6 +50,9 @@ class RequestInfo:
     defect that makes the request unjudgeable (conflicting X-Matrix origins, dot segments):
     such a request is always refused. ``origin`` is in canonical spelling
     (``server_names``); ``origin_raw`` is the spelling the request used, only when it differs.
+    ``actions`` are what the request does that no event
+    type names (``actions.py``: key publishing, erasure, redact-on-ban). ``event_id`` is the
+    event judged, for the events inside federation requests (recorded, not judged).
     """
 
     request_class: RequestClass
@@ -60,6 +63,8 @@ class RequestInfo:
     user: str | None = None
     event_types: tuple[str, ...] = ()
     room: str | None = None
+    actions: tuple[str, ...] = ()
+    event_id: str | None = None
     user_agent: str | None = None
     ip: str | None = None
     public: bool = False
@@ -78,6 +83,8 @@ class RequestInfo:
             "user": self.user,
             "event_types": list(self.event_types),
             "room": self.room,
+            "actions": list(self.actions),
+            "event_id": self.event_id,
             "user_agent": self.user_agent,
             "ip": self.ip,
             "public": self.public,

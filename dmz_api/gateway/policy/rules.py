@@ -15,6 +15,7 @@ from typing import Any
 
 from ...errors import InvalidParam
 from . import server_names
+from .actions import ACTIONS
 from .model import Mode, iso
 
 
@@ -197,14 +198,24 @@ def validate_params(kind: Kind, params: Any) -> dict[str, Any]:
             result["networks"] = list(dict.fromkeys(networks))
         return result
     if kind is Kind.EVENT_TYPE_BLOCK:
-        _check_keys(params, ("event_types", "scope"))
-        types = _event_types(params, required=True)
-        if not types:
+        _check_keys(params, ("event_types", "actions", "scope"))
+        types = _event_types(params, required=False)
+        actions = _str_list(params, "actions", required=False)
+        for action in actions:
+            if action not in ACTIONS:
+                raise InvalidParam(
+                    f"params.actions: {action[:80]!r} is not an action"
+                    f" (actions: {', '.join(sorted(ACTIONS))})"
+                )
+        if not types and not actions:
             raise InvalidParam("params.event_types must list at least one event type")
         scope = params.get("scope", Scope.BOTH.value)
         if scope not in {s.value for s in Scope}:
             raise InvalidParam("params.scope must be client, federation or both")
-        return {"event_types": types, "scope": str(scope)}
+        result = {"event_types": types, "scope": str(scope)}
+        if actions:
+            result["actions"] = sorted(actions)
+        return result
     if kind is Kind.PARTNER_SCOPE:
         _check_keys(params, ("servers", "rooms", "event_types"))
         servers = _servers(params)
@@ -318,12 +329,34 @@ class Preset:
     note: str
 
 
+# The ledger: nothing that hides or alters history gets in (docs/rules.md, section 5).
+LEDGER_EVENT_TYPES = (
+    "m.room.encryption",
+    "m.room.encrypted",
+    "m.room.redaction",
+    "m.room.retention",
+    "m.room_key",
+    "m.room_key_request",
+    "m.forwarded_room_key",
+    "m.room_key.withheld",
+    "m.secret.request",
+    "m.secret.send",
+    "m.dummy",
+)
+
 PRESETS: dict[str, Preset] = {
     "compliance-ledger": Preset(
         name="compliance-ledger",
         rule_id="compliance-ledger",
         kind=Kind.EVENT_TYPE_BLOCK,
-        params={"event_types": ["m.room.encryption", "m.room.redaction"], "scope": "both"},
-        note="preset compliance-ledger: no encryption, no redaction (immutable, auditable history)",
+        params={
+            "event_types": list(LEDGER_EVENT_TYPES),
+            "actions": sorted(ACTIONS),
+            "scope": "both",
+        },
+        note=(
+            "preset compliance-ledger: no encryption, no ciphertext or key sharing, no"
+            " redaction, retention or erasure (immutable, auditable history)"
+        ),
     ),
 }

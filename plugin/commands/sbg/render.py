@@ -80,7 +80,8 @@ def describe_params(kind: str, params: dict[str, Any]) -> str:
     if kind in ("server_allow", "server_block"):
         return items("servers")
     if kind == "event_type_block":
-        return f"{items('event_types')} ({params.get('scope', 'both')})"
+        listed = [text for text in (items("event_types"), items("actions")) if text]
+        return f"{'; actions '.join(listed)} ({params.get('scope', 'both')})"
     if kind == "partner_scope":
         parts = [items("servers")]
         if params.get("rooms"):
