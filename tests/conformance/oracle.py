@@ -94,6 +94,44 @@ OUT_OF_SCOPE_PREFIXES = ("/_matrix/policy/",)
 JOINS = frozenset({"joinRoom", "knockRoom"})
 
 
+# Operations that are an action of docs/rules.md section 2 (``event_type_block`` ``actions``),
+# by the spec's operationId: writes of end-to-end encryption keys (publishing, claiming,
+# server-side backup), and the bodies that erase an account or redact on kick/ban.
+E2EE_KEY_WRITES = frozenset(
+    {
+        "uploadKeys",
+        "claimKeys",
+        "uploadCrossSigningKeys",
+        "uploadCrossSigningSignatures",
+        "postRoomKeysVersion",
+        "putRoomKeysVersion",
+        "deleteRoomKeysVersion",
+        "putRoomKeys",
+        "deleteRoomKeys",
+        "putRoomKeysByRoomId",
+        "deleteRoomKeysByRoomId",
+        "putRoomKeyBySessionId",
+        "deleteRoomKeyBySessionId",
+        "claimUserEncryptionKeys",
+    }
+)
+REDACT_FLAGS = ("redact_events", "org.matrix.msc4293.redact_events")
+
+
+def actions(request: SpecRequest) -> tuple[str, ...]:
+    """The actions ``request`` performs, from its operation and documented body fields."""
+    operation_id = request.operation.operation_id
+    body = request.json_body
+    if operation_id in E2EE_KEY_WRITES:
+        return ("e2ee.keys",)
+    if operation_id == "deactivateAccount" and isinstance(body, Mapping):
+        return ("account.erase",) if body.get("erase") is True else ()
+    if operation_id in ("kick", "ban") and isinstance(body, Mapping):
+        if any(body.get(flag) is True for flag in REDACT_FLAGS):
+            return ("membership.redact_events",)
+    return ()
+
+
 def _create_room_types(body: Any) -> list[str]:
     if not isinstance(body, Mapping):
         return []
@@ -198,6 +236,7 @@ class _Facts:
     api: str
     origin: str | None
     types: tuple[str, ...]
+    actions: tuple[str, ...]
     room: str | None
     public: bool
     user_agent: str
@@ -209,6 +248,7 @@ def _facts(request: SpecRequest) -> _Facts:
         api=api,
         origin=request.origin if api == "federation" else None,
         types=event_types(request),
+        actions=actions(request),
         room=room(request),
         public=is_public(request),
         user_agent=request.identity.user_agent or "",
@@ -237,9 +277,12 @@ def _refusals(facts: _Facts, rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
             if _listed(params["servers"], origin):
                 refusals.append((rule, f"server_block {origin}"))
         elif rule.kind == "event_type_block" and params.get("scope", "both") in (facts.api, "both"):
-            hit = [t for t in facts.types if t in params["event_types"]]
+            hit = [t for t in facts.types if t in params.get("event_types", ())]
+            acts = [a for a in facts.actions if a in params.get("actions", ())]
             if hit:
                 refusals.append((rule, f"event_type_block {hit[0]}"))
+            elif acts:
+                refusals.append((rule, f"event_type_block action {acts[0]}"))
         elif rule.kind == "partner_scope" and origin is not None:
             if not _listed(params["servers"], origin):
                 continue
@@ -306,6 +349,7 @@ __all__ = [
     "CREATES_NOTHING",
     "Expected",
     "Rule",
+    "actions",
     "event_types",
     "expect",
     "is_public",
