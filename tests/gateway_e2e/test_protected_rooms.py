@@ -523,3 +523,14 @@ def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
             "m.room.power_levels",
         )
     }
+
+    # Not covered: m.room.policy is never sent for signing, so bob at the top level can
+    # remove it on his own server. The bot sees the change arrive and puts it back.
+    status, body = raw_call(bob, "PUT", state_path(room, "m.room.policy"), {})
+    assert status == 200, body
+    sec.wait_event(
+        ledger.control,
+        lambda e: e["content"]["body"].startswith(f"Room `{room}` was changed by {bob.user_id}"),
+    )
+    eventually(lambda: state(bob, room, "m.room.policy") == policy, "the policy is back for bob")
+    assert state(sec, room, "m.room.policy") == policy
