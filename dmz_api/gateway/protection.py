@@ -39,6 +39,8 @@ POLICY = "m.room.policy"
 GUARDED_STATE = (POWER_LEVELS, SERVER_ACL, POLICY)
 LEDGER_EVENTS = ("m.room.encryption", "m.room.encrypted", "m.room.redaction")
 GUARD_EVENTS = (*GUARDED_STATE, "m.room.tombstone")
+# Every event type judge_remote_event may refuse (the policy server skips the rest cheaply).
+REMOTE_JUDGED = frozenset((*LEDGER_EVENTS, *GUARD_EVENTS))
 # Event types among those above that are state events (their default is state_default).
 _STATE_TYPES = frozenset({"m.room.encryption", *GUARD_EVENTS})
 # Power-level fields (not events) that need the top level in a ledger room.

@@ -34,6 +34,7 @@ from .policy.matrix_paths import PathInfo
 from .policy.model import Decision, Mode, Outcome, RequestInfo, safe_text
 from .protection import (
     GUARDED_STATE,
+    REMOTE_JUDGED,
     Check,
     Desired,
     PolicyServerRef,
@@ -228,8 +229,8 @@ class ProtectedRooms:
         when written; judging them again when a partner re-checks them could refuse a write
         that met the rules then, and the partner would soft-fail state we hold.
         """
-        if room is None or room not in self._rooms:
-            return None
+        if event_type not in REMOTE_JUDGED or room is None or room not in self._rooms:
+            return None  # an ordinary message costs no desired-state computation
         if sender.partition(":")[2].lower() in self.own_servers:
             return None
         try:
