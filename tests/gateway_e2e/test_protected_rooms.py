@@ -9,6 +9,13 @@ by **his own homeserver** (auth rules: insufficient power, 403): they never reac
 our view of the room's state and his stay the same. A server blocked by an enforced rule
 ends up in the ACL on the partner's side too; a second admin of ours who lowers the
 power levels sees the bot put them back and say so in the control room.
+
+With the gateway also the room's policy server (``gateway.policy_server``), the same
+attempts are refused by bob's homeserver with our policy server's answer — at an ordinary
+level (Synapse asks the policy server before it runs the auth rules) and again after our
+admin mistakenly raised him to the top level, where the auth rules would let him; each
+refusal is in our decision log. ``m.room.policy`` itself is never sent for signing: bob
+can remove it, and the bot puts it back.
 """
 
 from __future__ import annotations
