@@ -16,8 +16,10 @@ crosses our border. A protected room is held by the mechanisms every server enfo
 
 ``desired(...)`` computes the target from a ruleset; ``check_state(...)`` lists the
 differences between a room's state and it; ``judge_write(...)`` is what the proxy asks about
-one state write from our users. "Top level" is the highest level in the room's ``users``
-map (or ``users_default``): the level the bot must hold.
+one state write from our users; ``judge_remote_event(...)`` is what the policy server asks
+about an event of another server's user (it uses ``judge_write`` for guarded state).
+"Top level" is the highest level in the room's ``users`` map (or ``users_default``): the
+level the bot must hold.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ POLICY = "m.room.policy"
 GUARDED_STATE = (POWER_LEVELS, SERVER_ACL, POLICY)
 LEDGER_EVENTS = ("m.room.encryption", "m.room.encrypted", "m.room.redaction")
 GUARD_EVENTS = (*GUARDED_STATE, "m.room.tombstone")
+# Every event type judge_remote_event may refuse (the policy server skips the rest cheaply).
+REMOTE_JUDGED = frozenset((*LEDGER_EVENTS, *GUARD_EVENTS))
 # Event types among those above that are state events (their default is state_default).
 _STATE_TYPES = frozenset({"m.room.encryption", *GUARD_EVENTS})
 # Power-level fields (not events) that need the top level in a ledger room.
@@ -416,3 +420,28 @@ def judge_write(
     if not found:
         return None
     return found[0].text
+
+
+def judge_remote_event(
+    want: Desired,
+    event_type: str,
+    state_key: str | None,
+    content: Mapping[str, Any],
+    own_servers: Sequence[str],
+) -> str | None:
+    """Why an event sent by a user of *another* server would loosen the room, or None.
+
+    The auth rules already refuse these events below the top level; this holds the room
+    against a partner who holds the top level (raised by mistake). Guarded state (state key
+    "") is judged on its content by ``judge_write``, the proxy guard's judge, so a partner at
+    the top level may still lower themselves; every other event type the protection reserves
+    to the top level (the ledger events, the tombstone) is refused outright, whatever its
+    state key: in a protected room only our own top level sends them.
+    """
+    if event_type in GUARDED_STATE:
+        if state_key != "":
+            return None
+        return judge_write(want, event_type, content, own_servers)
+    if event_type in want.top_level_events:
+        return f"{event_type} is reserved to our own top level, not another server's user"
+    return None

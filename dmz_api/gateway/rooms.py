@@ -12,6 +12,10 @@ ruleset being enforced (``protection.desired``). The proxy asks two things of it
 A guarded write is judged on its content, whoever sends it, the bot included: the bot only
 ever writes state that meets the protection, so it needs no exemption (and the gateway no
 copy of the bot's token). A write that would loosen the room is refused.
+
+The policy server asks ``rooms.judge_event(...)`` about each event it is asked to sign: an
+event of another server's user that would loosen a protected room is refused (the same
+judge, ``protection.judge_write``, for guarded state), logged and recorded like the guard's.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from .policy.matrix_paths import PathInfo
 from .policy.model import Decision, Mode, Outcome, RequestInfo, safe_text
 from .protection import (
     GUARDED_STATE,
+    REMOTE_JUDGED,
     Check,
     Desired,
     PolicyServerRef,
     Protection,
     check_state,
     desired,
+    judge_remote_event,
     judge_write,
 )
 from .store import RoomStore
@@ -196,8 +202,6 @@ class ProtectedRooms:
                 why = judge_write(want, event_type, content, self.own_servers) or ""
         if not why:
             return None
-        reason = safe_text(f"Refused by the gateway: {room} is a protected room and {why}")
-        compiled = self.service.ruleset
         log.warning(
             "Refused %s %s state write into protected room %s: %s",
             info.method,
@@ -205,6 +209,54 @@ class ProtectedRooms:
             room,
             why,
         )
+        return self._refuse(info, room, event_type, "Refused by the gateway", why, 403)
+
+    # ---- the policy server's judge ---------------------------------------------------
+
+    def judge_event(
+        self,
+        info: RequestInfo,
+        room: str | None,
+        sender: str,
+        event_type: str,
+        state_key: str | None,
+        content: Mapping[str, Any],
+    ) -> str | None:
+        """Why the policy server refuses to sign this event, or None. Logged and recorded.
+
+        Only events of *other* servers' users in a protected room are judged here
+        (``protection.judge_remote_event``). Our users' writes were judged by the proxy guard
+        when written; judging them again when a partner re-checks them could refuse a write
+        that met the rules then, and the partner would soft-fail state we hold.
+        """
+        if event_type not in REMOTE_JUDGED or room is None or room not in self._rooms:
+            return None  # an ordinary message costs no desired-state computation
+        if sender.partition(":")[2].lower() in self.own_servers:
+            return None
+        try:
+            want = self.desired(room)
+        except Exception as e:
+            why = f"the protection of the room cannot be computed ({type(e).__name__})"
+        else:
+            why = judge_remote_event(want, event_type, state_key, content, self.own_servers) or ""
+        if not why:
+            return None
+        log.warning(
+            "Policy server refused %s from %s in protected room %s: %s",
+            event_type,
+            sender,
+            room,
+            why,
+        )
+        return self._refuse(
+            info, room, event_type, "Refused by the gateway's policy server", why, 400
+        )
+
+    def _refuse(
+        self, info: RequestInfo, room: str, event_type: str, who: str, why: str, status: int
+    ) -> str:
+        reason = safe_text(f"{who}: {room} is a protected room and {why}")
+        compiled = self.service.ruleset
         self.service.record(
             replace(info, event_types=(event_type,), room=room),
             Decision(
@@ -213,7 +265,7 @@ class ProtectedRooms:
                 Mode.ENFORCE,
                 reason,
                 compiled.version if compiled is not None else 0,
-                403,
+                status,
             ),
         )
         return reason

@@ -221,6 +221,62 @@ async def test_a_refused_event_gets_the_rule_and_is_logged(
     assert allowed["event_type"] == "m.room.message"
 
 
+async def test_a_protected_room_is_held_against_a_partner_at_the_top_level(
+    make_client: Callable[..., Any], tmp_path: Path
+) -> None:
+    client = await started(make_client, tmp_path)
+    room = "!room:corp.example"
+    response = await client.put(f"/v1/rooms/{room}", json={}, headers=ADMIN)
+    assert response.status == 201, await response.text()
+    desired = await (await client.get(f"/v1/rooms/{room}/desired", headers=ADMIN)).json()
+    levels = {
+        "users": {"@bastion:corp.example": 100, f"@bob:{PARTNER}": 100},
+        "events": dict.fromkeys(desired["power_levels"]["top_level_events"], 100),
+        "redact": 100,
+    }
+    loosened = {**levels, "events": {**levels["events"], "m.room.encryption": 0}}
+    refused = [
+        pdu("m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"}, state_key=""),
+        pdu("m.room.encrypted", {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x"}),
+        pdu("m.room.redaction", {"redacts": "$mine"}, redacts="$mine"),
+        pdu("m.room.power_levels", loosened, state_key=""),
+        pdu("m.room.server_acl", {"allow": ["*"], "deny": ["corp.example"]}, state_key=""),
+        pdu("m.room.tombstone", {"replacement_room": "!new:partner.example"}, state_key=""),
+    ]
+    for event in refused:
+        response = await client.post(SIGN, json=event, headers=AUTH)
+        assert response.status == 400, (event["type"], await response.text())
+        body = await response.json()
+        assert body["errcode"] == "M_FORBIDDEN"
+        assert body["error"].startswith(
+            f"Refused by the gateway's policy server: {room} is a protected room and "
+        ), body
+    # Keeping the protection (or lowering oneself), chatting: signed.
+    lowered_self = {**levels, "users": {"@bastion:corp.example": 100, f"@bob:{PARTNER}": 0}}
+    signed = [
+        pdu("m.room.power_levels", lowered_self, state_key=""),
+        pdu("m.room.message", {"msgtype": "m.text", "body": "hi"}),
+        # Our own users' events were judged at our border when written.
+        pdu("m.room.redaction", {"redacts": "$x"}, redacts="$x", sender="@sec:corp.example"),
+        # An unprotected room is signed as the rules say, as before.
+        pdu("m.room.encryption", {"algorithm": "x"}, state_key="", room_id="!free:corp.example"),
+    ]
+    for event in signed:
+        response = await client.post(SIGN, json=event, headers=AUTH)
+        assert response.status == 200, (event["type"], await response.text())
+
+    rows = await decisions(client, len(refused), source="policy_server", rule="protected-room")
+    assert sorted((r["event_type"], r["rule"], r["room"]) for r in rows) == sorted(
+        (e["type"], "protected-room", room) for e in refused
+    )
+    assert all(
+        r["outcome"] == "block"
+        and r["origin"] == PARTNER
+        and r["path"].startswith(f"{SIGN}?event_id=$")
+        for r in rows
+    )
+
+
 async def test_audit_rules_only_record(make_client: Callable[..., Any], tmp_path: Path) -> None:
     client = await started(make_client, tmp_path)
     rule = {

@@ -16,6 +16,7 @@ from dmz_api.gateway.protection import (
     Protection,
     check_state,
     desired,
+    judge_remote_event,
     judge_write,
     server_acl,
 )
@@ -169,6 +170,42 @@ def test_a_write_is_judged_on_what_the_writer_controls() -> None:
     )
     # No policy server configured: m.room.policy is not judged.
     assert judge_write(want, "m.room.policy", {"via": "x.example"}, OWN) is None
+
+
+def test_another_servers_event_is_judged_by_the_same_judge() -> None:
+    """What the policy server refuses of a partner who holds the top level."""
+    want = desired(ALL_ON, [], 1, OWN, PolicyServerRef("corp.example", KEY))
+    lowered = protected_levels()
+    lowered["events"] = {**lowered["events"], "m.room.server_acl": 0}
+    assert judge_remote_event(want, "m.room.power_levels", "", lowered, OWN) == judge_write(
+        want, "m.room.power_levels", lowered, OWN
+    )
+    assert judge_remote_event(want, "m.room.power_levels", "", lowered, OWN) is not None
+    # Lowering themselves (or anything that keeps the protection) is signed.
+    partner_top = protected_levels(users={BOT: 100, "@boss:partner.example": 100})
+    assert judge_remote_event(want, "m.room.power_levels", "", partner_top, OWN) is None
+    assert judge_remote_event(want, "m.room.power_levels", "", protected_levels(), OWN) is None
+    # State with another state key is not the room's power levels or ACL.
+    assert judge_remote_event(want, "m.room.server_acl", "x", {"allow": []}, OWN) is None
+    acl = {"allow": ["*"], "deny": ["corp.example"], "allow_ip_literals": False}
+    assert judge_remote_event(want, "m.room.server_acl", "", acl, OWN) == (
+        "ACL deny differs from the rules (-corp.example)"
+    )
+    # The ledger events and the tombstone are reserved to our own top level.
+    for event_type, state_key in [
+        ("m.room.encryption", ""),
+        ("m.room.encrypted", None),
+        ("m.room.redaction", None),
+        ("m.room.tombstone", ""),
+    ]:
+        why = judge_remote_event(want, event_type, state_key, {}, OWN)
+        assert why == f"{event_type} is reserved to our own top level, not another server's user"
+    for event_type in ("m.room.message", "m.reaction", "m.room.name", "m.room.member"):
+        assert judge_remote_event(want, event_type, None, {"body": "x"}, OWN) is None
+    # Without --ledger, encryption and redactions stay with the power levels alone.
+    acl_only = desired(Protection(ROOM, False, True, False, None, 0, 0), [], 1, OWN, None)
+    assert judge_remote_event(acl_only, "m.room.redaction", None, {}, OWN) is None
+    assert judge_remote_event(acl_only, "m.room.tombstone", "", {}, OWN) is not None
 
 
 # ---- routes ---------------------------------------------------------------------------

@@ -9,6 +9,13 @@ by **his own homeserver** (auth rules: insufficient power, 403): they never reac
 our view of the room's state and his stay the same. A server blocked by an enforced rule
 ends up in the ACL on the partner's side too; a second admin of ours who lowers the
 power levels sees the bot put them back and say so in the control room.
+
+With the gateway also the room's policy server (``gateway.policy_server``), the same
+attempts are refused by bob's homeserver with our policy server's answer — at an ordinary
+level (Synapse asks the policy server before it runs the auth rules) and again after our
+admin mistakenly raised him to the top level, where the auth rules would let him; each
+refusal is in our decision log. ``m.room.policy`` itself is never sent for signing: bob
+can remove it, and the bot puts it back.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from devstack.synapse import Synapse, make_self_signed_cert
 
 from .conftest import Gateway
 from .test_federation import join_when_invited, start_all
+from .test_policy_server import policy_key, wait_consulted
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +121,18 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> An
 
 @pytest.fixture
 def ledger(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Ledger]:
+    yield from start_ledger(tmp_path, start_gateway)
+
+
+@pytest.fixture
+def policy_ledger(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Ledger]:
+    """The ledger room, the gateway also its policy server (``gateway.policy_server``)."""
+    yield from start_ledger(tmp_path, start_gateway, policy_server={})
+
+
+def start_ledger(
+    tmp_path: Path, start_gateway: Callable[..., Gateway], **gateway_extra: Any
+) -> Iterator[Ledger]:
     proxy_port = free_port()
     home = Synapse(
         tmp_path / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
@@ -133,6 +153,7 @@ def ledger(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Le
                 },
                 upstream=home.federation_url,
                 upstream_ca_file=str(cert),
+                **gateway_extra,
             )
         )
 
@@ -198,6 +219,35 @@ def refused_by_own_server(result: tuple[int, Any]) -> bool:
     )
 
 
+def partner_attempts(ledger: Ledger, target: str, tag: str) -> dict[str, tuple[int, Any]]:
+    """Bob tries to enable encryption, send an encrypted event, redact our ``target`` event
+    and change the ACL (deny our server); each answer as his homeserver gave it."""
+    bob, room = ledger.bob, ledger.room
+    return {
+        "encryption": raw_call(
+            bob, "PUT", state_path(room, "m.room.encryption"), {"algorithm": "m.megolm.v1.aes-sha2"}
+        ),
+        "encrypted": raw_call(
+            bob,
+            "PUT",
+            f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.encrypted/{tag}1",
+            {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnAC", "session_id": "s"},
+        ),
+        "redaction": raw_call(
+            bob,
+            "PUT",
+            f"/_matrix/client/v3/rooms/{quote(room)}/redact/{quote(target)}/{tag}2",
+            {"reason": "gone"},
+        ),
+        "acl": raw_call(
+            bob,
+            "PUT",
+            state_path(room, "m.room.server_acl"),
+            {"allow": ["*"], "deny": [ledger.home.server_name.split(":")[0]]},
+        ),
+    }
+
+
 def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> None:
     sec, bob, alice, room = ledger.sec, ledger.bob, ledger.alice, ledger.room
     reply = sec.ask(ledger.control, f"!sbg room protect {room}")
@@ -228,29 +278,7 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     before = state_ids(sec, room)
 
     # Each attempt is refused by bob's own homeserver: the auth rules, not our gateway.
-    attempts = {
-        "encryption": raw_call(
-            bob, "PUT", state_path(room, "m.room.encryption"), {"algorithm": "m.megolm.v1.aes-sha2"}
-        ),
-        "encrypted": raw_call(
-            bob,
-            "PUT",
-            f"/_matrix/client/v3/rooms/{quote(room)}/send/m.room.encrypted/t1",
-            {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AwgAEnAC", "session_id": "s"},
-        ),
-        "redaction": raw_call(
-            bob,
-            "PUT",
-            f"/_matrix/client/v3/rooms/{quote(room)}/redact/{quote(mine)}/t2",
-            {"reason": "gone"},
-        ),
-        "acl": raw_call(
-            bob,
-            "PUT",
-            state_path(room, "m.room.server_acl"),
-            {"allow": ["*"], "deny": [ledger.home.server_name.split(":")[0]]},
-        ),
-    }
+    attempts = partner_attempts(ledger, mine, "t")
     for name, result in attempts.items():
         assert refused_by_own_server(result), (name, result)
         assert (
@@ -398,3 +426,118 @@ def test_a_blocked_server_is_refused_by_the_partner_too(ledger: Ledger, outsider
     for user in (bob, sec):
         eventually(lambda u=user: u.membership(room, eve.user_id) == "invite", "eve invited")
     assert eve.call("GET", "/_matrix/client/v3/joined_rooms")["joined_rooms"] == []
+
+
+def refused_by_our_policy_server(result: tuple[int, Any], room: str) -> bool:
+    """Refused by bob's homeserver with our policy server's answer (passed on to him)."""
+    status, body = result
+    return (
+        status in (400, 403)
+        and isinstance(body, dict)
+        and body.get("errcode") == "M_FORBIDDEN"
+        and str(body.get("error")).startswith(
+            f"Refused by the gateway's policy server: {room} is a protected room and "
+        )
+    )
+
+
+def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
+    policy_ledger: Ledger,
+) -> None:
+    ledger = policy_ledger
+    sec, bob, alice, room, gateway = (
+        ledger.sec,
+        ledger.bob,
+        ledger.alice,
+        ledger.room,
+        ledger.gateway,
+    )
+    reply = sec.ask(ledger.control, f"!sbg room protect {room}")
+    assert reply.startswith(f"Room `{room}` is protected (ledger, ACL, policy server)"), reply
+    policy = {"via": ledger.home.server_name, "public_keys": {"ed25519": policy_key(gateway)}}
+    assert state(sec, room, "m.room.policy") == policy
+    eventually(lambda: state(bob, room, "m.room.policy") == policy, "bob's server names us")
+    eventually(
+        lambda: (state(bob, room, "m.room.power_levels") or {}).get("redact") == 100,
+        "the partner's server sees the new power levels",
+    )
+    # Right after his (partial-state) join bob's server may send without asking us.
+    wait_consulted(gateway, bob, room)
+    mine = alice.send(room, "for the record")
+    eventually(
+        lambda: any(e["event_id"] == mine for e in bob.messages(room)), "bob sees the message"
+    )
+
+    def attempt_everything(tag: str) -> dict[str, tuple[int, Any]]:
+        before = state_ids(sec, room)
+        attempts = partner_attempts(ledger, mine, tag)
+        # Our state never changes, and both servers agree on it event for event.
+        assert state_ids(sec, room) == before
+        eventually(lambda: state_ids(bob, room) == before, "both views of the state agree")
+        return attempts
+
+    # At an ordinary level: Synapse asks the policy server before it runs the auth rules,
+    # so our answer comes first (the auth rules alone refuse them too: the test above).
+    for name, result in attempt_everything("o").items():
+        assert refused_by_our_policy_server(result, room), (name, result)
+
+    # Someone of ours mistakenly raises bob to the top level; the auth rules now let him.
+    levels = state(sec, room, "m.room.power_levels")
+    assert levels is not None
+    levels["users"][bob.user_id] = 100
+    sec.call("PUT", state_path(room, "m.room.power_levels"), levels)
+    eventually(
+        lambda: (state(bob, room, "m.room.power_levels") or {})["users"].get(bob.user_id) == 100,
+        "bob's server sees him at the top level",
+    )
+    attempts = attempt_everything("p")
+    # Lowering the levels the protection raised is refused as well (the proxy guard's judge).
+    lowered = state(bob, room, "m.room.power_levels")
+    assert lowered is not None
+    lowered["events"]["m.room.encryption"] = 0
+    attempts["power_levels"] = raw_call(
+        bob, "PUT", state_path(room, "m.room.power_levels"), lowered
+    )
+    for name, result in attempts.items():
+        assert refused_by_our_policy_server(result, room), (name, result)
+        assert "power" not in str(result[1]["error"]).lower(), (name, result)
+
+    # Ordinary messages still flow both ways, signed by us.
+    bob.send(room, "hello from the partner")
+    sec.wait_event(room, lambda e: e["content"].get("body") == "hello from the partner")
+    sec.send(room, "hello partner")
+    bob.wait_event(room, lambda e: e["content"].get("body") == "hello partner")
+    assert state(sec, room, "m.room.encryption") is None
+    assert state(bob, room, "m.room.encryption") is None
+    assert (state(sec, room, "m.room.server_acl") or {}).get("deny") == []
+    assert not any(e.get("type") == "m.room.redaction" for e in sec.messages(room))
+    assert any(e["event_id"] == mine for e in bob.messages(room)), "our message stays for bob"
+    eventually(lambda: state_ids(bob, room) == state_ids(sec, room), "both views agree")
+
+    # Every refusal is in our decision log: rule protected-room, from bob's server.
+    rows = gateway.wait_decisions(
+        lambda rows: len(rows) >= 9,
+        source="policy_server",
+        rule="protected-room",
+    )
+    assert {(r["event_type"], r["outcome"], r["origin"], r["room"]) for r in rows} == {
+        (t, "block", ledger.partner.server_name, room)
+        for t in (
+            "m.room.encryption",
+            "m.room.encrypted",
+            "m.room.redaction",
+            "m.room.server_acl",
+            "m.room.power_levels",
+        )
+    }
+
+    # Not covered: m.room.policy is never sent for signing, so bob at the top level can
+    # remove it on his own server. The bot sees the change arrive and puts it back.
+    status, body = raw_call(bob, "PUT", state_path(room, "m.room.policy"), {})
+    assert status == 200, body
+    sec.wait_event(
+        ledger.control,
+        lambda e: e["content"]["body"].startswith(f"Room `{room}` was changed by {bob.user_id}"),
+    )
+    eventually(lambda: state(bob, room, "m.room.policy") == policy, "the policy is back for bob")
+    assert state(sec, room, "m.room.policy") == policy

@@ -27,6 +27,13 @@ first, as a federation request without event types (server_allow, server_block,
 partner_scope rooms). Each judgement is one decision record, source ``policy_server``, path
 ``/_matrix/policy/v1/sign?event_id=<id>``.
 
+In a protected room (``gateway.rooms``) an event the rules allow is judged once more, by the
+protected-rooms judge (``ProtectedRooms.judge_event``, which uses the proxy guard's
+``protection.judge_write`` for guarded state): an event of another server's user that would
+loosen the protection is refused (400 M_FORBIDDEN), a second record of rule
+``protected-room``. This holds the room against a partner raised to the top level, whom the
+auth rules let through. Synapse never asks about ``m.room.policy`` itself.
+
 An allowed event is signed over its redacted form (``signing.events``) with the policy key
 (``signing.keys``); the answer carries only our signature, as the spec asks. The asking
 server's X-Matrix signature is verified (``signing.origin``) unless
@@ -188,21 +195,31 @@ class PolicyServer:
             if not asking.allowed:
                 return self._refusal(asking, 403)
         local = sender_server == self._local
-        decision = self.gateway.decide(
-            RequestInfo(
-                RequestClass.CLIENT if local else RequestClass.FEDERATION,
-                "POST",
-                path,
-                endpoint=ENDPOINT,
-                origin=None if local else sender_server,
-                user=sender,
-                event_types=(event_type,),
-                room=room,
-                source=Source.POLICY_SERVER,
-            )
+        info = RequestInfo(
+            RequestClass.CLIENT if local else RequestClass.FEDERATION,
+            "POST",
+            path,
+            endpoint=ENDPOINT,
+            origin=None if local else sender_server,
+            user=sender,
+            event_types=(event_type,),
+            room=room,
+            source=Source.POLICY_SERVER,
         )
+        decision = self.gateway.decide(info)
         if not decision.allowed:
             return self._refusal(decision, 400)
+        state_key = event.get("state_key")
+        refused = self.gateway.rooms.judge_event(
+            info,
+            room,
+            sender,
+            event_type,
+            state_key if isinstance(state_key, str) else None,
+            event["content"],
+        )
+        if refused is not None:
+            return _error(400, "M_FORBIDDEN", refused)
         signature = self.key.sign(self.server_name, redact(event, room_version))
         return Answer(200, {self.server_name: {KEY_ID: signature}})
 
