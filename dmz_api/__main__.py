@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         print("config OK")
+        if config.gateway is not None and config.gateway.homeserver_config is not None:
+            from .gateway.homeserver_check import check_homeserver_config
+
+            for problem in check_homeserver_config(config.gateway.homeserver_config):
+                print(f"dmz_api: warning: if compliance-ledger is on: {problem}", file=sys.stderr)
         return 0
     setup_logging(config.log_level, config.log_format)
     app = init_app(config)

@@ -93,6 +93,8 @@ class GatewayConfig:
     own_servers: tuple[str, ...] = ()
     # Largest federation transaction (PUT /send/{txnId}) the proxy reads to judge its events.
     max_transaction_body: int = 12 * 1024**2
+    # The homeserver's homeserver.yaml, read to warn what would undo compliance-ledger.
+    homeserver_config: Path | None = None
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -182,6 +184,11 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         own_servers=_own_servers(section, server_name),
         max_transaction_body=section.int(
             "max_transaction_body", 12 * 1024**2, low=64 * 1024, high=64 * 1024**2
+        ),
+        homeserver_config=(
+            section.base_dir / section.str("homeserver_config")
+            if section.has("homeserver_config")
+            else None
         ),
     )
 

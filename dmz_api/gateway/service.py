@@ -41,6 +41,7 @@ from aiohttp import web
 from ..errors import Conflict, InvalidParam, NotFound
 from .config import GatewayConfig
 from .decisions import DecisionLog, GatewayMetrics
+from .homeserver_check import LEDGER_RULE, check_homeserver_config
 from .policy.compile import UNAVAILABLE_RULE, CompiledRuleset, unavailable_decision
 from .policy.evaluate import explain
 from .policy.model import Decision, Mode, Outcome, RequestInfo
@@ -94,6 +95,7 @@ class GatewayService:
         self.decision_log = DecisionLog(store, config.decision_log, metrics, clock=clock)
         self._clock = clock
         self._compiled: CompiledRuleset | None = None
+        self._ledger_checked: int | None = None
         self._failure: str | None = NOT_LOADED
         self._unavailable = unavailable_decision(0)
         self._write_lock = asyncio.Lock()
@@ -195,6 +197,18 @@ class GatewayService:
             self._fail_closed(f"ruleset version {version} cannot be compiled")
             return
         self.install(compiled)
+        self._warn_ledger_homeserver(compiled)
+
+    def _warn_ledger_homeserver(self, compiled: CompiledRuleset) -> None:
+        """Say, once per version, what of the homeserver's config undoes the ledger."""
+        path = self.config.homeserver_config
+        if path is None or compiled.version == self._ledger_checked:
+            return
+        self._ledger_checked = compiled.version
+        if not any(r.id == LEDGER_RULE and r.enabled for r in compiled.rules):
+            return
+        for problem in check_homeserver_config(path):
+            log.warning("compliance-ledger is on, but the homeserver's config: %s", problem)
 
     async def _listen(self) -> None:
         retry = _LISTEN_RETRY_FIRST

@@ -20,6 +20,7 @@ from devstack.synapse import Synapse
 from dmz_api import __main__ as dmz_api_main
 from dmz_api.config import load_config
 from dmz_api.gateway.enforce.antispam import CALLBACKS
+from dmz_api.gateway.homeserver_check import check_homeserver_config
 from plugin.config import Config
 
 from .conftest import DEPLOY, DMZ_CONFIGS, ROOT, load_yaml, secret_files, write_secrets
@@ -262,6 +263,10 @@ def test_ledger_snippet_as_synapse_reads_it(tmp_path: Path) -> None:
     plain = Synapse(tmp_path / "plain", name="plain")
     plain.write_config()
     assert synapse_reads(plain.config_path)["redaction_retention_period"] == 7 * 24 * 3600 * 1000
+    # The gateway's own reading of the same files (gateway.homeserver_config) agrees.
+    assert check_homeserver_config(hs.config_path) == []
+    [problem] = check_homeserver_config(plain.config_path)
+    assert problem.startswith("redaction_retention_period is not set")
 
 
 def test_tuwunel_notes_give_the_ledger_settings() -> None:
