@@ -265,7 +265,8 @@ class GatewayService:
                 latency_us,
                 decision.version,
                 req.origin_raw,
-            )
+            ),
+            req.endpoint,
         )
         self._counters[decision.outcome].inc()
 
@@ -315,6 +316,17 @@ class GatewayService:
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
         return await self.store.query_decisions(query)
+
+    async def allow_aggregates(self, query: DecisionQuery) -> list[dict[str, Any]]:
+        return await self.store.query_allows(query)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` shows: the ruleset enforced and the decision log."""
+        return {
+            "version": self.version,
+            "failing_closed": self._failure,
+            "decision_log": self.decision_log.status(),
+        }
 
     # ---- writes ----------------------------------------------------------------------
 
