@@ -23,6 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ _TS = DECISION_COLUMNS.index("ts")
 _OUTCOME = DECISION_COLUMNS.index("outcome")
 # The aggregate key, from a record: source, class, origin, user, method (then endpoint),
 # room, version.
-_KEY = tuple(DECISION_COLUMNS.index(c) for c in ("source", "class", "origin", "user_id", "method"))
+_KEY = itemgetter(
+    *(DECISION_COLUMNS.index(c) for c in ("source", "class", "origin", "user_id", "method"))
+)
 _ROOM = DECISION_COLUMNS.index("room")
 _VERSION = DECISION_COLUMNS.index("version")
 
@@ -177,7 +180,7 @@ class DecisionLog:
             ts: int = record[_TS]  # type: ignore[assignment]
             key = (
                 ts - ts % _MINUTE_MS,
-                *(record[i] for i in _KEY),
+                *_KEY(record),
                 endpoint or "-",
                 record[_ROOM],
                 record[_VERSION],
