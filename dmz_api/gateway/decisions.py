@@ -237,8 +237,10 @@ class DecisionLog:
             self.stream.close()
 
     async def _run(self) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self._store.ensure_partitions(int(self._clock() * 1000))
+        except Exception as e:
+            log.warning("Cannot create the decision log's day partitions (%s)", e)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._config.flush_interval)
@@ -404,6 +406,11 @@ class DecisionLog:
         started = time.monotonic()
         try:
             await self._store.ensure_partitions(now)
+        except Exception as e:
+            # Another replica creating the same day, or rows of that day in the default
+            # partition: records still land (in the default partition); pruning goes on.
+            log.warning("Cannot create the decision log's day partitions (%s)", e)
+        try:
             await self._hold()
             if self._backlog_since is not None:
                 cutoff = min(cutoff, self._backlog_since)

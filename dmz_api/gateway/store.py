@@ -501,7 +501,8 @@ class RuleStore:
             if day is None or partitions.start_ms(day) + partitions.DAY_MS > cutoff:
                 continue
             # The name was matched against gateway_decisions_pYYYYMMDD: safe to format.
-            await self.db.execute(f"DROP TABLE {partitions.name(day)}")
+            # IF EXISTS: another replica's pass may have dropped it a moment ago.
+            await self.db.execute(f"DROP TABLE IF EXISTS {partitions.name(day)}")
             dropped.append(row)
         return tuple(dropped)
 
