@@ -368,3 +368,15 @@ async def test_api_reads_aggregates_and_status(make_client: Any) -> None:
     resp = await client.get("/v1/status")
     assert resp.status == 401
     await asyncio.sleep(0)
+
+
+def test_sqlite_batches_use_few_statement_sizes() -> None:
+    # Each distinct size is a prepared statement cached per connection: keep them few.
+    from dmz_api.gateway.store import _sqlite_parts
+
+    sizes: set[int] = set()
+    for count in range(1, 2600):
+        parts = _sqlite_parts(count)
+        assert sum(parts) == count and len(parts) <= 12
+        sizes.update(parts)
+    assert sizes == {1000, *(2**k for k in range(10))}
