@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,8 +135,9 @@ async def test_full_mode_writes_every_allow(store: RuleStore) -> None:
 
 
 async def test_below_the_floor_allows_fall_back_to_aggregates_and_blocks_stay(
-    store: RuleStore, tmp_path: Path
+    store: RuleStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="dmz_api.gateway.decisions")
     free = [10**9]
     log, metrics = make_log(store, free=free, allow="full", min_free_bytes="512M",
                             disk_path=str(tmp_path))  # fmt: skip
@@ -144,6 +146,7 @@ async def test_below_the_floor_allows_fall_back_to_aggregates_and_blocks_stay(
     assert log.check_disk() is True
     assert log.allow_mode == "aggregate" and log.status()["degraded"] is True
     assert metric(metrics, "dmz_api_gateway_decision_log_degraded") == 1
+    assert f"Decision log degraded: {100 * 1024**2} bytes free on {tmp_path}" in caplog.text
     for n in range(10):
         log.record(rec(n), "client_send")
         log.record(rec(n, "block"), "client_send")
@@ -153,6 +156,7 @@ async def test_below_the_floor_allows_fall_back_to_aggregates_and_blocks_stay(
     free[0] = 10**9
     assert log.check_disk() is False and log.allow_mode == "full"
     assert metric(metrics, "dmz_api_gateway_decision_log_degraded") == 0
+    assert "Decision log recovered" in caplog.text
 
 
 async def test_a_percentage_floor(store: RuleStore, tmp_path: Path) -> None:
@@ -171,7 +175,10 @@ async def test_the_floor_on_the_real_disk(store: RuleStore) -> None:
     assert log.free_bytes is not None and log.free_bytes > 0
 
 
-async def test_retention_deletes_in_bounded_batches_and_counts(store: RuleStore) -> None:
+async def test_retention_deletes_in_bounded_batches_and_counts(
+    store: RuleStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dmz_api.gateway.decisions")
     old = int(NOW * 1000) - 100 * DAY_MS
     await store.insert_decisions([rec(n, "block", ts=old + n) for n in range(12_001)])
     await store.insert_decisions([rec(n, "block") for n in range(5)])
@@ -184,6 +191,9 @@ async def test_retention_deletes_in_bounded_batches_and_counts(store: RuleStore)
     assert (result["decisions"], result["allows"]) == (12_001, 1)
     assert len(await store.query_decisions(DecisionQuery(limit=100))) == 5
     assert metric(metrics, 'dmz_api_gateway_decisions_pruned_total{table="decisions"}') == 12_001
+    assert "Decision log retention removed 12001 records, 1 allow aggregates and 0 day" in (
+        caplog.text
+    )
 
 
 async def test_retention_never_passes_the_export_hold(store: RuleStore) -> None:
