@@ -58,6 +58,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/policy_server.py
 	$(BIN)/python bench/protected_rooms.py
+	$(BIN)/python bench/decision_log.py
 
 clean:
 	rm -rf $(VENV) *.mbp .demo tests/artifacts .mypy_cache .ruff_cache .pytest_cache

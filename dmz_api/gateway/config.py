@@ -29,6 +29,18 @@ class ListenConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """``gateway.decision_log.stream``: JSON lines for the organisation's log engine."""
+
+    to: str  # file | stdout | syslog
+    # file: the file appended to; syslog: a unix datagram socket (default /dev/log).
+    path: Path | None = None
+    # syslog over UDP instead of a socket: host and port.
+    host: str | None = None
+    port: int = 514
+
+
+@dataclass(frozen=True)
 class DecisionLogConfig:
     # Records written per INSERT batch.
     batch_size: int
@@ -38,6 +50,19 @@ class DecisionLogConfig:
     queue_size: int
     # Seconds a decision record is kept.
     retention: int
+    # Allows as one full record each ("full") or per-minute counts per key ("aggregate").
+    allow: str = "aggregate"
+    # Where decisions are also streamed as JSON lines (None: not streamed).
+    stream: StreamConfig | None = None
+    # Below this many free bytes (or this percentage) on the log's disk, full allow records
+    # stop (aggregates instead) and the log reports itself degraded. 0: no floor.
+    min_free_bytes: int = 0
+    min_free_percent: float = 0.0
+    # The directory whose file system is watched (None: the SQLite database's, else none).
+    disk_path: Path | None = None
+    # Rows a retention pass deletes per statement, and seconds it pauses between them.
+    prune_batch: int = 5000
+    prune_pause: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -154,6 +179,13 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
         flush_interval=log.float("flush_interval", 0.5),
         queue_size=log.int("queue_size", 100_000, low=1, high=10_000_000),
         retention=log.duration("retention", "90d"),
+        allow=log.choice("allow", ("full", "aggregate"), "aggregate"),
+        stream=_stream(log),
+        min_free_bytes=_size(log, "min_free_bytes"),
+        min_free_percent=_percent(log, "min_free_percent"),
+        disk_path=log.base_dir / log.str("disk_path") if log.has("disk_path") else None,
+        prune_batch=log.int("prune_batch", 5000, low=1, high=1_000_000),
+        prune_pause=log.float("prune_pause", 0.05, low=-1e-9),
     )
 
     authz_section = _optional(section, "authz")
@@ -232,3 +264,46 @@ def _own_servers(section: Section, server_name: str) -> tuple[str, ...]:
             raise section.error("own_servers", f"{item!r} is not a server name (corp.example)")
         names.append(name)
     return tuple(dict.fromkeys(names))
+
+
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _size(section: Section, name: str) -> int:
+    """Bytes from a whole number or ``512M``-style text (binary units k, M, G, T)."""
+    value = section.raw(name, 0)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip().lower().removesuffix("b").removesuffix("i")
+    number, unit = (
+        text[:-1] if text[-1:].isalpha() else text,
+        text[-1:] if text[-1:].isalpha() else "",
+    )
+    if unit not in _UNITS or not number.replace(".", "", 1).isdigit():
+        raise section.error(name, "must be a size in bytes such as 2000000000 or 2G")
+    return int(float(number) * _UNITS[unit])
+
+
+def _percent(section: Section, name: str) -> float:
+    value = section.raw(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 100:
+        raise section.error(name, "must be a percentage from 0 to 99")
+    return float(value)
+
+
+def _stream(log: Section) -> StreamConfig | None:
+    stream = log.section("stream", required=False)
+    if stream is None:
+        return None
+    to = stream.choice("to", ("file", "stdout", "syslog"))
+    if to == "file":
+        path = stream.base_dir / stream.str("path")
+        if not path.parent.is_dir():
+            raise stream.error("path", f"{path.parent} is not a directory")
+        return StreamConfig(to, path=path)
+    if to == "syslog":
+        if stream.has("host"):
+            host = stream.str("host")
+            return StreamConfig(to, host=host, port=stream.int("port", 514, low=1, high=65535))
+        return StreamConfig(to, path=Path(stream.str("path", "/dev/log")))
+    return StreamConfig(to)

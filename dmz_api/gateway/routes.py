@@ -193,7 +193,13 @@ async def list_decisions(request: web.Request) -> web.Response:
         event_id=_optional_query(request, "event_id", 255),
         limit=query_limit(request, default=50),
     )
-    decisions = await service(request).decisions(query)
+    kind = query_choice(request, "kind", ("record", "aggregate")) or "record"
+    if kind == "aggregate":
+        if query.outcome not in (None, "allow") or query.rule is not None:
+            raise InvalidParam("aggregates are of allows: decision=allow only, no rule")
+        decisions = await service(request).allow_aggregates(query)
+    else:
+        decisions = await service(request).decisions(query)
     next_before = decisions[-1]["id"] if len(decisions) == query.limit else None
     return web.json_response({"decisions": decisions, "next_before": next_before})
 
@@ -203,6 +209,12 @@ def _optional_query(request: web.Request, name: str, limit: int) -> str | None:
     if value is not None and len(value) > limit:
         raise InvalidParam(f"{name} must be at most {limit} characters")
     return value
+
+
+@requires_scope("decisions")
+async def status(request: web.Request) -> web.Response:
+    """The ruleset enforced and the state of the decision log (mode, disk, counts)."""
+    return web.json_response(service(request).status())
 
 
 def _optional_str(body: dict[str, Any], name: str, limit: int = 2000) -> str | None:
@@ -314,3 +326,4 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/v1/rules/{rule_id}/promote", promote_rule, name="gateway.rule.promote")
     router.add_post("/v1/evaluate", evaluate, name="gateway.evaluate")
     router.add_get("/v1/decisions", list_decisions, name="gateway.decisions")
+    router.add_get("/v1/status", status, name="gateway.status")

@@ -281,7 +281,8 @@ class GatewayService:
                 req.origin_raw,
                 req.event_id,
                 ",".join(req.actions) if req.actions else None,
-            )
+            ),
+            req.endpoint,
         )
         self._counters[decision.outcome].inc()
 
@@ -331,6 +332,17 @@ class GatewayService:
 
     async def decisions(self, query: DecisionQuery) -> list[dict[str, Any]]:
         return await self.store.query_decisions(query)
+
+    async def allow_aggregates(self, query: DecisionQuery) -> list[dict[str, Any]]:
+        return await self.store.query_allows(query)
+
+    def status(self) -> dict[str, Any]:
+        """What ``GET /v1/status`` shows: the ruleset enforced and the decision log."""
+        return {
+            "version": self.version,
+            "failing_closed": self._failure,
+            "decision_log": self.decision_log.status(),
+        }
 
     # ---- writes ----------------------------------------------------------------------
 

@@ -132,12 +132,24 @@ class Gateway(RoleClient):
         since: str | None = None,
         rule: str | None = None,
         limit: int = 20,
+        kind: str | None = None,
     ) -> list[dict[str, Any]]:
-        query = (("decision", outcome), ("origin", origin), ("since", since), ("rule", rule))
+        query = (
+            ("kind", kind),
+            ("decision", outcome),
+            ("origin", origin),
+            ("since", since),
+            ("rule", rule),
+        )
         params = {key: value for key, value in query if value}
         params["limit"] = str(limit)
         data = await self.request("GET", "/v1/decisions", acting=acting, params=params)
         return [item for item in self.items(data, "decisions") if isinstance(item, dict)]
+
+    async def status(self, acting: Acting) -> dict[str, Any]:
+        """``GET /v1/status``: the ruleset enforced and the decision log's state."""
+        data = await self.request("GET", "/v1/status", acting=acting)
+        return data if isinstance(data, dict) else {}
 
     # ---- protected rooms (docs/rules.md, "Protected rooms") ---------------------------
 

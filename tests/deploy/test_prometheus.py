@@ -136,6 +136,11 @@ def test_the_alerts_fire_on_failures_and_not_on_a_healthy_stack(tmp_path: Path) 
             series("dmz_api_gateway_rules_loaded", other_gw, "1x8"),
             series("dmz_api_gateway_decisions_dropped_total", GW, "0 0 0 5 5 5 5 5"),
             series("dmz_api_gateway_decisions_dropped_total", other_gw, "0x8"),
+            # The first gateway's disk drops below the decision log's floor at minute 2.
+            series("dmz_api_gateway_decision_log_degraded", GW, "0 0 1 1 1 1 1 1"),
+            series("dmz_api_gateway_decision_log_degraded", other_gw, "0x8"),
+            series("dmz_api_gateway_decision_stream_lost_total", GW, "0 0 0 3 3 3 3 3"),
+            series("dmz_api_gateway_decision_stream_lost_total", other_gw, "0x8"),
             series("dmz_api_gateway_rule_store_errors_total", GW, "0 0 0 1 2 3 4 5"),
             series("dmz_api_gateway_rule_store_errors_total", other_gw, "0x8"),
             series(
@@ -167,6 +172,10 @@ def test_the_alerts_fire_on_failures_and_not_on_a_healthy_stack(tmp_path: Path) 
             firing("BastionGatewayFailingClosed", "4m", GW, severity="critical"),
             quiet("BastionGatewayDecisionsDropped", "2m"),
             firing("BastionGatewayDecisionsDropped", "4m", GW, severity="warning"),
+            quiet("BastionGatewayDecisionLogDegraded", "2m"),  # pending for its first minute
+            firing("BastionGatewayDecisionLogDegraded", "4m", GW, severity="warning"),
+            quiet("BastionGatewayDecisionStreamLost", "2m"),
+            firing("BastionGatewayDecisionStreamLost", "4m", GW, severity="warning"),
             quiet("BastionGatewayRuleStoreUnreadable", "2m"),
             firing("BastionGatewayRuleStoreUnreadable", "4m", GW, severity="warning"),
             quiet("BastionRegistrarHomeserverErrors", "2m"),

@@ -52,7 +52,7 @@ class SbgStack:
                 "log_level": "WARNING",
                 "gateway": {
                     "server_name": self.internal.server_name,
-                    "decision_log": {"flush_interval": 0.05},
+                    "decision_log": {"flush_interval": 0.05, "allow": "full"},
                     "reload_interval": 0.2,
                 },
             },

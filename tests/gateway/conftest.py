@@ -54,7 +54,7 @@ def make_rule(
 def gateway_config(tmp_path: Path, **gateway: Any) -> Config:
     section: dict[str, Any] = {
         "server_name": SERVER_NAME,
-        "decision_log": {"flush_interval": 0.05, "batch_size": 50},
+        "decision_log": {"flush_interval": 0.05, "batch_size": 50, "allow": "full"},
         "reload_interval": 0.1,
     }
     section.update(gateway)

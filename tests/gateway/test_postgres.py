@@ -34,7 +34,7 @@ async def pg(postgres: Postgres) -> AsyncIterator[Database]:
 def service(db: Database, reload_interval: float = 0.05) -> GatewayService:
     config = parse_gateway_config(
         Section({"server_name": "corp.example", "reload_interval": reload_interval,
-                 "decision_log": {"flush_interval": 0.02}})
+                 "decision_log": {"flush_interval": 0.02, "allow": "full"}})
     )  # fmt: skip
     return GatewayService(config, RuleStore(db), GatewayMetrics(Metrics()))
 

@@ -46,7 +46,7 @@ def make_service(db: Database, **options: Any) -> GatewayService:
     section = {
         "server_name": "corp.example",
         "reload_interval": 0.05,
-        "decision_log": {"flush_interval": 0.02, "batch_size": 10},
+        "decision_log": {"flush_interval": 0.02, "batch_size": 10, "allow": "full"},
     }
     section.update(options)
     config = parse_gateway_config(Section(section))
@@ -380,7 +380,9 @@ async def test_dry_runs_are_not_logged(service: GatewayService) -> None:
 
 
 async def test_full_buffer_drops_and_counts(db: Database) -> None:
-    svc = make_service(db, decision_log={"queue_size": 5, "batch_size": 100, "flush_interval": 10})
+    svc = make_service(
+        db, decision_log={"queue_size": 5, "batch_size": 100, "flush_interval": 10, "allow": "full"}
+    )
     for _ in range(8):
         svc.decide(fed())
     assert svc.decision_log.pending == 5 and svc.decision_log.dropped == 3

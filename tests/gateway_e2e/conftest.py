@@ -58,7 +58,7 @@ def gateway_config(server_name: str, **gateway: Any) -> dict[str, Any]:
     section: dict[str, Any] = {
         "server_name": server_name,
         "authz": {"secret": AUTHZ_SECRET},
-        "decision_log": {"flush_interval": 0.05, "batch_size": 50},
+        "decision_log": {"flush_interval": 0.05, "batch_size": 50, "allow": "full"},
         "reload_interval": 0.2,
     }
     section.update(gateway)

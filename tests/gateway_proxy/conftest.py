@@ -212,7 +212,7 @@ def gateway_config(tmp_path: Path, upstream: str, **gateway: Any) -> Any:
     section: dict[str, Any] = {
         "server_name": SERVER_NAME,
         "upstream": upstream,
-        "decision_log": {"flush_interval": 0.05, "batch_size": 50},
+        "decision_log": {"flush_interval": 0.05, "batch_size": 50, "allow": "full"},
         "reload_interval": 0.1,
         **gateway,
     }

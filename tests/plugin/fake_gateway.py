@@ -54,7 +54,7 @@ class GatewayDouble:
                 ],
                 "gateway": {
                     "server_name": SERVER_NAME,
-                    "decision_log": {"flush_interval": 0.05},
+                    "decision_log": {"flush_interval": 0.05, "allow": "full"},
                     "reload_interval": 0.1,
                 },
             },
@@ -163,3 +163,4 @@ class GatewayDouble:
 
     async def flush(self) -> None:
         await self.service.decision_log.flush()
+        await self.service.decision_log.flush_allows(everything=True)

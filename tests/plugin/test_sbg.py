@@ -565,7 +565,8 @@ async def test_help_lists_sbg_by_role(chat: Chat) -> None:
         "`!sbg rule history [--limit N]`",
         "`!sbg preset compliance-ledger`",
         "`!sbg test federation <origin> [--room R] [--type T]`",
-        "`!sbg decisions [--blocked] [--since 1h] [--origin X] [--limit N]`",
+        "`!sbg status`",
+        "`!sbg decisions [--blocked|--allows] [--since 1h] [--origin X] [--limit N]`",
     ):
         assert line in admin, line
     assert "!token" not in admin
@@ -675,3 +676,53 @@ def test_parsing() -> None:
     assert DryRunClientArgs.parse("@a:b.example post /x --ip 10.1.2.3").ip == "10.1.2.3"
     assert describe_params("partner_scope", {"servers": ["p"], "rooms": ["!r"]}) == "p; rooms !r"
     assert describe_params("odd", {"x": 1}) == '{"x": 1}'
+
+
+# ---- status and allow counts (the decision log at volume) -----------------------------
+
+
+async def test_status_shows_version_mode_degraded_and_dropped(
+    chat: Chat, gateway: GatewayDouble
+) -> None:
+    await gateway.add("partners", "server_allow", {"servers": ["partner.example.org"]})
+    reply = await ask(chat, "!sbg status", AUDITOR)
+    assert gateway.calls("GET", "/v1/status")
+    assert [line for line in reply.splitlines() if line][:4] == [
+        "The gateway enforces ruleset version 1.",
+        "● allows recorded: full",
+        "● decision log not degraded",
+        "● dropped records: 0; waiting to be written: 0",
+    ]
+    log = gateway.service.decision_log
+    log.degraded, log.free_bytes = True, 300 * 1024**2
+    log._full_allows = False  # as check_disk sets it below the floor
+    reply = await ask(chat, "!sbg status")
+    assert "● allows recorded: aggregate" in reply
+    assert (
+        "● decision log **degraded**: disk space below the floor (300 MiB free); allows"
+        " aggregated (configured: full), every block still recorded" in reply
+    )
+    assert (await chat.audit())[0].detail == "version 1; degraded True"
+    assert await ask(chat, "!sbg status", STAFF) == (
+        "You need the gateway_admin or auditor role to use `!sbg status`."
+    )
+
+
+async def test_decisions_allows_reads_the_per_minute_counts(
+    chat: Chat, gateway: GatewayDouble
+) -> None:
+    log = gateway.service.decision_log
+    log._full_allows = False  # allow: aggregate
+    for _ in range(3):
+        await gateway.decide(origin="partner.example.org", room="!r:x")
+    await gateway.flush()
+    reply = await ask(chat, "!sbg decisions --allows --origin partner.example.org")
+    assert gateway.calls("GET", "/v1/decisions")[-1].query == {
+        "kind": "aggregate",
+        "origin": "partner.example.org",
+        "limit": "20",
+    }
+    assert reply.startswith("3 allows in the last 1 count, newest first:")
+    assert "**3 allowed** federation from partner.example.org `PUT`" in reply
+    reply = await ask(chat, "!sbg decisions --allows --blocked")
+    assert reply.startswith("Give --blocked or --allows, not both.\n **Usage:**")

@@ -280,21 +280,26 @@ class DryRunClientArgs:
 
 @frozen
 class DecisionsArgs:
-    USAGE: ClassVar[str] = "[--blocked] [--since 1h] [--origin X] [--limit N]"
+    USAGE: ClassVar[str] = "[--blocked|--allows] [--since 1h] [--origin X] [--limit N]"
     blocked: bool = False
     since: int | None = None
     origin: str | None = None
     limit: int = 20
+    # The per-minute allow counts rather than full records.
+    allows: bool = False
 
     @classmethod
     def parse(cls, raw: str) -> Self:
         words = Words(raw)
         blocked = words.flag("--blocked")
+        allows = words.flag("--allows")
         seconds = words.option("--since", duration_ago)
         origin = words.option("--origin", server_name("--origin"))
         limit = words.option("--limit", whole_number("--limit", 1, 100))
         words.finish()
-        return cls(blocked, seconds, origin, limit or 20)
+        if blocked and allows:
+            raise bad("Give --blocked or --allows, not both.")
+        return cls(blocked, seconds, origin, limit or 20, allows)
 
 
 # Room IDs of room version 12 have no server part (!abc); aliases always do (#a:server).

@@ -42,11 +42,13 @@ from .args import (
 from .failures import gateway_errors, guarded, translate
 from .render import (
     broad_effects,
+    describe_aggregate,
     describe_decision,
     describe_diff,
     describe_params,
     describe_request,
     describe_rule,
+    describe_status,
     protections,
     room_differences,
     ruleset_table,
@@ -513,6 +515,9 @@ class SbgCommands(CommandFamily):
     @gated("sbg decisions", Role.GATEWAY_ADMIN, Role.AUDITOR)
     @gateway_errors
     async def decisions(self, evt: MessageEvent, ctx: Context, args: DecisionsArgs) -> None:
+        if args.allows:
+            await self._allow_counts(ctx, args)
+            return
         ruleset, records = await asyncio.gather(
             self.gateway.rules(ctx.acting),
             self.gateway.decisions(
@@ -538,6 +543,36 @@ class SbgCommands(CommandFamily):
             f"The last {fmt.plural(len(records), 'decision')}{scope}, newest first "
             f"(ruleset now at version {ruleset.version}):\n\n" + "\n".join(lines)
         )
+
+    async def _allow_counts(self, ctx: Context, args: DecisionsArgs) -> None:
+        """``--allows``: allows recorded as per-minute counts (``allow: aggregate``)."""
+        rows = await self.gateway.decisions(
+            ctx.acting,
+            kind="aggregate",
+            origin=args.origin,
+            since=f"{args.since}s" if args.since else None,
+            limit=args.limit,
+        )
+        total = sum(int(row.get("count") or 0) for row in rows)
+        ctx.note(f"{fmt.plural(len(rows), 'aggregate')}; {fmt.plural(total, 'allow')}")
+        if not rows:
+            await ctx.reply("No allow counts (allows may be kept as full records: see decisions).")
+            return
+        lines = [f"* {describe_aggregate(row)}" for row in rows]
+        await ctx.reply(
+            f"{fmt.plural(total, 'allow')} in the last {fmt.plural(len(rows), 'count')}"
+            ", newest first:\n\n" + "\n".join(lines)
+        )
+
+    @sbg.subcommand("status", help="the gateway's ruleset version and decision log state")
+    @arguments(NoArgs)
+    @gated("sbg status", Role.GATEWAY_ADMIN, Role.AUDITOR)
+    @gateway_errors
+    async def status(self, evt: MessageEvent, ctx: Context, args: NoArgs) -> None:
+        status = await self.gateway.status(ctx.acting)
+        log = status.get("decision_log") or {}
+        ctx.note(f"version {status.get('version')}; degraded {bool(log.get('degraded'))}")
+        await ctx.reply(describe_status(status))
 
     # ---- protected rooms (plugin/rooms/, docs/rules.md "Protected rooms") -------------
 

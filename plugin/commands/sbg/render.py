@@ -231,6 +231,53 @@ def describe_decision(record: dict[str, Any]) -> str:
     )
 
 
+def describe_aggregate(row: dict[str, Any]) -> str:
+    """One per-minute allow count: when, how many, of what, from whom."""
+    who = ""
+    if row.get("origin"):
+        who = f" from {fmt.md(row['origin'])}"
+    elif row.get("user"):
+        who = f" by {fmt.md(row['user'])}"
+    room = f" in {fmt.md(row['room'])}" if row.get("room") else ""
+    return (
+        f"{timestamp(row.get('time'))} **{row.get('count', '?')} allowed** "
+        f"{fmt.md(row.get('class', ''))}{who} {fmt.code(str(row.get('method', '')))} "
+        f"{fmt.md(row.get('endpoint', ''))}{room}, version {row.get('version', '?')}"
+    )
+
+
+def describe_status(status: dict[str, Any]) -> str:
+    """``!sbg status``: ruleset version, decision-log mode, degraded or not, dropped."""
+    log = status.get("decision_log") or {}
+    version = status.get("version")
+    head = (
+        f"The gateway enforces ruleset version {version}."
+        if version is not None
+        else f"The gateway fails closed: {fmt.md(str(status.get('failing_closed')))}."
+    )
+    mode = log.get("allow_now", "?")
+    lines = [head, "", f"* allows recorded: {fmt.md(str(mode))}"]
+    if log.get("degraded"):
+        free = log.get("free_bytes")
+        lines.append(
+            "* decision log **degraded**: disk space below the floor"
+            + (f" ({free // 1024**2} MiB free)" if isinstance(free, int) else "")
+            + f"; allows aggregated (configured: {fmt.md(str(log.get('allow')))}),"
+            " every block still recorded"
+        )
+    else:
+        lines.append("* decision log not degraded")
+    lines.append(
+        f"* dropped records: {log.get('dropped', '?')}; waiting to be written:"
+        f" {log.get('pending', '?')}"
+    )
+    if log.get("stream"):
+        lines.append(
+            f"* stream: {fmt.md(str(log['stream']))}, {log.get('stream_backlog', 0)} lines waiting"
+        )
+    return "\n".join(lines)
+
+
 def protections(room: dict[str, Any]) -> str:
     """``ledger, ACL, policy server`` for a protected room as the gateway lists it."""
     names = [
