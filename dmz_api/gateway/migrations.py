@@ -97,3 +97,10 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
             updated       BIGINT NOT NULL
         )"""
     )
+
+
+@upgrade_table.register(description="Rules with a life span: not_before and expires_at")
+async def upgrade_v4(conn: Connection, scheme: Scheme) -> None:
+    # Milliseconds since the epoch, NULL for no bound (policy/rules.py, Rule.active).
+    await conn.execute("ALTER TABLE gateway_rules ADD COLUMN not_before BIGINT")
+    await conn.execute("ALTER TABLE gateway_rules ADD COLUMN expires_at BIGINT")

@@ -20,7 +20,7 @@ from ..params import actor, json_body, query_choice, query_int, query_limit
 from .policy import server_names
 from .policy.matrix_paths import request_info
 from .policy.model import Outcome, RequestClass, RequestInfo, Source
-from .policy.rules import RULE_ID
+from .policy.rules import RULE_ID, parse_instant
 from .service import GATEWAY, GatewayService, WriteResult
 from .store import DecisionQuery
 
@@ -221,6 +221,7 @@ def describe_request(body: dict[str, Any]) -> RequestInfo:
         "user_agent",
         "ip",
         "body",
+        "at",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -285,6 +286,9 @@ def describe_request(body: dict[str, Any]) -> RequestInfo:
     room = _optional_str(body, "room", 255)
     if room is not None:
         info.room = room
+    at = parse_instant(body.get("at"), "at")
+    if at is not None:
+        info.at = at / 1000
     return info
 
 

@@ -189,7 +189,7 @@ class GatewayService:
             return
         self.metrics.store_read.set_to_current_time()
         try:
-            compiled = CompiledRuleset(rules, version)
+            compiled = CompiledRuleset(rules, version, int(self._clock() * 1000))
         except Exception:
             log.exception("Ruleset version %d cannot be compiled", version)
             self._fail_closed(f"ruleset version {version} cannot be compiled")
@@ -239,10 +239,31 @@ class GatewayService:
         """The decision for ``req``, recorded in the decision log. Synchronous and fast."""
         start = perf_counter_ns()
         compiled = self._compiled
+        if compiled is not None and compiled.next_change is not None:
+            compiled = self._life_span_check(compiled)
         decision = compiled.decide(req) if compiled is not None else self._unavailable
         latency_us = (perf_counter_ns() - start) // 1000
         self.record(req, decision, latency_us)
         return decision
+
+    def _life_span_check(self, compiled: CompiledRuleset) -> CompiledRuleset:
+        """``compiled``, or the same version compiled again once a rule starts or expires.
+
+        Every replica does this by itself at the instant (no restart, no store read).
+        """
+        now_ms = int(self._clock() * 1000)
+        next_change = compiled.next_change
+        if next_change is None or now_ms < next_change:
+            return compiled
+        again = CompiledRuleset(compiled.rules, compiled.version, now_ms)
+        log.info(
+            "Ruleset version %d recompiled at a rule's start or expiry (%d rules active)",
+            compiled.version,
+            len(again.enforce.refs) + (len(again.prospective.refs) if again.prospective else 0),
+        )
+        if self._compiled is compiled:
+            self._compiled = again
+        return again
 
     def record(self, req: RequestInfo, decision: Decision, latency_us: int = 0) -> None:
         """Log ``decision`` about ``req`` and count it (``decide`` does; so do built-in guards)."""
@@ -285,8 +306,13 @@ class GatewayService:
             ]
             version = None
         else:
+            if req.at is not None:
+                # "What if it were then": the life spans of that instant, too.
+                compiled = CompiledRuleset(compiled.rules, compiled.version, int(req.at * 1000))
+            elif compiled.next_change is not None:
+                compiled = self._life_span_check(compiled)
             decision = compiled.decide(req)
-            explanation = explain(compiled.rules, req, compiled.version)
+            explanation = explain(compiled.rules, req, compiled.version, compiled.now_ms)
             if explanation.decision != decision:
                 log.error(
                     "Compiled and reference evaluators disagree on %s: %s vs %s",

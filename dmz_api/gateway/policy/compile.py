@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from .expr import Program, compile_expression, guard_passes, request_data
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
 from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
@@ -50,6 +53,7 @@ class Ref:
     allow: Decision
     rooms: frozenset[str] | None = None
     types: frozenset[str] | None = None
+    program: Program | None = None
 
 
 def block_reason(rule: Rule, event_type: str | None = None) -> str:
@@ -61,6 +65,8 @@ def block_reason(rule: Rule, event_type: str | None = None) -> str:
         text = f"This client application or network is not approved by the gateway (rule {rule.id})"
     elif rule.kind is Kind.EVENT_TYPE_BLOCK:
         text = f"Event type {event_type} is blocked by gateway rule {rule.id}"
+    elif rule.kind is Kind.EXPR:
+        text = f"This request is blocked by gateway rule {rule.id}"
     else:
         text = f"This server may not reach this room or event type (gateway rule {rule.id})"
     return safe_text(text)
@@ -223,6 +229,7 @@ class CompiledSet:
     federation_types: dict[str, Ref] = field(default_factory=dict)
     client: ClientIndex | None = None
     client_gate: Ref | None = None
+    exprs: ExprIndex | None = None
     _views: dict[str, _OriginView] = field(default_factory=dict)
 
     @classmethod
@@ -266,6 +273,8 @@ class CompiledSet:
         if by_kind[Kind.CLIENT_ALLOW]:
             compiled.client = ClientIndex(by_kind[Kind.CLIENT_ALLOW])
             compiled.client_gate = by_kind[Kind.CLIENT_ALLOW][0]
+        if by_kind[Kind.EXPR]:
+            compiled.exprs = ExprIndex(by_kind[Kind.EXPR])
         return compiled
 
     def _view(self, origin: str) -> _OriginView:
@@ -334,16 +343,28 @@ class CompiledSet:
                     best = gate
             elif allowed_by is None or matched.order < allowed_by.order:
                 allowed_by = matched
+        if self.exprs is not None:
+            matched = self.exprs.first_match(req, best.order if best is not None else None)
+            if matched is not None:
+                best = matched
         return best, allowed_by
 
 
 class CompiledRuleset:
-    """Every decision one ruleset version can make, ready for ``decide``."""
+    """Every decision one ruleset version can make, ready for ``decide``.
 
-    def __init__(self, rules: Iterable[Rule], version: int) -> None:
+    Only the rules active at ``now_ms`` (their life span, ``Rule.active``) are compiled in;
+    ``next_change`` is the first later instant at which that set changes (None: never), and
+    whoever holds the ruleset compiles it again from ``rules`` once that instant is reached
+    (``GatewayService.decide`` compares one integer per request).
+    """
+
+    def __init__(self, rules: Iterable[Rule], version: int, now_ms: int | None = None) -> None:
         self.version = version
         self.rules = tuple(sorted(rules, key=lambda r: r.sort_key))
-        enabled = [rule for rule in self.rules if rule.enabled]
+        self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        self.next_change = next_change(self.rules, self.now_ms)
+        enabled = [rule for rule in self.rules if rule.enabled and rule.active(self.now_ms)]
         refs = [make_ref(rule, order, version) for order, rule in enumerate(enabled)]
         self.enforce = CompiledSet.build([r for r in refs if r.rule.mode is Mode.ENFORCE], version)
         # Audit rules are judged by evaluating every enabled rule as if it were enforced.
@@ -392,5 +413,70 @@ def unavailable_decision(version: int) -> Decision:
     )
 
 
-def compile_ruleset(rules: Iterable[Rule], version: int) -> CompiledRuleset:
-    return CompiledRuleset(rules, version)
+def compile_ruleset(
+    rules: Iterable[Rule], version: int, now_ms: int | None = None
+) -> CompiledRuleset:
+    return CompiledRuleset(rules, version, now_ms)
+
+
+def next_change(rules: Iterable[Rule], now_ms: int) -> int | None:
+    """The first instant after ``now_ms`` at which a rule starts or stops applying."""
+    future = [
+        t
+        for rule in rules
+        for t in (rule.not_before, rule.expires_at)
+        if t is not None and t > now_ms
+    ]
+    return min(future) if future else None
+
+
+class ExprIndex:
+    """expr rules, each skipped for requests its guards exclude (see ``expr.Program.guards``).
+
+    ``first_match(req, before)`` evaluates, in pipeline order, only the expressions that
+    come before ``before`` (a blocking rule already found wins over later ones) and whose
+    guards admit the request, and stops at the first that is true.
+    """
+
+    def __init__(self, refs: Sequence[Ref]) -> None:
+        self.unguarded: list[Ref] = []
+        # field → value → the rules whose first guard is on that field and admits the value.
+        self.guarded: dict[str, dict[str, list[Ref]]] = {}
+        for ref in refs:
+            program = compile_expression(ref.rule.params["expression"])
+            ref.program = program
+            if program.guards:
+                name, values = program.guards[0]
+                table = self.guarded.setdefault(name, {})
+                for value in values:
+                    table.setdefault(value, []).append(ref)
+            else:
+                self.unguarded.append(ref)
+        self._fields = tuple(self.guarded.items())
+
+    def first_match(self, req: RequestInfo, before: int | None) -> Ref | None:
+        data: dict[str, Any] | None = None
+        candidates: list[Ref] = list(self.unguarded)
+        if self._fields:
+            fields: dict[str, Any] | None = None
+            for name, table in self._fields:
+                if fields is None:
+                    data = request_data(req, req.at if req.at is not None else time.time())
+                    fields = data["request"]
+                value = fields[name]
+                if value is not None:
+                    candidates += table.get(value, ())
+            if len(candidates) > 1:
+                candidates.sort(key=lambda ref: ref.order)
+        for ref in candidates:
+            if before is not None and ref.order >= before:
+                break
+            program = ref.program
+            assert program is not None
+            if data is None:
+                data = request_data(req, req.at if req.at is not None else time.time())
+            if len(program.guards) > 1 and not guard_passes(program, data):
+                continue
+            if program.run(data)[0]:
+                return ref
+        return None
