@@ -75,6 +75,47 @@ async def list_rules(request: web.Request) -> web.Response:
 
 
 @requires_scope("rules")
+async def export_rules(request: web.Request) -> web.Response:
+    version, text = await service(request).export_rules()
+    return web.Response(
+        text=text,
+        content_type="application/yaml",
+        headers={
+            "ETag": f'"{version}"',
+            "Content-Disposition": f'attachment; filename="gateway-rules-v{version}.yaml"',
+        },
+    )
+
+
+@requires_scope("rules")
+async def import_rules(request: web.Request) -> web.Response:
+    dry_run = query_choice(request, "dry_run", ("true", "false")) == "true"
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        raise InvalidParam("the document must be UTF-8 text") from None
+    reason = request.query.get("reason")
+    if reason is not None and len(reason) > 500:
+        raise InvalidParam("reason must be a string of at most 500 characters")
+    version, change = await service(request).import_rules(
+        text,
+        author=actor(request),
+        expected=expected_version(request),
+        reason=reason,
+        dry_run=dry_run,
+    )
+    return web.json_response(
+        {
+            "version": version,
+            "dry_run": dry_run,
+            "changed": not change.empty,
+            "diff": change.diff,
+        },
+        headers={"ETag": f'"{version}"'},
+    )
+
+
+@requires_scope("rules")
 async def get_rule(request: web.Request) -> web.Response:
     wanted = rule_id(request)
     version, rules = await service(request).rules()
@@ -303,6 +344,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/rules", list_rules, name="gateway.rules")
     router.add_post("/v1/rules", add_rule, name="gateway.rules.add")
     router.add_get("/v1/rules/history", rules_history, name="gateway.rules.history")
+    router.add_get("/v1/rules/export", export_rules, name="gateway.rules.export")
+    router.add_post("/v1/rules/import", import_rules, name="gateway.rules.load")
     router.add_post("/v1/rules/preset/{name}", apply_preset, name="gateway.rules.preset")
     router.add_get("/v1/rules/{rule_id}", get_rule, name="gateway.rule")
     router.add_patch("/v1/rules/{rule_id}", update_rule, name="gateway.rule.update")

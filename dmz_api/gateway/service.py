@@ -42,6 +42,7 @@ from ..errors import Conflict, InvalidParam, NotFound
 from .config import GatewayConfig
 from .decisions import DecisionLog, GatewayMetrics
 from .policy.compile import UNAVAILABLE_RULE, CompiledRuleset, unavailable_decision
+from .policy.document import export_document, parse_document, plan
 from .policy.evaluate import explain
 from .policy.model import Decision, Mode, Outcome, RequestInfo
 from .policy.rules import (
@@ -438,6 +439,39 @@ class GatewayService:
             expected, mutate, author=author, reason=reason or f"remove rule {rule_id}"
         )
         return WriteResult(version, True, change.result)
+
+    async def export_rules(self) -> tuple[int, str]:
+        """(version, the ruleset as one YAML document)."""
+        version, rules = await self.rules()
+        return version, export_document(version, rules)
+
+    async def import_rules(
+        self,
+        text: str,
+        *,
+        author: str | None,
+        expected: int | None = None,
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[int, Change]:
+        """Make the stored rules exactly the document's, as one version (or show the diff).
+
+        A dry run writes nothing and answers the current version and the diff an import
+        would make now; ``expected`` (If-Match) is checked either way.
+        """
+        specs = parse_document(text)
+        if dry_run:
+            version, rules = await self.store.load()
+            if expected is not None and expected != version:
+                raise Conflict(f"The ruleset is at version {version}, not {expected}: export again")
+            return version, plan({r.id: r for r in rules}, specs, author=author, now=self._now())
+
+        def mutate(rules: dict[str, Rule]) -> Change:
+            return plan(rules, specs, author=author, now=self._now())
+
+        return await self._write(
+            expected, mutate, author=author, reason=reason or f"import {len(specs)} rules"
+        )
 
     async def promote(
         self,

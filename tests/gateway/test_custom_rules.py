@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from mautrix.util.async_db import Database
 
 from dmz_api.config_reader import Section
@@ -212,3 +213,71 @@ def test_instants() -> None:
     assert parse_instant(None, "x") is None
     with pytest.raises(InvalidParam, match="not an ISO 8601 time"):
         parse_instant("next tuesday", "until")
+
+
+# ---- policy as code
+
+
+async def test_export_edit_import(client: GatewayClient) -> None:
+    for rule in (
+        {"id": "blk", "kind": "server_block", "params": {"servers": ["evil.example"]}},
+        {"id": "old", "kind": "server_block", "params": {"servers": ["old.example"]}},
+    ):
+        assert (await client.post("/v1/rules", json=rule, headers=ADMIN)).status == 201
+    exported = await client.get("/v1/rules/export", headers=ADMIN)
+    assert exported.status == 200 and exported.content_type == "application/yaml"
+    etag = exported.headers["ETag"]
+    text = await exported.text()
+    assert "format: bastion.gateway.rules/1" in text and "evil.example" in text
+    unchanged = await client.post(
+        "/v1/rules/import", data=text, headers={**ADMIN, "If-Match": etag}
+    )
+    result = await unchanged.json()
+    assert (result["version"], result["changed"], result["diff"]) == (2, False, {})
+
+    edited = yaml.safe_load(text)
+    edited["rules"] = [r for r in edited["rules"] if r["id"] != "old"]
+    edited["rules"][0]["mode"] = "audit"
+    edited["rules"].append(
+        {
+            "id": "weekend",
+            "kind": "expr",
+            "params": {"expression": 'request.origin == "p.example" && request.weekday >= 6'},
+            "expires_at": "2027-03-31",
+        }
+    )
+    document = yaml.safe_dump(edited).replace("'2027-03-31'", "2027-03-31")  # a YAML date
+    dry = await client.post(
+        "/v1/rules/import?dry_run=true", data=document, headers={**ADMIN, "If-Match": etag}
+    )
+    result = await dry.json()
+    assert dry.status == 200 and result["dry_run"] and result["changed"], result
+    assert [r["id"] for r in result["diff"]["added"]] == ["weekend"]
+    assert result["diff"]["added"][0]["expires_at"] == "2027-03-31T00:00:00.000Z"
+    assert [r["id"] for r in result["diff"]["removed"]] == ["old"]
+    assert result["diff"]["changed"][0]["after"]["mode"] == "audit"
+    still = await (await client.get("/v1/rules", headers=ADMIN)).json()
+    assert [r["id"] for r in still["rules"]] == ["blk", "old"]  # a dry run writes nothing
+
+    bad = document.replace("request.weekday >= 6", "request.weekday >=")
+    refused = await client.post("/v1/rules/import", data=bad, headers=ADMIN)
+    body = await refused.json()
+    assert refused.status == 400 and body["errcode"] == "M_INVALID_PARAM"
+    assert "rules[1] (weekend): params.expression: line 1, column" in body["error"]
+
+    stale = await client.post(
+        "/v1/rules/import", data=document, headers={**ADMIN, "If-Match": '"1"'}
+    )
+    assert stale.status == 409
+    done = await client.post("/v1/rules/import", data=document, headers={**ADMIN, "If-Match": etag})
+    result = await done.json()
+    assert done.status == 200 and result["version"] == 3 and not result["dry_run"]
+    now = await (await client.get("/v1/rules", headers=ADMIN)).json()
+    assert [(r["id"], r["mode"]) for r in now["rules"]] == [
+        ("blk", "audit"),
+        ("weekend", "enforce"),
+    ]
+    again = await client.post("/v1/rules/import", data=document, headers=ADMIN)
+    assert (await again.json())["changed"] is False  # the same document: no new version
+    history = await (await client.get("/v1/rules/history", headers=ADMIN)).json()
+    assert history["versions"][0]["reason"] == "import 2 rules"
