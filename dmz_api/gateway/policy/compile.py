@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .expr import Program, compile_expression, guard_passes, request_data
+from .expr import Program, bind, compile_any, compile_expression, guard_passes, request_data
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
 from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
@@ -233,7 +233,7 @@ class CompiledSet:
     _views: dict[str, _OriginView] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, refs: Sequence[Ref], version: int) -> CompiledSet:
+    def build(cls, refs: Sequence[Ref], version: int, memo: ExprMemo | None = None) -> CompiledSet:
         compiled = cls(refs)
         by_kind: dict[Kind, list[Ref]] = {kind: [] for kind in Kind}
         for ref in refs:
@@ -274,7 +274,7 @@ class CompiledSet:
             compiled.client = ClientIndex(by_kind[Kind.CLIENT_ALLOW])
             compiled.client_gate = by_kind[Kind.CLIENT_ALLOW][0]
         if by_kind[Kind.EXPR]:
-            compiled.exprs = ExprIndex(by_kind[Kind.EXPR])
+            compiled.exprs = ExprIndex(by_kind[Kind.EXPR], memo or ExprMemo())
         return compiled
 
     def _view(self, origin: str) -> _OriginView:
@@ -366,10 +366,16 @@ class CompiledRuleset:
         self.next_change = next_change(self.rules, self.now_ms)
         enabled = [rule for rule in self.rules if rule.enabled and rule.active(self.now_ms)]
         refs = [make_ref(rule, order, version) for order, rule in enumerate(enabled)]
-        self.enforce = CompiledSet.build([r for r in refs if r.rule.mode is Mode.ENFORCE], version)
+        # Shared by both sets, so an expression is evaluated at most once per request.
+        self._memo = ExprMemo() if any(r.rule.kind is Kind.EXPR for r in refs) else None
+        self.enforce = CompiledSet.build(
+            [r for r in refs if r.rule.mode is Mode.ENFORCE], version, self._memo
+        )
         # Audit rules are judged by evaluating every enabled rule as if it were enforced.
         self.prospective = (
-            CompiledSet.build([make_ref(r.rule, r.order, version) for r in refs], version)
+            CompiledSet.build(
+                [make_ref(r.rule, r.order, version) for r in refs], version, self._memo
+            )
             if any(r.rule.mode is Mode.AUDIT for r in refs)
             else None
         )
@@ -392,6 +398,8 @@ class CompiledRuleset:
     def decide(self, req: RequestInfo) -> Decision:
         if req.malformed is not None:
             return self.malformed(req.malformed)
+        if self._memo is not None:
+            self._memo.reset()
         blocked, allowed_by = self.enforce.check(req)
         if blocked is not None:
             return blocked.block
@@ -430,15 +438,59 @@ def next_change(rules: Iterable[Rule], now_ms: int) -> int | None:
     return min(future) if future else None
 
 
+class ExprMemo:
+    """What one request's expressions have in common, shared by the enforce and audit sets:
+    the request object, its conversion for the runtime, and each rule's result.
+    ``CompiledRuleset.decide`` resets it per request (decide is synchronous, so one memo
+    per ruleset is enough)."""
+
+    __slots__ = ("bound", "data", "enforced_false", "results")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.data: dict[str, Any] | None = None
+        self.bound: Any = None
+        self.results: dict[str, bool] = {}
+        # Every unguarded enforce-mode expression is known to be false for this request.
+        self.enforced_false = False
+
+    def request(self, req: RequestInfo) -> dict[str, Any]:
+        if self.data is None:
+            self.data = request_data(req, req.at if req.at is not None else time.time())
+        return self.data
+
+    def matched(self, req: RequestInfo, ref: Ref) -> bool:
+        rule_id = ref.rule.id
+        result = self.results.get(rule_id)
+        if result is None:
+            program = ref.program
+            assert program is not None
+            data = self.request(req)
+            if len(program.guards) > 1 and not guard_passes(program, data):
+                result = False
+            else:
+                if self.bound is None:
+                    self.bound = bind(data)
+                result = program.run(self.bound)[0]
+            self.results[rule_id] = result
+        return result
+
+
 class ExprIndex:
     """expr rules, each skipped for requests its guards exclude (see ``expr.Program.guards``).
 
     ``first_match(req, before)`` evaluates, in pipeline order, only the expressions that
     come before ``before`` (a blocking rule already found wins over later ones) and whose
-    guards admit the request, and stops at the first that is true.
+    guards admit the request, and stops at the first that is true. The unguarded ones are
+    first asked all at once, as one ``(e1) || (e2) || ...`` program: a plain ``false``
+    means none of them is true (an error in any would make it an error, never false), so
+    the common case costs one call into the runtime instead of one per expression.
     """
 
-    def __init__(self, refs: Sequence[Ref]) -> None:
+    def __init__(self, refs: Sequence[Ref], memo: ExprMemo) -> None:
+        self.memo = memo
         self.unguarded: list[Ref] = []
         # field → value → the rules whose first guard is on that field and admits the value.
         self.guarded: dict[str, dict[str, list[Ref]]] = {}
@@ -453,30 +505,43 @@ class ExprIndex:
             else:
                 self.unguarded.append(ref)
         self._fields = tuple(self.guarded.items())
+        self._any = self._compile_any(self.unguarded)
+        audited = [ref for ref in self.unguarded if ref.rule.mode is Mode.AUDIT]
+        # The audit set holds the enforce set's expressions too: once those are known to be
+        # false, only the audit-mode ones are left to ask.
+        self._all_enforced = not audited
+        self._audited = audited
+        self._any_audited = self._compile_any(audited)
+
+    @staticmethod
+    def _compile_any(refs: Sequence[Ref]) -> Program | None:
+        return compile_any([r.rule.params["expression"] for r in refs]) if len(refs) > 1 else None
 
     def first_match(self, req: RequestInfo, before: int | None) -> Ref | None:
-        data: dict[str, Any] | None = None
-        candidates: list[Ref] = list(self.unguarded)
+        memo = self.memo
+        if memo.enforced_false:
+            candidates, program = self._audited, self._any_audited
+        else:
+            candidates, program = self.unguarded, self._any
+        if program is not None and (before is None or candidates[0].order < before):
+            if memo.bound is None:
+                memo.bound = bind(memo.request(req))
+            if program.run(memo.bound) == (False, False):
+                candidates = []
+                if self._all_enforced:
+                    memo.enforced_false = True
         if self._fields:
-            fields: dict[str, Any] | None = None
+            fields = memo.request(req)["request"]
+            found: list[Ref] = []
             for name, table in self._fields:
-                if fields is None:
-                    data = request_data(req, req.at if req.at is not None else time.time())
-                    fields = data["request"]
                 value = fields[name]
                 if value is not None:
-                    candidates += table.get(value, ())
-            if len(candidates) > 1:
-                candidates.sort(key=lambda ref: ref.order)
+                    found += table.get(value, ())
+            if found:
+                candidates = sorted([*candidates, *found], key=lambda ref: ref.order)
         for ref in candidates:
             if before is not None and ref.order >= before:
                 break
-            program = ref.program
-            assert program is not None
-            if data is None:
-                data = request_data(req, req.at if req.at is not None else time.time())
-            if len(program.guards) > 1 and not guard_passes(program, data):
-                continue
-            if program.run(data)[0]:
+            if memo.matched(req, ref):
                 return ref
         return None

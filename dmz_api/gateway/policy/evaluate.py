@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .compile import MALFORMED_RULE, glob_regex, make_ref
-from .expr import compile_expression, request_data, visible
+from .expr import bind, compile_expression, request_data, visible
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, iso, safe_text
 from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
@@ -161,7 +161,7 @@ def _judge(
 def expr_result(rule: Rule, req: RequestInfo) -> tuple[bool, object, dict[str, Any]]:
     """(matched, returned, what it saw) for an expr rule (an error or a non-bool matches)."""
     data = request_data(req, req.at if req.at is not None else time.time())
-    matched, returned = compile_expression(rule.params["expression"]).run(data)
+    matched, returned = compile_expression(rule.params["expression"]).run(bind(data))
     return matched, returned, visible(data)
 
 

@@ -52,7 +52,7 @@ FIELDS: dict[str, str] = {
     "room": "room ID, or null",
     "ip": "client address, or null",
     "user_agent": "User-Agent, or null",
-    "time": "the instant as ISO 8601 UTC text",
+    "time": "the instant as ISO 8601 UTC text, to the second",
     "weekday": "ISO weekday in UTC: 1 = Monday ... 7 = Sunday",
     "hour": "hour of the day in UTC, 0-23",
 }
@@ -79,9 +79,10 @@ class Program:
     # (field, allowed values): the expression is false unless request[field] is listed.
     guards: tuple[tuple[str, frozenset[str]], ...]
 
-    def run(self, data: Mapping[str, Any]) -> tuple[bool, object]:
-        """(matched, what the expression returned). An error or a non-bool matches."""
-        value = self.compiled.eval(data=data)
+    def run(self, bound: Any) -> tuple[bool, object]:
+        """(matched, what the expression returned) for ``bind(data)``; an error or a non-bool
+        matches."""
+        value = self.compiled.eval(bound)
         plain = value.value()
         if value.type() == _T.BOOL and isinstance(plain, bool):
             return plain, plain
@@ -191,13 +192,28 @@ def compile_expression(text: str) -> Program:
     return Program(text, compiled, _guards(text))
 
 
+def compile_any(texts: list[str]) -> Program:
+    """One program true when any of the (already checked) expressions is: ``(a) || (b)``."""
+    program = _ENV.compile(" || ".join(f"({text})" for text in texts))
+    return Program("", program, ())
+
+
 def _cut(value: str | None) -> str | None:
     return value[:MAX_FIELD] if value is not None else None
 
 
+@lru_cache(maxsize=4)
+def _instant(second: int) -> tuple[datetime, str, int, int]:
+    # The time fields change once a second: computed once per second, not per request.
+    instant = datetime.fromtimestamp(second, UTC)
+    text = instant.isoformat().replace("+00:00", "Z")
+    return instant, text, instant.isoweekday(), instant.hour
+
+
 def request_data(req: RequestInfo, now: float) -> dict[str, Any]:
-    """What an expression sees: ``request`` (see ``FIELDS``) and ``now`` (a timestamp)."""
-    instant = datetime.fromtimestamp(now, UTC)
+    """What an expression sees: ``request`` (see ``FIELDS``) and ``now`` (a timestamp, to
+    the second)."""
+    instant, text, weekday, hour = _instant(int(now))
     user = req.user
     user_server = user.split(":", 1)[1] if user is not None and ":" in user else None
     return {
@@ -213,12 +229,17 @@ def request_data(req: RequestInfo, now: float) -> dict[str, Any]:
             "room": _cut(req.room),
             "ip": req.ip,
             "user_agent": _cut(req.user_agent),
-            "time": instant.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "weekday": instant.isoweekday(),
-            "hour": instant.hour,
+            "time": text,
+            "weekday": weekday,
+            "hour": hour,
         },
         "now": instant,
     }
+
+
+def bind(data: Mapping[str, Any]) -> Any:
+    """``data`` converted for the runtime once, for every expression judging one request."""
+    return _ENV.Activation(data=data)
 
 
 def visible(data: Mapping[str, Any]) -> dict[str, Any]:
