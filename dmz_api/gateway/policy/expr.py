@@ -192,9 +192,13 @@ def compile_expression(text: str) -> Program:
     return Program(text, compiled, _guards(text))
 
 
-def compile_any(texts: list[str]) -> Program:
-    """One program true when any of the (already checked) expressions is: ``(a) || (b)``."""
-    program = _ENV.compile(" || ".join(f"({text})" for text in texts))
+def compile_any(texts: list[str]) -> Program | None:
+    """One program true when any of the (already checked) expressions is: ``(a) || (b)``;
+    None if the runtime will not take them as one (they are then asked one by one)."""
+    try:
+        program = _ENV.compile(" || ".join(f"({text})" for text in texts))
+    except Exception:  # a shortcut only: never a reason to fail the ruleset
+        return None
     return Program("", program, ())
 
 
