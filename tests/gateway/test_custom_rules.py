@@ -90,6 +90,10 @@ def test_guards_only_for_plain_conjunctions() -> None:
     assert guards('request.origin == "a" && request.hour < 9 ? true : false') == {}
     assert guards('!(request.origin == "a") && request.user == "@x:y"') == {"user": {"@x:y"}}
     assert guards('request.origin == "a\\"b" && true') == {}
+    # A field name inside a string literal is text, not a field.
+    assert guards('request.path == "/x/request.nope" && request.user == "@a:b"') == {
+        "user": {"@a:b"}
+    }
 
 
 # ---- through the API

@@ -70,6 +70,8 @@ _EQ = re.compile(
 )
 _IN = re.compile(rf"^request\.([a-z_]+)\s+in\s+\[\s*({_STRING}(?:\s*,\s*{_STRING})*)\s*,?\s*\]$")
 _LITERAL = re.compile(_STRING)
+# String literals (escapes included), blanked before looking for request fields in the text.
+_ANY_STRING = re.compile(r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'""")
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,9 @@ def compile_expression(text: str) -> Program:
         raise InvalidParam("params.expression must not be empty")
     if len(text) > MAX_EXPRESSION:
         raise InvalidParam(f"params.expression may be at most {MAX_EXPRESSION} characters")
-    for found in _FIELD_REF.finditer(text):
+    # Same length, so positions still point into the text as written.
+    code = _ANY_STRING.sub(lambda m: '"' + " " * (len(m.group()) - 2) + '"', text)
+    for found in _FIELD_REF.finditer(code):
         if found.group(1) not in FIELDS:
             line = text.count("\n", 0, found.start()) + 1
             column = found.start() - (text.rfind("\n", 0, found.start()) + 1) + 1
