@@ -55,6 +55,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/registrar.py --database postgres
 	$(BIN)/python bench/bot.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/custom_rules.py
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/policy_server.py
 	$(BIN)/python bench/protected_rooms.py

@@ -67,8 +67,12 @@ def serve_upstream(port: int) -> None:
 
     body = b'{"event_id":"$WLGTSEFSEBfyCuD6sm6XYSb6bfRFXAs0UG4GP4tkuFg"}'
 
+    whoami = b'{"user_id":"@bench:corp.example"}'
+
     async def answer(request: web.Request) -> web.Response:
         await request.read()
+        if request.path == "/_matrix/client/v3/account/whoami":  # the gateway's user lookup
+            return web.Response(body=whoami, content_type="application/json")
         return web.Response(body=body, content_type="application/json")
 
     app = web.Application()
@@ -175,10 +179,12 @@ def start_nginx(workdir: Path, upstream_port: int) -> Nginx:
     ).start()
 
 
-def start_gateway(workdir: Path, upstream_port: int, event_loop: str) -> tuple[DmzApi, str]:
+def start_gateway(
+    workdir: Path, upstream_port: int, event_loop: str, user_lookup: bool = False
+) -> tuple[DmzApi, str]:
     proxy_port = free_port()
     dmz = DmzApi(
-        workdir / "dmz_api",
+        workdir / ("dmz_api-lookup" if user_lookup else "dmz_api"),
         {
             "log_level": "WARNING",
             "server": {"event_loop": event_loop},
@@ -186,9 +192,10 @@ def start_gateway(workdir: Path, upstream_port: int, event_loop: str) -> tuple[D
                 "server_name": "corp.example",
                 "upstream": f"http://127.0.0.1:{upstream_port}",
                 "listen": {"host": "127.0.0.1", "port": proxy_port},
+                "user_lookup": {"enabled": user_lookup},
             },
         },
-        name="dmz_api-bench",
+        name="dmz_api-bench-lookup" if user_lookup else "dmz_api-bench",
     ).start()
     status, body = dmz.call(
         "POST", "/v1/rules/preset/compliance-ledger", {}, acting_user="@bench:corp.example"
@@ -245,6 +252,16 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         decisions = metric(dmz, "dmz_api_gateway_decisions_total")
         dropped = metric(dmz, "dmz_api_gateway_decisions_dropped_total")
         written = metric(dmz, "dmz_api_gateway_decisions_written_total")
+        dmz.stop()
+        dmz = None
+        # The same gateway with the user lookup on: one token, so after the first request
+        # every lookup is a cache hit (what a steady client costs).
+        dmz, proxy_url = start_gateway(workdir, upstream_port, args.event_loop, user_lookup=True)
+        http["gateway_user_lookup"] = measure(
+            "gateway_user_lookup", proxy_url, script, args, dmz.process.proc.pid
+        )
+        asked = metric(dmz, 'dmz_api_gateway_user_lookups_total{result="asked"}')
+        cached = metric(dmz, 'dmz_api_gateway_user_lookups_total{result="cached"}')
     finally:
         if dmz is not None:
             dmz.stop()
@@ -265,7 +282,10 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "ratio_to_nginx": {
             "direct": ratios(http["direct"], http["nginx"]),
             "gateway": ratios(http["gateway"], http["nginx"]),
+            "gateway_user_lookup": ratios(http["gateway_user_lookup"], http["nginx"]),
         },
+        "user_lookup_vs_off": ratios(http["gateway_user_lookup"], http["gateway"]),
+        "user_lookups": {"asked": asked, "cached": cached},
         "decision_log": {"decisions": decisions, "written": written, "dropped": dropped},
         "decide_us": {
             n: {k: round(v, 2) for k, v in r.items() if k not in ("rules", "dropped")}
@@ -293,7 +313,7 @@ def table(result: dict[str, Any]) -> str:
         f" {result['wrk']['seconds']:g} s each",
         f"{'':22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs nginx':>9}",
     ]
-    for name in ("direct", "nginx", "gateway"):
+    for name in ("direct", "nginx", "gateway", "gateway_user_lookup"):
         data = http[name]
         vs = f"{ratio[name]['throughput']:.2f}x" if name in ratio else "1.00x"
         label = f"gateway ({result['event_loop']})" if name == "gateway" else name
@@ -313,6 +333,13 @@ def table(result: dict[str, Any]) -> str:
             f" p50 {data['classify_decide_p50_us']:.1f} µs,"
             f" p99 {data['classify_decide_p99_us']:.1f} µs)"
         )
+    lookup = result["user_lookup_vs_off"]
+    lines.append(
+        f"user lookup on vs off: throughput {lookup['throughput']:.2f}x,"
+        f" p50 {lookup['p50']:.2f}x, p99 {lookup['p99']:.2f}x"
+        f" ({result['user_lookups']['asked']:.0f} whoami asked,"
+        f" {result['user_lookups']['cached']:.0f} from the cache)"
+    )
     log = result["decision_log"]
     lines.append(
         f"decision log: {log['decisions']:.0f} decisions, {log['written']:.0f} written,"

@@ -31,6 +31,8 @@ from .confirm import Confirmations
 from .db import ConfirmationStore, DirectRoomStore
 from .direct import DirectMessages
 from .dmz import DmzTransport, Gateway, Registrar
+from .expiry import INTERVAL as EXPIRY_INTERVAL
+from .expiry import ExpiryNotices
 from .gate import Gate
 from .identity import IdentityChecker
 from .migrations import upgrade_table
@@ -46,6 +48,8 @@ class BastionBot(Plugin):
     families: list[CommandFamily]
     revoker: Revoker
     sweep_task: asyncio.Task[None] | None
+    expiry_task: asyncio.Task[None] | None
+    expiry: ExpiryNotices
 
     @classmethod
     def get_config_class(cls) -> type[BaseProxyConfig]:
@@ -58,6 +62,7 @@ class BastionBot(Plugin):
     async def start(self) -> None:
         await super().start()
         self.sweep_task = None
+        self.expiry_task = None
         self.config.load_and_update()
         for problem in self.config.problems():
             self.log.warning("Configuration: %s", problem)
@@ -109,15 +114,24 @@ class BastionBot(Plugin):
         if self.webapp is not None:
             self.register_handler_class(SweepMetrics(self.config, self.revoker))
         self.sweep_task = asyncio.create_task(self._sweep_forever())
+        sbg = next(family for family in self.families if isinstance(family, SbgCommands))
+        self.expiry = ExpiryNotices(
+            self.services,
+            self.database,
+            self.log.getChild("expiry"),
+            on_expired=sbg.rooms.rules_changed,
+        )
+        self.expiry_task = asyncio.create_task(self._expiry_forever())
 
     async def stop(self) -> None:
-        if self.sweep_task is not None:
-            self.sweep_task.cancel()
-            try:
-                await self.sweep_task
-            except asyncio.CancelledError:
-                pass
-            self.sweep_task = None
+        for task in (self.sweep_task, self.expiry_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self.sweep_task = self.expiry_task = None
         for family in self.families:
             await family.close()
         await super().stop()
@@ -129,6 +143,15 @@ class BastionBot(Plugin):
             except Exception:
                 self.log.exception("The revocation sweep failed")
             await asyncio.sleep(interval)
+
+    async def _expiry_forever(self) -> None:
+        while True:
+            # First after one interval: the gateway is often still starting with the bot.
+            await asyncio.sleep(EXPIRY_INTERVAL)
+            try:
+                await self.expiry.check()
+            except Exception:
+                self.log.exception("The rule expiry check failed")
 
     @event.on(EventType.ROOM_MEMBER)
     async def on_member(self, evt: StateEvent) -> None:

@@ -78,3 +78,17 @@ async def upgrade_v2(conn: Connection) -> None:
         )"""
     )
     await conn.execute("CREATE INDEX confirmation_prompt_idx ON confirmation (prompt_event)")
+
+
+@upgrade_table.register(description="Rule expiry notices already posted (plugin/expiry.py)")
+async def upgrade_v3(conn: Connection) -> None:
+    # One row per notice posted: a restart does not repeat it; a new expires_at is new.
+    await conn.execute(
+        """CREATE TABLE rule_expiry_notice (
+            rule_id      TEXT   NOT NULL,
+            expires_at   TEXT   NOT NULL,
+            stage        TEXT   NOT NULL CHECK (stage IN ('soon', 'expired')),
+            announced_at BIGINT NOT NULL,
+            PRIMARY KEY (rule_id, expires_at, stage)
+        )"""
+    )

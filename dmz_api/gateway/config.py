@@ -98,6 +98,24 @@ class PolicyServerConfig:
 
 
 @dataclass(frozen=True)
+class UserLookupConfig:
+    """Which user an access token belongs to, asked of the homeserver (``enforce/users.py``)."""
+
+    # Off by default: it adds a homeserver round trip per new access token and an outbound
+    # dependency; deployments whose rules name users, or that want users in the decision
+    # log for every client request, turn it on (docs/rules.md, section 12).
+    enabled: bool = False
+    # Tokens remembered (by their SHA-256, never the token), least recently used dropped.
+    cache_size: int = 10_000
+    # Seconds an answer is trusted (a logged-out token keeps its user this long at most).
+    cache_ttl: float = 300.0
+    # Seconds the homeserver has to answer /account/whoami.
+    timeout: float = 5.0
+    # When the homeserver cannot say: "decide" without a user, or "refuse" the request.
+    on_failure: str = "decide"
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     # The server name of the homeserver the gateway protects (tells local users from remote).
     server_name: str
@@ -120,6 +138,7 @@ class GatewayConfig:
     max_transaction_body: int = 12 * 1024**2
     # The homeserver's homeserver.yaml, read to warn what would undo compliance-ledger.
     homeserver_config: Path | None = None
+    user_lookup: UserLookupConfig = UserLookupConfig()
 
 
 def _networks(section: Section, name: str, default: list[str]) -> tuple[IPNetwork, ...]:
@@ -222,6 +241,21 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
             if section.has("homeserver_config")
             else None
         ),
+        user_lookup=_user_lookup(section),
+    )
+
+
+def _user_lookup(section: Section) -> UserLookupConfig:
+    lookup = _optional(section, "user_lookup")
+    on_failure = lookup.str("on_failure", "decide")
+    if on_failure not in ("decide", "refuse"):
+        raise lookup.error("on_failure", "must be decide (without a user) or refuse")
+    return UserLookupConfig(
+        enabled=lookup.bool("enabled", False),
+        cache_size=lookup.int("cache_size", 10_000, low=1, high=10_000_000),
+        cache_ttl=lookup.float("cache_ttl", 300.0),
+        timeout=lookup.float("timeout", 5.0),
+        on_failure=on_failure,
     )
 
 

@@ -170,3 +170,10 @@ async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
     await conn.execute("CREATE INDEX gateway_decisions_origin ON gateway_decisions (origin, id)")
     await conn.execute("CREATE INDEX gateway_decisions_rule ON gateway_decisions (rule_id, id)")
     await conn.execute("CREATE INDEX gateway_decisions_event ON gateway_decisions (event_id, id)")
+
+
+@upgrade_table.register(description="Rules with a life span: not_before and expires_at")
+async def upgrade_v6(conn: Connection, scheme: Scheme) -> None:
+    # Milliseconds since the epoch, NULL for no bound (policy/rules.py, Rule.active).
+    await conn.execute("ALTER TABLE gateway_rules ADD COLUMN not_before BIGINT")
+    await conn.execute("ALTER TABLE gateway_rules ADD COLUMN expires_at BIGINT")

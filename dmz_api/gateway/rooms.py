@@ -166,7 +166,10 @@ class ProtectedRooms:
         if compiled is None:
             # Failing closed: no ruleset, so no state may be computed from one.
             raise Unavailable(f"The gateway has no ruleset loaded ({self.service.failure})")
-        return desired(room, compiled.rules, compiled.version, self.own_servers, self.policy_server)
+        # Rules outside their life span (not_before/expires_at) are not in force: not in the ACL.
+        now_ms = int(time.time() * 1000)
+        rules = [rule for rule in compiled.rules if rule.active(now_ms)]
+        return desired(room, rules, compiled.version, self.own_servers, self.policy_server)
 
     def check(self, room_id: str, state: Mapping[str, Any]) -> tuple[Desired, Check]:
         want = self.desired(room_id)

@@ -20,7 +20,7 @@ from ..params import actor, json_body, query_choice, query_int, query_limit
 from .policy import server_names
 from .policy.matrix_paths import request_info
 from .policy.model import Outcome, RequestClass, RequestInfo, Source
-from .policy.rules import RULE_ID
+from .policy.rules import RULE_ID, parse_instant
 from .service import GATEWAY, GatewayService, WriteResult
 from .store import DecisionQuery
 
@@ -70,6 +70,47 @@ async def list_rules(request: web.Request) -> web.Response:
     version, rules = await service(request).rules()
     return web.json_response(
         {"version": version, "rules": [rule.to_json() for rule in rules]},
+        headers={"ETag": f'"{version}"'},
+    )
+
+
+@requires_scope("rules")
+async def export_rules(request: web.Request) -> web.Response:
+    version, text = await service(request).export_rules()
+    return web.Response(
+        text=text,
+        content_type="application/yaml",
+        headers={
+            "ETag": f'"{version}"',
+            "Content-Disposition": f'attachment; filename="gateway-rules-v{version}.yaml"',
+        },
+    )
+
+
+@requires_scope("rules")
+async def import_rules(request: web.Request) -> web.Response:
+    dry_run = query_choice(request, "dry_run", ("true", "false")) == "true"
+    try:
+        text = await request.text()
+    except UnicodeDecodeError:
+        raise InvalidParam("the document must be UTF-8 text") from None
+    reason = request.query.get("reason")
+    if reason is not None and len(reason) > 500:
+        raise InvalidParam("reason must be a string of at most 500 characters")
+    version, change = await service(request).import_rules(
+        text,
+        author=actor(request),
+        expected=expected_version(request),
+        reason=reason,
+        dry_run=dry_run,
+    )
+    return web.json_response(
+        {
+            "version": version,
+            "dry_run": dry_run,
+            "changed": not change.empty,
+            "diff": change.diff,
+        },
         headers={"ETag": f'"{version}"'},
     )
 
@@ -241,6 +282,7 @@ def describe_request(body: dict[str, Any]) -> RequestInfo:
         "user_agent",
         "ip",
         "body",
+        "at",
     }
     unknown = sorted(set(body) - known)
     if unknown:
@@ -305,6 +347,9 @@ def describe_request(body: dict[str, Any]) -> RequestInfo:
     room = _optional_str(body, "room", 255)
     if room is not None:
         info.room = room
+    at = parse_instant(body.get("at"), "at")
+    if at is not None:
+        info.at = at / 1000
     return info
 
 
@@ -319,6 +364,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/rules", list_rules, name="gateway.rules")
     router.add_post("/v1/rules", add_rule, name="gateway.rules.add")
     router.add_get("/v1/rules/history", rules_history, name="gateway.rules.history")
+    router.add_get("/v1/rules/export", export_rules, name="gateway.rules.export")
+    router.add_post("/v1/rules/import", import_rules, name="gateway.rules.load")
     router.add_post("/v1/rules/preset/{name}", apply_preset, name="gateway.rules.preset")
     router.add_get("/v1/rules/{rule_id}", get_rule, name="gateway.rule")
     router.add_patch("/v1/rules/{rule_id}", update_rule, name="gateway.rule.update")

@@ -43,6 +43,7 @@ from .config import GatewayConfig
 from .decisions import DecisionLog, GatewayMetrics
 from .homeserver_check import LEDGER_RULE, check_homeserver_config
 from .policy.compile import UNAVAILABLE_RULE, CompiledRuleset, unavailable_decision
+from .policy.document import export_document, parse_document, plan
 from .policy.evaluate import explain
 from .policy.model import Decision, Mode, Outcome, RequestInfo
 from .policy.rules import (
@@ -191,7 +192,7 @@ class GatewayService:
             return
         self.metrics.store_read.set_to_current_time()
         try:
-            compiled = CompiledRuleset(rules, version)
+            compiled = CompiledRuleset(rules, version, int(self._clock() * 1000))
         except Exception:
             log.exception("Ruleset version %d cannot be compiled", version)
             self._fail_closed(f"ruleset version {version} cannot be compiled")
@@ -253,10 +254,31 @@ class GatewayService:
         """The decision for ``req``, recorded in the decision log. Synchronous and fast."""
         start = perf_counter_ns()
         compiled = self._compiled
+        if compiled is not None and compiled.next_change is not None:
+            compiled = self._life_span_check(compiled)
         decision = compiled.decide(req) if compiled is not None else self._unavailable
         latency_us = (perf_counter_ns() - start) // 1000
         self.record(req, decision, latency_us)
         return decision
+
+    def _life_span_check(self, compiled: CompiledRuleset) -> CompiledRuleset:
+        """``compiled``, or the same version compiled again once a rule starts or expires.
+
+        Every replica does this by itself at the instant (no restart, no store read).
+        """
+        now_ms = int(self._clock() * 1000)
+        next_change = compiled.next_change
+        if next_change is None or now_ms < next_change:
+            return compiled
+        again = CompiledRuleset(compiled.rules, compiled.version, now_ms)
+        log.info(
+            "Ruleset version %d recompiled at a rule's start or expiry (%d rules active)",
+            compiled.version,
+            len(again.enforce.refs) + (len(again.prospective.refs) if again.prospective else 0),
+        )
+        if self._compiled is compiled:
+            self._compiled = again
+        return again
 
     def record(self, req: RequestInfo, decision: Decision, latency_us: int = 0) -> None:
         """Log ``decision`` about ``req`` and count it (``decide`` does; so do built-in guards)."""
@@ -302,8 +324,13 @@ class GatewayService:
             ]
             version = None
         else:
+            if req.at is not None:
+                # "What if it were then": the life spans of that instant, too.
+                compiled = CompiledRuleset(compiled.rules, compiled.version, int(req.at * 1000))
+            elif compiled.next_change is not None:
+                compiled = self._life_span_check(compiled)
             decision = compiled.decide(req)
-            explanation = explain(compiled.rules, req, compiled.version)
+            explanation = explain(compiled.rules, req, compiled.version, compiled.now_ms)
             if explanation.decision != decision:
                 log.error(
                     "Compiled and reference evaluators disagree on %s: %s vs %s",
@@ -440,6 +467,39 @@ class GatewayService:
             expected, mutate, author=author, reason=reason or f"remove rule {rule_id}"
         )
         return WriteResult(version, True, change.result)
+
+    async def export_rules(self) -> tuple[int, str]:
+        """(version, the ruleset as one YAML document)."""
+        version, rules = await self.rules()
+        return version, export_document(version, rules)
+
+    async def import_rules(
+        self,
+        text: str,
+        *,
+        author: str | None,
+        expected: int | None = None,
+        reason: str | None = None,
+        dry_run: bool = False,
+    ) -> tuple[int, Change]:
+        """Make the stored rules exactly the document's, as one version (or show the diff).
+
+        A dry run writes nothing and answers the current version and the diff an import
+        would make now; ``expected`` (If-Match) is checked either way.
+        """
+        specs = parse_document(text)
+        if dry_run:
+            version, rules = await self.store.load()
+            if expected is not None and expected != version:
+                raise Conflict(f"The ruleset is at version {version}, not {expected}: export again")
+            return version, plan({r.id: r for r in rules}, specs, author=author, now=self._now())
+
+        def mutate(rules: dict[str, Rule]) -> Change:
+            return plan(rules, specs, author=author, now=self._now())
+
+        return await self._write(
+            expected, mutate, author=author, reason=reason or f"import {len(specs)} rules"
+        )
 
     async def promote(
         self,

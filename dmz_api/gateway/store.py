@@ -34,13 +34,14 @@ from .protection import Protection
 RULES_CHANNEL = "dmz_api_gateway_rules"
 
 _SELECT_RULES = (
-    "SELECT id, kind, params, mode, enabled, priority, note, author, created, updated"
-    " FROM gateway_rules"
+    "SELECT id, kind, params, mode, enabled, priority, note, author, created, updated,"
+    " not_before, expires_at FROM gateway_rules"
 )
 _INSERT_RULE = (
     "INSERT INTO gateway_rules"
-    " (id, kind, params, mode, enabled, priority, note, author, created, updated)"
-    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    " (id, kind, params, mode, enabled, priority, note, author, created, updated,"
+    " not_before, expires_at)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
 )
 DECISION_COLUMNS = (
     "ts",
@@ -347,6 +348,8 @@ class RuleStore:
                     rule.author,
                     rule.created,
                     rule.updated,
+                    rule.not_before,
+                    rule.expires_at,
                 )
             version = current + 1
             await conn.execute(

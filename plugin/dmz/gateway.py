@@ -24,6 +24,9 @@ class GatewayRule:
     priority: int
     note: str
     author: str
+    # ISO 8601 UTC, or None: the rule's life span (docs/rules.md, section 12).
+    not_before: str | None = None
+    expires_at: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> GatewayRule:
@@ -39,6 +42,8 @@ class GatewayRule:
             priority=as_int(data.get("priority"), 100),
             note=as_str(data.get("note")),
             author=as_str(data.get("author")),
+            not_before=as_str(data.get("not_before")) or None,
+            expires_at=as_str(data.get("expires_at")) or None,
         )
 
 
@@ -110,6 +115,11 @@ class Gateway(RoleClient):
     async def apply_preset(self, acting: Acting, name: str, *, version: int) -> RuleWrite:
         path = f"/v1/rules/preset/{quote(name, safe='')}"
         return await self._write("POST", path, acting, version)
+
+    async def export_rules(self, acting: Acting) -> str:
+        """The whole ruleset as the gateway's YAML document (docs/rules.md, section 13)."""
+        text = await self.request("GET", "/v1/rules/export", acting=acting, text=True)
+        return str(text)
 
     async def history(self, acting: Acting, *, limit: int) -> list[dict[str, Any]]:
         data = await self.request(

@@ -75,7 +75,10 @@ class DmzTransport:
         params: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         if_match: int | None = None,
+        text: bool = False,
     ) -> Any:
+        """The JSON answer; with ``text``, a successful answer's body as text (errors are
+        still read as Matrix-style JSON)."""
         timeout = self.config.dmz_timeout
         headers = {
             "Authorization": f"Bearer {self.config.dmz_api_key}",
@@ -115,6 +118,8 @@ class DmzTransport:
             if isinstance(data, dict) and isinstance(data.get("error"), str):
                 raise DmzError(status, str(data.get("errcode", "M_UNKNOWN")), data["error"])
             raise DmzError(status, "M_UNKNOWN", f"the {role} answered HTTP {status}")
+        if text:
+            return raw.decode("utf-8", "replace")
         if raw and data is None:
             raise DmzError(status, "M_BAD_JSON", f"the {role} answered with invalid JSON")
         self.log.debug("%s %s [%s] -> %d", method, path, acting.request_id, status)
@@ -139,6 +144,7 @@ class RoleClient:
         params: Mapping[str, str] | None = None,
         idempotency_key: str | None = None,
         if_match: int | None = None,
+        text: bool = False,
     ) -> Any:
         return await self.transport.request(
             self.role,
@@ -149,6 +155,7 @@ class RoleClient:
             params=params,
             idempotency_key=idempotency_key,
             if_match=if_match,
+            text=text,
         )
 
     def items(self, data: Any, key: str) -> list[Any]:

@@ -273,3 +273,20 @@ def test_a_confirmation_survives_a_maubot_restart_and_runs_once(stack: SbgStack)
     assert len(promotes) == 2, promotes
     assert promotes[0] == ("ok", "awaiting confirmation")
     assert promotes[1][0] == "ok" and promotes[1][1].endswith(f"; promoted {rule_id}")
+
+
+def test_an_expression_rule_with_a_life_span_and_the_export(stack: SbgStack) -> None:
+    sec, room = stack.security, stack.room
+    expression = 'request.origin == "weekend.example" && request.weekday >= 1'
+    reply = sec.ask(room, f"!sbg rule add expr '{expression}' --until 2099-01-01 --yes")
+    assert " added until 2099-01-01T00:00:00.000Z; the ruleset is now version " in reply, reply
+    match = RULE_ID.search(reply)
+    assert match, reply
+    assert stack.federation_request("weekend.example") == 403
+    bad = sec.ask(room, "!sbg rule add expr 'request.weekday >' --yes")
+    assert bad.startswith("The gateway refused the rule: params.expression: line 1, column 18")
+    exported = sec.ask(room, "!sbg rule export")
+    assert "format: bastion.gateway.rules/1" in exported
+    assert f"id: {match.group(1)}" in exported and "weekend.example" in exported
+    commands = [(command, outcome) for command, _, outcome, _ in stack.audit()]
+    assert ("sbg rule export", "ok") in commands

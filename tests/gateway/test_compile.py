@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -41,6 +42,20 @@ PATTERNS = [
 TYPES = ["m.room.message", "m.room.encryption", "m.room.member", "m.reaction"]
 ROOMS = ["!one:corp", "!two:corp"]
 AGENTS = ["Element/1.2", "curl/8", "", "Element Desktop", None]
+USERS = ["@alice:corp", "@svc:corp", "@bob:a.example", None]
+NOW = 1_800_000_000_000
+# Guarded (indexed) and unguarded expressions, and ones that fail at run time (they match).
+EXPRESSIONS = [
+    'request.origin == "a.example" && "m.room.encryption" in request.event_types',
+    'request.origin in ["b.example", "evil.test"] && request.room != "!one:corp"',
+    'request.class == "client" && request.user_server == "corp" && request.user != "@svc:corp"',
+    '"m.reaction" in request.event_types || request.ip == "10.0.0.1"',
+    'request.user_agent.startsWith("curl")',
+    'request.weekday >= 6 && request.origin == "a.example"',
+    '(request.room == "!two:corp") && request.origin in ["a.example", "x.a.example"]',
+    'request.origin == "a.example" && request.origin == "b.example"',
+    "request.hour < 0",
+]
 IPS = ["10.0.0.1", "10.1.0.1", "192.168.1.9", "::ffff:10.0.0.7", "2001:db8::1", None, "bogus"]
 
 
@@ -64,13 +79,15 @@ def random_rule(rng: random.Random, index: int) -> Any:
             "event_types": rng.sample(TYPES, rng.randint(1, 2)),
             "scope": rng.choice(["client", "federation", "both"]),
         }
+    elif kind is Kind.EXPR:
+        params = {"expression": rng.choice(EXPRESSIONS)}
     else:
         params = {"servers": rng.sample(PATTERNS, rng.randint(1, 2))}
         if rng.random() < 0.6:
             params["rooms"] = rng.sample(ROOMS, 1)
         if "rooms" not in params or rng.random() < 0.5:
             params["event_types"] = rng.sample(TYPES, rng.randint(1, 3))
-    return make_rule(
+    rule = make_rule(
         f"r{index}",
         kind,
         params,
@@ -78,6 +95,15 @@ def random_rule(rng: random.Random, index: int) -> Any:
         enabled=rng.random() < 0.9,
         priority=rng.randint(0, 5),
     )
+    # Life spans around NOW: some not yet in force, some expired, most unbounded.
+    if rng.random() < 0.3:
+        start, end = sorted(rng.sample([NOW - 2000, NOW - 1000, NOW + 1000, NOW + 2000], 2))
+        rule = replace(
+            rule,
+            not_before=rng.choice([start, None]),
+            expires_at=rng.choice([end, None]),
+        )
+    return rule
 
 
 def random_request(rng: random.Random) -> RequestInfo:
@@ -96,6 +122,8 @@ def random_request(rng: random.Random) -> RequestInfo:
         ip=rng.choice(IPS),
         public=rng.random() < 0.1,
         source=rng.choice(list(Source)),
+        user=rng.choice(USERS),
+        at=rng.choice([NOW / 1000, NOW / 1000 + 3 * 86400]),
     )
 
 
@@ -103,10 +131,10 @@ def random_request(rng: random.Random) -> RequestInfo:
 def test_compiled_matches_reference(seed: int) -> None:
     rng = random.Random(seed)
     rules = [random_rule(rng, i) for i in range(rng.randint(0, 14))]
-    compiled = CompiledRuleset(rules, seed)
+    compiled = CompiledRuleset(rules, seed, NOW)
     for _ in range(150):
         req = random_request(rng)
-        expected = explain(rules, req, seed).decision
+        expected = explain(rules, req, seed, NOW).decision
         assert compiled.decide(req) == expected, (rules, req)
         # Cached per origin and per client: a second look gives the same answer.
         assert compiled.decide(req) == expected

@@ -346,3 +346,26 @@ def test_own_servers_must_be_server_names(tmp_path: Any) -> None:
 
     with pytest.raises(ConfigError, match=r"gateway\.own_servers: 'not a name' is not a server"):
         gateway_config(tmp_path, own_servers=["not a name"])
+
+
+async def test_acl_leaves_out_rules_outside_their_life_span(client: GatewayClient) -> None:
+    resp = await client.put(PATH, json={"acl": True}, headers=ADMIN)
+    assert resp.status == 201, await resp.text()
+    for rule_id, span in (
+        ("now", {}),
+        ("later", {"not_before": "2100-01-01T00:00:00Z"}),
+        ("gone", {"not_before": "2000-01-01T00:00:00Z", "expires_at": "2000-01-02T00:00:00Z"}),
+    ):
+        made = await client.post(
+            "/v1/rules",
+            json={
+                "id": rule_id,
+                "kind": "server_block",
+                "params": {"servers": [f"{rule_id}.example"]},
+                **span,
+            },
+            headers=ADMIN,
+        )
+        assert made.status == 201, await made.text()
+    want = await (await client.get(f"{PATH}/desired", headers=ADMIN)).json()
+    assert want["server_acl"]["deny"] == ["now.example"]

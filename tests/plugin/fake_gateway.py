@@ -121,8 +121,10 @@ class GatewayDouble:
         enabled: bool = True,
         note: str = "",
         author: str = OTHER_ADMIN,
+        **more: Any,
     ) -> int:
-        """Add a rule directly (as another admin); returns the new version."""
+        """Add a rule directly (as another admin); returns the new version. ``more``: other
+        fields of ``POST /v1/rules`` (``expires_at``, ...)."""
         spec = {
             "id": rule_id,
             "kind": kind,
@@ -130,6 +132,7 @@ class GatewayDouble:
             "mode": mode,
             "enabled": enabled,
             "note": note,
+            **more,
         }
         result = await self.service.add_rule(spec, author=author)
         return result.version

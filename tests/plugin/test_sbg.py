@@ -542,12 +542,13 @@ async def test_roles(chat: Chat, gateway: GatewayDouble) -> None:
 async def test_group_commands_list_what_the_sender_may_use(chat: Chat) -> None:
     reply = await ask(chat, "!sbg")
     assert reply.startswith("`!sbg` knows:")
-    assert "`!sbg rule add <kind> <params...> [--audit] [--priority N] [--note TEXT]`" in reply
+    assert "`!sbg rule add <kind> <params...> [--audit] [--priority N] [--note TEXT]" in reply
     assert "`!sbg test client <@user|--user-agent UA> <METHOD> <path> [--ip ADDRESS]`" in reply
     reply = await ask(chat, "!sbg rule", AUDITOR)
     assert (
         reply
         == "`!sbg rule` knows:\n\n● `!sbg rule list` — the rules in pipeline order, as a table"
+        "\n● `!sbg rule export` — the whole ruleset as one YAML document (policy as code)"
     )
     reply = await ask(chat, "!sbg rule frob")
     assert reply.startswith("Unknown subcommand `frob`. `!sbg rule` knows:")

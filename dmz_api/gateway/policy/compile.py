@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from .expr import Program, bind, compile_any, compile_expression, guard_passes, request_data
 from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
 from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
@@ -50,6 +53,7 @@ class Ref:
     allow: Decision
     rooms: frozenset[str] | None = None
     types: frozenset[str] | None = None
+    program: Program | None = None
 
 
 def block_reason(rule: Rule, event_type: str | None = None, action: str | None = None) -> str:
@@ -63,6 +67,8 @@ def block_reason(rule: Rule, event_type: str | None = None, action: str | None =
         text = f"The action {action} is blocked by gateway rule {rule.id}"
     elif rule.kind is Kind.EVENT_TYPE_BLOCK:
         text = f"Event type {event_type} is blocked by gateway rule {rule.id}"
+    elif rule.kind is Kind.EXPR:
+        text = f"This request is blocked by gateway rule {rule.id}"
     else:
         text = f"This server may not reach this room or event type (gateway rule {rule.id})"
     return safe_text(text)
@@ -233,10 +239,11 @@ class CompiledSet:
     federation_actions: dict[str, Ref] = field(default_factory=dict)
     client: ClientIndex | None = None
     client_gate: Ref | None = None
+    exprs: ExprIndex | None = None
     _views: dict[str, _OriginView] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, refs: Sequence[Ref], version: int) -> CompiledSet:
+    def build(cls, refs: Sequence[Ref], version: int, memo: ExprMemo | None = None) -> CompiledSet:
         compiled = cls(refs)
         by_kind: dict[Kind, list[Ref]] = {kind: [] for kind in Kind}
         for ref in refs:
@@ -290,6 +297,8 @@ class CompiledSet:
         if by_kind[Kind.CLIENT_ALLOW]:
             compiled.client = ClientIndex(by_kind[Kind.CLIENT_ALLOW])
             compiled.client_gate = by_kind[Kind.CLIENT_ALLOW][0]
+        if by_kind[Kind.EXPR]:
+            compiled.exprs = ExprIndex(by_kind[Kind.EXPR], memo or ExprMemo())
         return compiled
 
     def _view(self, origin: str) -> _OriginView:
@@ -366,21 +375,39 @@ class CompiledSet:
                     best = gate
             elif allowed_by is None or matched.order < allowed_by.order:
                 allowed_by = matched
+        if self.exprs is not None:
+            matched = self.exprs.first_match(req, best.order if best is not None else None)
+            if matched is not None:
+                best = matched
         return best, allowed_by
 
 
 class CompiledRuleset:
-    """Every decision one ruleset version can make, ready for ``decide``."""
+    """Every decision one ruleset version can make, ready for ``decide``.
 
-    def __init__(self, rules: Iterable[Rule], version: int) -> None:
+    Only the rules active at ``now_ms`` (their life span, ``Rule.active``) are compiled in;
+    ``next_change`` is the first later instant at which that set changes (None: never), and
+    whoever holds the ruleset compiles it again from ``rules`` once that instant is reached
+    (``GatewayService.decide`` compares one integer per request).
+    """
+
+    def __init__(self, rules: Iterable[Rule], version: int, now_ms: int | None = None) -> None:
         self.version = version
         self.rules = tuple(sorted(rules, key=lambda r: r.sort_key))
-        enabled = [rule for rule in self.rules if rule.enabled]
+        self.now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        self.next_change = next_change(self.rules, self.now_ms)
+        enabled = [rule for rule in self.rules if rule.enabled and rule.active(self.now_ms)]
         refs = [make_ref(rule, order, version) for order, rule in enumerate(enabled)]
-        self.enforce = CompiledSet.build([r for r in refs if r.rule.mode is Mode.ENFORCE], version)
+        # Shared by both sets, so an expression is evaluated at most once per request.
+        self._memo = ExprMemo() if any(r.rule.kind is Kind.EXPR for r in refs) else None
+        self.enforce = CompiledSet.build(
+            [r for r in refs if r.rule.mode is Mode.ENFORCE], version, self._memo
+        )
         # Audit rules are judged by evaluating every enabled rule as if it were enforced.
         self.prospective = (
-            CompiledSet.build([make_ref(r.rule, r.order, version) for r in refs], version)
+            CompiledSet.build(
+                [make_ref(r.rule, r.order, version) for r in refs], version, self._memo
+            )
             if any(r.rule.mode is Mode.AUDIT for r in refs)
             else None
         )
@@ -403,6 +430,8 @@ class CompiledRuleset:
     def decide(self, req: RequestInfo) -> Decision:
         if req.malformed is not None:
             return self.malformed(req.malformed)
+        if self._memo is not None:
+            self._memo.reset()
         blocked, allowed_by = self.enforce.check(req)
         if blocked is not None:
             return blocked.block
@@ -424,5 +453,127 @@ def unavailable_decision(version: int) -> Decision:
     )
 
 
-def compile_ruleset(rules: Iterable[Rule], version: int) -> CompiledRuleset:
-    return CompiledRuleset(rules, version)
+def compile_ruleset(
+    rules: Iterable[Rule], version: int, now_ms: int | None = None
+) -> CompiledRuleset:
+    return CompiledRuleset(rules, version, now_ms)
+
+
+def next_change(rules: Iterable[Rule], now_ms: int) -> int | None:
+    """The first instant after ``now_ms`` at which a rule starts or stops applying."""
+    future = [
+        t
+        for rule in rules
+        for t in (rule.not_before, rule.expires_at)
+        if t is not None and t > now_ms
+    ]
+    return min(future) if future else None
+
+
+class ExprMemo:
+    """What one request's expressions have in common, shared by the enforce and audit sets:
+    the request object, its conversion for the runtime, and each rule's result.
+    ``CompiledRuleset.decide`` resets it per request (decide is synchronous, so one memo
+    per ruleset is enough)."""
+
+    __slots__ = ("bound", "data", "enforced_false", "results")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.data: dict[str, Any] | None = None
+        self.bound: Any = None
+        self.results: dict[str, bool] = {}
+        # Every unguarded enforce-mode expression is known to be false for this request.
+        self.enforced_false = False
+
+    def request(self, req: RequestInfo) -> dict[str, Any]:
+        if self.data is None:
+            self.data = request_data(req, req.at if req.at is not None else time.time())
+        return self.data
+
+    def matched(self, req: RequestInfo, ref: Ref) -> bool:
+        rule_id = ref.rule.id
+        result = self.results.get(rule_id)
+        if result is None:
+            program = ref.program
+            assert program is not None
+            data = self.request(req)
+            if len(program.guards) > 1 and not guard_passes(program, data):
+                result = False
+            else:
+                if self.bound is None:
+                    self.bound = bind(data)
+                result = program.run(self.bound)[0]
+            self.results[rule_id] = result
+        return result
+
+
+class ExprIndex:
+    """expr rules, each skipped for requests its guards exclude (see ``expr.Program.guards``).
+
+    ``first_match(req, before)`` evaluates, in pipeline order, only the expressions that
+    come before ``before`` (a blocking rule already found wins over later ones) and whose
+    guards admit the request, and stops at the first that is true. The unguarded ones are
+    first asked all at once, as one ``(e1) || (e2) || ...`` program: a plain ``false``
+    means none of them is true (an error in any would make it an error, never false), so
+    the common case costs one call into the runtime instead of one per expression.
+    """
+
+    def __init__(self, refs: Sequence[Ref], memo: ExprMemo) -> None:
+        self.memo = memo
+        self.unguarded: list[Ref] = []
+        # field → value → the rules whose first guard is on that field and admits the value.
+        self.guarded: dict[str, dict[str, list[Ref]]] = {}
+        for ref in refs:
+            program = compile_expression(ref.rule.params["expression"])
+            ref.program = program
+            if program.guards:
+                name, values = program.guards[0]
+                table = self.guarded.setdefault(name, {})
+                for value in values:
+                    table.setdefault(value, []).append(ref)
+            else:
+                self.unguarded.append(ref)
+        self._fields = tuple(self.guarded.items())
+        self._any = self._compile_any(self.unguarded)
+        audited = [ref for ref in self.unguarded if ref.rule.mode is Mode.AUDIT]
+        # The audit set holds the enforce set's expressions too: once those are known to be
+        # false, only the audit-mode ones are left to ask.
+        self._all_enforced = not audited
+        self._audited = audited
+        self._any_audited = self._compile_any(audited)
+
+    @staticmethod
+    def _compile_any(refs: Sequence[Ref]) -> Program | None:
+        return compile_any([r.rule.params["expression"] for r in refs]) if len(refs) > 1 else None
+
+    def first_match(self, req: RequestInfo, before: int | None) -> Ref | None:
+        memo = self.memo
+        if memo.enforced_false:
+            candidates, program = self._audited, self._any_audited
+        else:
+            candidates, program = self.unguarded, self._any
+        if program is not None and (before is None or candidates[0].order < before):
+            if memo.bound is None:
+                memo.bound = bind(memo.request(req))
+            if program.run(memo.bound) == (False, False):
+                candidates = []
+                if self._all_enforced:
+                    memo.enforced_false = True
+        if self._fields:
+            fields = memo.request(req)["request"]
+            found: list[Ref] = []
+            for name, table in self._fields:
+                value = fields[name]
+                if value is not None:
+                    found += table.get(value, ())
+            if found:
+                candidates = sorted([*candidates, *found], key=lambda ref: ref.order)
+        for ref in candidates:
+            if before is not None and ref.order >= before:
+                break
+            if memo.matched(req, ref):
+                return ref
+        return None

@@ -6,19 +6,23 @@ same decisions with lookups instead of a loop; the tests hold the two to each ot
 Per rule, the result is one of ``not_applicable`` (the rule says nothing about this
 request), ``pass`` (a blocking rule that does not match), ``block`` (a blocking rule that
 matches), ``listed`` / ``not_listed`` (an allow-list rule that does / does not list the
-request), or ``disabled``.
+request), ``disabled``, or ``inactive`` (outside its life span: not yet or no longer).
+An ``expr`` rule's entry also holds ``expression``: what it saw and what it returned.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .compile import MALFORMED_RULE, Ref, glob_regex, make_ref
-from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, safe_text
+from .expr import bind, compile_expression, request_data, visible
+from .model import Decision, Mode, Outcome, RequestClass, RequestInfo, iso, safe_text
 from .rules import UNSIGNED_ENDPOINTS, Kind, Rule, Scope, split_server
 
 NOT_APPLICABLE = "not_applicable"
@@ -29,6 +33,7 @@ NOT_LISTED = "not_listed"
 DISABLED = "disabled"
 # Marks a blocked action (rather than an event type) in the third item of ``rule_result``.
 ACTION_PREFIX = "action:"
+INACTIVE = "inactive"
 
 
 def server_matches(pattern: str, name: str) -> bool:
@@ -113,6 +118,14 @@ def rule_result(rule: Rule, req: RequestInfo) -> tuple[str, str, str | None]:
         if action is not None:
             return BLOCK, f"action {action}", ACTION_PREFIX + action
         return PASSES, "event type not listed", None
+        if hit is None:
+            return PASSES, "event type not listed", None
+        return BLOCK, f"event type {hit}", hit
+    if kind is Kind.EXPR:
+        matched, returned, _ = expr_result(rule, req)
+        if matched:
+            return BLOCK, f"expression returned {json.dumps(returned)}", None
+        return PASSES, "expression returned false", None
     # partner_scope
     if req.origin is None:
         return NOT_APPLICABLE, "no origin server", None
@@ -160,8 +173,28 @@ def _judge(
     return blocking, blocked_type, allowed_by
 
 
-def explain(rules: Iterable[Rule], req: RequestInfo, version: int) -> Explanation:
-    """The decision for ``req`` and the result of every rule, in pipeline order."""
+def expr_result(rule: Rule, req: RequestInfo) -> tuple[bool, object, dict[str, Any]]:
+    """(matched, returned, what it saw) for an expr rule (an error or a non-bool matches)."""
+    data = request_data(req, req.at if req.at is not None else time.time())
+    matched, returned = compile_expression(rule.params["expression"]).run(bind(data))
+    return matched, returned, visible(data)
+
+
+def _inactive_detail(rule: Rule, now_ms: int) -> str:
+    if rule.not_before is not None and now_ms < rule.not_before:
+        return f"not in force before {iso(rule.not_before)}"
+    return f"expired at {iso(rule.expires_at)}"
+
+
+def explain(
+    rules: Iterable[Rule], req: RequestInfo, version: int, now_ms: int | None = None
+) -> Explanation:
+    """The decision for ``req`` and the result of every rule, in pipeline order.
+
+    ``now_ms`` is the instant whose life spans count (default: ``req.at``, else now).
+    """
+    if now_ms is None:
+        now_ms = int((req.at if req.at is not None else time.time()) * 1000)
     ordered_rules = sorted(rules, key=lambda r: r.sort_key)
     trace: list[dict[str, Any]] = []
     if req.malformed is not None:
@@ -183,9 +216,18 @@ def explain(rules: Iterable[Rule], req: RequestInfo, version: int) -> Explanatio
         }
         if not rule.enabled:
             entry.update(result=DISABLED, detail="rule disabled")
+        elif not rule.active(now_ms):
+            entry.update(result=INACTIVE, detail=_inactive_detail(rule, now_ms))
         else:
             result, detail, event_type = rule_result(rule, req)
             entry.update(result=result, detail=detail)
+            if rule.kind is Kind.EXPR:
+                _, returned, saw = expr_result(rule, req)
+                entry["expression"] = {
+                    "text": rule.params["expression"],
+                    "saw": saw,
+                    "returned": returned,
+                }
             judged.append((rule, result, event_type))
         trace.append(entry)
 

@@ -71,6 +71,9 @@ class RequestInfo:
     malformed: str | None = None
     source: Source = Source.PROXY
     origin_raw: str | None = None
+    # The instant (seconds since the epoch) expression rules judge at; None: now. Set by
+    # the dry-run API to ask "what if it were then".
+    at: float | None = None
 
     def describe(self) -> dict[str, object]:
         return {

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -25,6 +26,7 @@ class Kind(StrEnum):
     CLIENT_ALLOW = "client_allow"
     EVENT_TYPE_BLOCK = "event_type_block"
     PARTNER_SCOPE = "partner_scope"
+    EXPR = "expr"
 
 
 class Scope(StrEnum):
@@ -38,6 +40,7 @@ DEFAULT_PRIORITY = 100
 MAX_PRIORITY = 1_000_000
 MAX_LIST = 1000
 MAX_NOTE = 500
+LIFE_SPAN = frozenset({"not_before", "expires_at"})
 
 # Event types are matched exactly; printable ASCII without quotes, backslashes or spaces.
 # Federation endpoints that are unsigned by the spec yet not public (identity servers call
@@ -59,6 +62,15 @@ class Rule:
     author: str | None
     created: int
     updated: int
+    # Life span in ms since the epoch (None: unbounded); see ``active`` and docs/rules.md.
+    not_before: int | None = None
+    expires_at: int | None = None
+
+    def active(self, now_ms: int) -> bool:
+        """Does the rule apply at ``now_ms``: from not_before (inclusive) to expires_at (not)."""
+        return (self.not_before is None or now_ms >= self.not_before) and (
+            self.expires_at is None or now_ms < self.expires_at
+        )
 
     @property
     def sort_key(self) -> tuple[int, str]:
@@ -77,6 +89,8 @@ class Rule:
             "author": self.author,
             "created": iso(self.created),
             "updated": iso(self.updated),
+            "not_before": iso(self.not_before),
+            "expires_at": iso(self.expires_at),
         }
 
     @classmethod
@@ -94,10 +108,43 @@ class Rule:
             author=data.get("author"),
             created=int(data["created"]),
             updated=int(data["updated"]),
+            not_before=_optional_int(data.get("not_before")),
+            expires_at=_optional_int(data.get("expires_at")),
         )
 
 
 split_server = server_names.split
+
+
+def _optional_int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def parse_instant(value: Any, field: str) -> int | None:
+    """An ISO 8601 time (``2027-03-31``, ``2027-03-31T18:00:00Z``) or null, as ms; UTC if no zone.
+
+    A bare date means the start of that day in UTC.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise InvalidParam(
+            f"{field} must be an ISO 8601 time such as 2027-03-31T00:00:00Z, or null"
+        )
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("z", "Z"))
+    except ValueError:
+        raise InvalidParam(
+            f"{field}: {value[:40]!r} is not an ISO 8601 time such as 2027-03-31T00:00:00Z"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def check_life_span(not_before: int | None, expires_at: int | None) -> None:
+    if not_before is not None and expires_at is not None and expires_at <= not_before:
+        raise InvalidParam("expires_at must be later than not_before")
 
 
 def _str_list(params: Mapping[str, Any], key: str, *, required: bool) -> list[str]:
@@ -232,7 +279,20 @@ def validate_params(kind: Kind, params: Any) -> dict[str, Any]:
         if types:
             result["event_types"] = types
         return result
+    if kind is Kind.EXPR:
+        return _expr_params(params)
     raise InvalidParam(f"kind must be one of {', '.join(k.value for k in Kind)}")
+
+
+def _expr_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    from .expr import compile_expression  # the CEL runtime loads only where rules are judged
+
+    _check_keys(params, ("expression",))
+    text = params.get("expression")
+    if not isinstance(text, str):
+        raise InvalidParam("params.expression is required: a CEL expression (docs/rules.md)")
+    compile_expression(text)
+    return {"expression": text}
 
 
 def parse_kind(value: Any) -> Kind:
@@ -278,11 +338,16 @@ def parse_rule_id(value: Any) -> str:
 def new_rule(spec: Mapping[str, Any], *, rule_id: str, author: str | None, now: int) -> Rule:
     """A rule from a create request body (``kind``, ``params``, optional fields)."""
     unknown = sorted(
-        set(spec) - {"id", "kind", "params", "mode", "enabled", "priority", "note", "reason"}
+        set(spec)
+        - {"id", "kind", "params", "mode", "enabled", "priority", "note", "reason"}
+        - LIFE_SPAN
     )
     if unknown:
         raise InvalidParam(f"unknown field {unknown[0]!r}")
     kind = parse_kind(spec.get("kind"))
+    not_before = parse_instant(spec.get("not_before"), "not_before")
+    expires_at = parse_instant(spec.get("expires_at"), "expires_at")
+    check_life_span(not_before, expires_at)
     return Rule(
         id=rule_id,
         kind=kind,
@@ -294,12 +359,14 @@ def new_rule(spec: Mapping[str, Any], *, rule_id: str, author: str | None, now: 
         author=author,
         created=now,
         updated=now,
+        not_before=not_before,
+        expires_at=expires_at,
     )
 
 
 def patch_rule(rule: Rule, patch: Mapping[str, Any], *, now: int) -> Rule:
     """``rule`` with the fields of a PATCH body changed (the kind and id never change)."""
-    allowed = {"params", "mode", "enabled", "priority", "note", "reason"}
+    allowed = {"params", "mode", "enabled", "priority", "note", "reason"} | LIFE_SPAN
     unknown = sorted(set(patch) - allowed)
     if unknown:
         what = "cannot be changed" if unknown[0] in ("id", "kind") else "is not a rule field"
@@ -315,8 +382,16 @@ def patch_rule(rule: Rule, patch: Mapping[str, Any], *, now: int) -> Rule:
         changes["priority"] = parse_priority(patch["priority"])
     if "note" in patch:
         changes["note"] = parse_note(patch["note"])
+    for key in sorted(LIFE_SPAN & set(patch)):
+        changes[key] = parse_instant(patch[key], key)
     if not changes:
-        raise InvalidParam("nothing to change: give params, mode, enabled, priority or note")
+        raise InvalidParam(
+            "nothing to change: give params, mode, enabled, priority, note,"
+            " not_before or expires_at"
+        )
+    check_life_span(
+        changes.get("not_before", rule.not_before), changes.get("expires_at", rule.expires_at)
+    )
     return replace(rule, updated=now, **changes)
 
 

@@ -21,6 +21,7 @@ KIND_USAGE = {
     "event_type_block": "event_type_block <type> [<type> ...] [--scope client|federation|both]",
     "partner_scope": "partner_scope <server> [...] [--rooms !a:x,!b:x] [--types t1,t2]",
     "client_allow": 'client_allow [--user-agent "REGEX"] ... [--network CIDR] ...',
+    "expr": "expr '<CEL expression>' (docs/rules.md, section 11)",
 }
 SCOPES = ("client", "federation", "both")
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -28,6 +29,13 @@ SERVER_NAME = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]{1,255})(:\d{1,5})
 PRESET_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]{0,63}$")
 METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "POST", "DELETE", "PATCH")
 MAX_PRIORITY = 1_000_000
+MAX_EXPRESSION = 2000
+# ISO 8601 as the gateway takes it: a date, or a date and time (UTC unless a zone is given).
+INSTANT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?(Z|[+-]\d{2}:\d{2})?$"
+)
+# Quotes an expression may be wrapped in: plain, as clients "smarten" them, or code spans.
+_QUOTES = {"'": "'", "\u2018": "\u2019", "`": "`"}
 
 
 def rule_id(value: str) -> str:
@@ -144,33 +152,83 @@ PARAMS: dict[str, Callable[[str, Words], dict[str, Any]]] = {
 }
 
 
+def instant(name: str) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        if not INSTANT.match(value):
+            raise bad(
+                f"{name} must be a date such as 2027-03-31 or a time such as 2027-03-31T18:00Z."
+            )
+        return value
+
+    return convert
+
+
+def split_expression(rest: str) -> tuple[str, str]:
+    """(the CEL expression, the options after it) of what follows ``expr``.
+
+    The expression is quoted (``'...'``, smart quotes, or a code span), since it holds
+    double quotes and spaces of its own; unquoted, it runs up to the first ``--option``.
+    """
+    text = rest.strip()
+    close = _QUOTES.get(text[:1])
+    if close is not None:
+        end = text.rfind(close)
+        if end == 0:
+            raise bad("The expression's closing quote is missing.")
+        expression, options = text[1:end], text[end + 1 :]
+    else:
+        found = re.search(r"(^|\s)(--|\u2014)[a-z]", text)
+        cut = found.start() if found else len(text)
+        expression, options = text[:cut], text[cut:]
+    expression = expression.strip()
+    if not expression:
+        raise bad(f"expr needs a CEL expression: {KIND_USAGE['expr']}.")
+    if len(expression) > MAX_EXPRESSION:
+        raise bad(f"The expression may be at most {MAX_EXPRESSION} characters.")
+    return expression, options
+
+
 @frozen
 class RuleAddArgs:
-    USAGE: ClassVar[str] = "<kind> <params...> [--audit] [--priority N] [--note TEXT]"
+    USAGE: ClassVar[str] = (
+        "<kind> <params...> [--audit] [--priority N] [--note TEXT] [--from DATE] [--until DATE]"
+    )
     kind: str
     params: dict[str, Any]
     audit: bool = False
     priority: int | None = None
     note: str | None = None
     yes: bool = False
+    not_before: str | None = None
+    expires_at: str | None = None
 
     @classmethod
     def parse(cls, raw: str) -> Self:
+        expression: str | None = None
+        head, _, rest = raw.strip().partition(" ")
+        if head == "expr":
+            expression, options = split_expression(rest)
+            raw = f"expr {options}"
         words = Words(raw)
         if not words.words or words.words[0].startswith("--"):
             raise bad(f"The rule kind is missing; it is one of {', '.join(KIND_USAGE)}.")
         kind = words.words.pop(0)
-        if kind not in PARAMS:
+        if kind not in PARAMS and kind != "expr":
             raise bad(f"Unknown rule kind {kind!r}; it is one of {', '.join(KIND_USAGE)}.")
         audit = words.flag("--audit")
         yes = words.flag("--yes")
         priority = words.option("--priority", whole_number("--priority", 0, MAX_PRIORITY))
+        not_before = words.option("--from", instant("--from"))
+        expires_at = words.option("--until", instant("--until"))
         note = words.text("--note")
         if note is not None and len(note) > 500:
             raise bad("--note must be at most 500 characters.")
-        params = PARAMS[kind](kind, words)
+        if expression is not None:
+            params: dict[str, Any] = {"expression": expression}
+        else:
+            params = PARAMS[kind](kind, words)
         words.finish()
-        return cls(kind, params, audit, priority, note, yes)
+        return cls(kind, params, audit, priority, note, yes, not_before, expires_at)
 
     def spec(self) -> dict[str, Any]:
         """The body of ``POST /v1/rules``."""
@@ -181,6 +239,10 @@ class RuleAddArgs:
             body["priority"] = self.priority
         if self.note:
             body["note"] = self.note
+        if self.not_before:
+            body["not_before"] = self.not_before
+        if self.expires_at:
+            body["expires_at"] = self.expires_at
         return body
 
 

@@ -11,6 +11,7 @@ names the ruleset version before and after (``version 7 -> 8``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -49,6 +50,7 @@ from .render import (
     describe_request,
     describe_rule,
     describe_status,
+    life_span,
     protections,
     room_differences,
     ruleset_table,
@@ -62,6 +64,8 @@ def target_payload(ruleset: Ruleset, rule: GatewayRule) -> dict[str, Any]:
     return {"rule": rule.id, "described": describe_rule(rule), "version": ruleset.version}
 
 
+# The largest export posted in chat (larger: where to fetch it).
+EXPORT_IN_CHAT = 24_000
 # How far back a promotion prompt counts what the rule would have refused ("24 hours").
 WOULD_BLOCK_WINDOW = 86400
 WOULD_BLOCK_LIMIT = 1000
@@ -125,6 +129,27 @@ class SbgCommands(CommandFamily):
             f"{len(ruleset.rules) - len(enabled)} disabled."
         )
         await ctx.reply(f"{summary}\n\n{ruleset_table(ruleset)}")
+
+    @rule.subcommand("export", help="the whole ruleset as one YAML document (policy as code)")
+    @arguments(NoArgs)
+    @gated("sbg rule export", Role.GATEWAY_ADMIN, Role.AUDITOR)
+    @gateway_errors
+    async def rule_export(self, evt: MessageEvent, ctx: Context, args: NoArgs) -> None:
+        document = await self.gateway.export_rules(ctx.acting)
+        version = re.search(r"(?m)^version: (\d+)$", document)
+        ctx.note(f"version {version.group(1) if version else '?'}; {len(document)} bytes")
+        how = (
+            "Edit it and import it with `POST /v1/rules/import` (`?dry_run=true` shows the"
+            " diff first; send the version as `If-Match`)."
+        )
+        if len(document) > EXPORT_IN_CHAT:
+            where = fmt.md(self.services.config.dmz_url("gateway"))
+            await ctx.reply(
+                f"The ruleset is {len(document):,} bytes, too large for one message: fetch it"
+                f" with `GET /v1/rules/export` on the gateway ({where}). {how}"
+            )
+            return
+        await ctx.reply(f"```yaml\n{document.replace('```', '` ` `')}```\n{how}")
 
     @rule.subcommand("history", help="who changed the rules, when, and what changed")
     @arguments(HistoryArgs)
@@ -225,8 +250,8 @@ class SbgCommands(CommandFamily):
 
     @rule.subcommand(
         "add",
-        help="add a rule of kind server_allow, server_block, event_type_block, partner_scope "
-        "or client_allow (--audit: record only)",
+        help="add a rule of kind server_allow, server_block, event_type_block, partner_scope, "
+        "client_allow or expr (--audit: record only; --from/--until: its life span)",
     )
     @arguments(RuleAddArgs)
     @gated("sbg rule add", Role.GATEWAY_ADMIN, effect="changed")
@@ -244,9 +269,15 @@ class SbgCommands(CommandFamily):
             author=ctx.sender,
         )
         effects = broad_effects(ruleset.rules, [*ruleset.rules, proposed])
+        if args.kind == "expr" and not args.audit:
+            # What an expression matches cannot be read off it: an enforced one always asks.
+            effects.append(
+                "An enforced expression refuses every request it matches, and a request it"
+                " cannot evaluate; --audit records what it would refuse first."
+            )
         question = (
-            f"Add a {args.kind} rule for {fmt.md(describe_params(args.kind, args.params))} "
-            f"to ruleset version {ruleset.version}?"
+            f"Add a {args.kind} rule for {fmt.md(describe_params(args.kind, args.params))}"
+            f"{life_span(args.not_before, args.expires_at)} to ruleset version {ruleset.version}?"
         )
         payload = {"kind": args.kind, "spec": args.spec(), "version": ruleset.version}
         await self._confirm_or_run(ctx, args.yes, question, effects, payload)
@@ -264,8 +295,10 @@ class SbgCommands(CommandFamily):
             raise Failed("The gateway added the rule but did not say its id.", "no rule in answer")
         ctx.note(f"added {rule.id}")
         mode = " in audit mode (it records, it does not refuse)" if rule.mode == "audit" else ""
+        span = life_span(rule.not_before, rule.expires_at)
         await ctx.reply(
-            f"Rule {describe_rule(rule)} added{mode}; the ruleset is now version {result.version}."
+            f"Rule {describe_rule(rule)} added{mode}{span}; the ruleset is now version"
+            f" {result.version}."
         )
 
     async def _target(self, ctx: Context, rule_id: str) -> tuple[Ruleset, GatewayRule]:

@@ -96,7 +96,15 @@ def describe_params(kind: str, params: dict[str, Any]) -> str:
         if params.get("networks"):
             parts.append(f"networks {items('networks')}")
         return "; ".join(parts)
+    if kind == "expr":
+        return str(params.get("expression", ""))
     return json.dumps(params, sort_keys=True)
+
+
+def life_span(not_before: str | None, expires_at: str | None) -> str:
+    """`` from X until Y`` (either part only when set), for a sentence about a rule."""
+    text = f" from {fmt.md(not_before)}" if not_before else ""
+    return text + (f" until {fmt.md(expires_at)}" if expires_at else "")
 
 
 def describe_rule(rule: GatewayRule) -> str:
