@@ -490,6 +490,8 @@ async def test_the_proxy_judges_every_spec_request_as_the_rules_say(
                 "server_name": "corp.example",
                 "upstream": str(upstream.make_url("")).rstrip("/"),
                 "listen": {"host": "127.0.0.1", "port": proxy_port},
+                # Every decision is compared one by one, allows too (default: counted).
+                "decision_log": {"allow": "full"},
             },
         },
         name="conformance-gateway",
