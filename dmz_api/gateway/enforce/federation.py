@@ -24,15 +24,13 @@ type, actions and id added, and refused whole when it is refused.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
 from ..policy.actions import event_actions
 from ..policy.model import Decision, RequestClass, RequestInfo
+from ..signing.events import FALLBACK_VERSION, event_id
 
 TRANSACTION = "federation.send"
 MEMBER_ENDPOINTS = frozenset(
@@ -58,45 +56,6 @@ NOT_DELIVERED = (
     " fetches this one when it needs it"
 )
 
-# Top-level keys an event keeps when redacted (room versions 1 to 10), and content keys
-# by type: the event id is the hash of the redacted event.
-_KEPT = frozenset(
-    {
-        "event_id",
-        "type",
-        "room_id",
-        "sender",
-        "state_key",
-        "content",
-        "hashes",
-        "signatures",
-        "depth",
-        "prev_events",
-        "prev_state",
-        "auth_events",
-        "origin",
-        "origin_server_ts",
-        "membership",
-    }
-)
-_KEPT_CONTENT = {
-    "m.room.member": ("membership", "join_authorised_via_users_server"),
-    "m.room.create": ("creator",),
-    "m.room.join_rules": ("join_rule", "allow"),
-    "m.room.power_levels": (
-        "ban",
-        "events",
-        "events_default",
-        "kick",
-        "redact",
-        "state_default",
-        "users",
-        "users_default",
-    ),
-    "m.room.aliases": ("aliases",),
-    "m.room.history_visibility": ("history_visibility",),
-}
-
 Decide = Callable[[RequestInfo], Decision]
 
 
@@ -110,35 +69,29 @@ def body_limit(endpoint: str, transaction_limit: int, other_limit: int) -> int:
 
 
 def reference_event_id(pdu: Mapping[str, Any]) -> str:
-    """The event id of a PDU: its ``event_id`` (room versions 1, 2), else the reference hash.
+    """The event id of a PDU: its ``event_id`` (room versions 1, 2), else the reference hash
+    computed as the homeserver does (``signing/events.py``, shared with the policy server).
 
-    The hash follows the redaction rules of room versions 3 to 10, plus version 11's
-    ``redacts`` in the content of a redaction; PDUs of versions 11 and later lack the keys
-    only older versions keep (``origin``, ``membership``, ``prev_state``), so their ids come
-    out right too (measured for version 12, Synapse's default). The room version is not in
-    the PDU: for ``m.room.create`` and ``m.room.power_levels`` of version 11 and later the
-    id shown may differ from the homeserver's.
+    The room version is not in the PDU: a room id without a server part is version 12; a
+    redaction with ``redacts`` only in its content is version 11 or later; anything else is
+    hashed under version 10's rules, which versions 3 to 12 share for every event but create,
+    member, join_rules and power_levels: for those of versions 11 and later the id shown may
+    differ from the homeserver's (it is recorded, not judged).
     """
     given = pdu.get("event_id")
     # Only room versions 1 and 2 carry their id (``$local:server``); a later PDU claiming
     # one is ignored, as the homeserver ignores it.
     if isinstance(given, str) and ":" in given:
         return given
-    pruned = {k: v for k, v in pdu.items() if k in _KEPT and k not in ("signatures", "event_id")}
-    content = pdu.get("content")
-    event_type = pdu.get("type")
-    kept: dict[str, Any] = {}
-    if isinstance(content, Mapping):
-        names: tuple[str, ...] = (
-            _KEPT_CONTENT.get(event_type, ()) if isinstance(event_type, str) else ()
-        )
-        if event_type == "m.room.redaction" and "redacts" not in pdu:
-            names = ("redacts",)
-        kept = {k: content[k] for k in names if k in content}
-    pruned["content"] = kept
-    encoded = json.dumps(pruned, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(encoded).digest()
-    return "$" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    room = pdu.get("room_id")
+    if isinstance(room, str) and ":" not in room:
+        version = "12"
+    elif pdu.get("type") == "m.room.redaction" and "redacts" not in pdu:
+        version = "11"
+    else:
+        version = FALLBACK_VERSION
+    # A claimed id is no part of what is hashed (the homeserver drops it too).
+    return event_id({k: v for k, v in pdu.items() if k != "event_id"}, version)
 
 
 def _event_info(base: RequestInfo, event: Mapping[str, Any], event_id: str) -> RequestInfo:
