@@ -83,3 +83,15 @@ async def upgrade_v2(conn: Connection) -> None:
     await conn.execute(
         "CREATE INDEX registrar_rate_buckets_updated ON registrar_rate_buckets (updated)"
     )
+
+
+@upgrade_table.register(description="Rooms a token's guests are invited to, and a feed order")
+async def upgrade_v3(conn: Connection) -> None:
+    # invites: JSON list of room IDs the bot invites each guest of this token into.
+    # notify: where the bot tells the sponsor of a registration ("dm", a room ID, "" for nowhere).
+    await conn.execute("ALTER TABLE registrar_tokens ADD COLUMN invites TEXT NOT NULL DEFAULT '[]'")
+    await conn.execute("ALTER TABLE registrar_tokens ADD COLUMN notify TEXT NOT NULL DEFAULT ''")
+    # The registrations feed reads guests oldest first from a (created_at, user_id) cursor.
+    await conn.execute(
+        "CREATE INDEX registrar_guests_feed ON registrar_guests (created_at, user_id)"
+    )

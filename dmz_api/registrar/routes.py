@@ -5,6 +5,7 @@ Scopes: ``tokens`` for /v1/tokens and sponsor revocation, ``guests`` for /v1/gue
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -14,13 +15,25 @@ from aiohttp import web
 from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
-from ..params import actor, json_body, query_choice, query_page, query_user
+from ..params import (
+    actor,
+    json_body,
+    query_choice,
+    query_int,
+    query_limit,
+    query_page,
+    query_user,
+)
 from .service import REGISTRAR, Minted, TokenView
-from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow
+from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow, RegistrationRow
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_NOTE = 500
+# Rooms a token's guests are invited to (room IDs: the bot resolves aliases before minting).
+ROOM_ID = re.compile(r"^![\x21-\x39\x3b-\x7e]{1,200}:[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+MAX_INVITES = 20
+MAX_NOTIFY = 255
 
 
 def iso(ms: int | None) -> str | None:
@@ -47,6 +60,8 @@ def token_json(view: TokenView) -> dict[str, Any]:
         "revoked_by": row.revoked_by,
         "used_by": list(view.used_by),
         "homeserver_kind": row.homeserver_kind,
+        "invites": json.loads(row.invites),
+        "notify": row.notify,
     }
 
 
@@ -64,6 +79,30 @@ def guest_json(guest: GuestRow) -> dict[str, Any]:
         "deactivated_at": iso(guest.deactivated_at),
         "deactivated_by": guest.deactivated_by,
     }
+
+
+def registration_json(item: RegistrationRow) -> dict[str, Any]:
+    return {
+        "user_id": item.user_id,
+        "sponsor": item.sponsor,
+        "token_id": item.token_id,
+        "created_at": iso(item.created_at),
+        "created_at_ms": item.created_at,
+        "status": item.status,
+        "invites": json.loads(item.invites),
+        "notify": item.notify,
+    }
+
+
+def mint_invites(body: dict[str, Any]) -> list[str]:
+    invites = body.get("invites", [])
+    if (
+        not isinstance(invites, list)
+        or len(invites) > MAX_INVITES
+        or not all(isinstance(room, str) and ROOM_ID.match(room) for room in invites)
+    ):
+        raise InvalidParam(f"invites must be a list of at most {MAX_INVITES} room IDs")
+    return list(dict.fromkeys(invites))
 
 
 def token_id(request: web.Request) -> str:
@@ -93,6 +132,10 @@ async def mint_token(request: web.Request) -> web.Response:
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise InvalidParam(f"note must be text of at most {MAX_NOTE} characters")
+    invites = mint_invites(body)
+    notify = body.get("notify", "")
+    if not isinstance(notify, str) or len(notify) > MAX_NOTIFY:
+        raise InvalidParam(f"notify must be text of at most {MAX_NOTIFY} characters")
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise InvalidParam("Idempotency-Key must be 1 to 255 printable ASCII characters")
@@ -103,6 +146,8 @@ async def mint_token(request: web.Request) -> web.Response:
         expires_in=expires_in,
         note=note.strip(),
         idempotency_key=key,
+        invites=invites,
+        notify=notify,
     )
     headers = {"Cache-Control": "no-store"}
     if minted.replayed:
@@ -170,6 +215,29 @@ async def list_guests(request: web.Request) -> web.Response:
 
 
 @requires_scope("guests")
+async def list_registrations(request: web.Request) -> web.Response:
+    """The registrations feed, oldest first, for the bot's invites and notices.
+
+    ``GET /v1/registrations?since=<ms>&after=<user_id>&limit=N`` → ``{"registrations":
+    [...], "next": {"since": ms, "after": user_id}}``: the guests registered after the
+    position ``(since, after)``; ask again from ``next`` (the same position when empty).
+    """
+    since = query_int(request, "since") or 0
+    after = request.query.get("after", "")
+    if after:
+        validate_user_id(after, "after")
+    limit = query_limit(request)
+    items = await request.app[REGISTRAR].registrations(since, after, limit)
+    last = {"since": items[-1].created_at, "after": items[-1].user_id} if items else None
+    return web.json_response(
+        {
+            "registrations": [registration_json(item) for item in items],
+            "next": last or {"since": since, "after": after},
+        }
+    )
+
+
+@requires_scope("guests")
 async def deactivate_guest(request: web.Request) -> web.Response:
     user_id = validate_user_id(request.match_info["user_id"], "user_id")
     guest = await request.app[REGISTRAR].deactivate_guest(user_id, actor(request))
@@ -184,4 +252,5 @@ def add_routes(app: web.Application) -> None:
     router.add_delete("/v1/tokens/{token_id}", revoke_token, name="revoke_token")
     router.add_post("/v1/sponsors/{user_id}/revoke", revoke_sponsor, name="revoke_sponsor")
     router.add_get("/v1/guests", list_guests, name="list_guests")
+    router.add_get("/v1/registrations", list_registrations, name="list_registrations")
     router.add_post("/v1/guests/{user_id}/deactivate", deactivate_guest, name="deactivate_guest")

@@ -46,7 +46,14 @@ from .homeserver import (
     Registration,
     RegistrationRefused,
 )
-from .store import GuestRow, Position, RegistrarStore, TokenRow, TokenStatus
+from .store import (
+    GuestRow,
+    Position,
+    RegistrarStore,
+    RegistrationRow,
+    TokenRow,
+    TokenStatus,
+)
 
 log = logging.getLogger("dmz_api.registrar")
 
@@ -115,6 +122,14 @@ class Minted:
 
 
 @dataclass(frozen=True, slots=True)
+class _Followup:
+    """What the bot does once a guest registers with the token (see store.registrations)."""
+
+    invites: tuple[str, ...]
+    notify: str
+
+
+@dataclass(frozen=True, slots=True)
 class SponsorRevocation:
     tokens_revoked: int
     guests_deactivated: int
@@ -141,9 +156,19 @@ class RegistrarMetrics:
         )
 
 
-def mint_request_hash(sponsor: str, uses: int, expires_in: int, note: str) -> str:
+def mint_request_hash(
+    sponsor: str,
+    uses: int,
+    expires_in: int,
+    note: str,
+    invites: Sequence[str] = (),
+    notify: str = "",
+) -> str:
     """What an Idempotency-Key is bound to: a retry must ask for the same thing."""
-    return hashlib.sha256(json.dumps([sponsor, uses, expires_in, note]).encode()).hexdigest()
+    asked: list[object] = [sponsor, uses, expires_in, note]
+    if invites or notify:
+        asked += [list(invites), notify]
+    return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
 
 def validate_localpart(username: str, server_name: str) -> str:
@@ -207,10 +232,13 @@ class RegistrarService:
         expires_in: int,
         note: str,
         idempotency_key: str | None = None,
+        invites: Sequence[str] = (),
+        notify: str = "",
     ) -> Minted:
+        extra = _Followup(tuple(invites), notify)
         if idempotency_key is None:
-            return await self._mint(sponsor, api_client, uses, expires_in, note, None)
-        request_hash = mint_request_hash(sponsor, uses, expires_in, note)
+            return await self._mint(sponsor, api_client, uses, expires_in, note, None, extra)
+        request_hash = mint_request_hash(sponsor, uses, expires_in, note, invites, notify)
         now = self.now_ms()
         await self.store.purge_idempotency(now - self.config.idempotency_ttl * 1000)
         for _ in range(3):
@@ -218,7 +246,7 @@ class RegistrarService:
                 api_client, idempotency_key, request_hash, now
             ):
                 return await self._mint(
-                    sponsor, api_client, uses, expires_in, note, idempotency_key
+                    sponsor, api_client, uses, expires_in, note, idempotency_key, extra
                 )
             replay = await self._replay(api_client, idempotency_key, request_hash)
             if replay is not None:
@@ -255,6 +283,7 @@ class RegistrarService:
         expires_in: int,
         note: str,
         idempotency_key: str | None,
+        extra: _Followup,
     ) -> Minted:
         try:
             now = self.now_ms()
@@ -278,6 +307,8 @@ class RegistrarService:
                 revoked_at=None,
                 revoked_by=None,
                 hs_state="none",
+                invites=json.dumps(list(extra.invites)),
+                notify=extra.notify,
             )
             async with self.store.transaction():
                 await self.store.insert_token(row)
@@ -485,6 +516,11 @@ class RegistrarService:
         return await self.store.list_guests(
             sponsor=sponsor, status=status, limit=limit, after=after
         )
+
+    async def registrations(
+        self, since_ms: int, after_user: str, limit: int
+    ) -> list[RegistrationRow]:
+        return await self.store.registrations(since_ms, after_user, limit)
 
     async def deactivate_guest(self, user_id: str, actor: str) -> GuestRow:
         guest = await self.store.get_guest(user_id)

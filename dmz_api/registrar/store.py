@@ -30,7 +30,7 @@ _STATUS_SQL: dict[str, str] = {
 _TK_COLUMNS = (
     "id, token_hash, sponsor, note, api_client, homeserver_kind, uses_allowed, uses_completed,"
     " pending, in_flight, claim_expires_at, created_at, expires_at, revoked_at, revoked_by,"
-    " hs_state"
+    " hs_state, invites, notify"
 )
 _GUEST_COLUMNS = "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by"
 
@@ -64,6 +64,9 @@ class TokenRow:
     revoked_at: int | None
     revoked_by: str | None
     hs_state: str
+    # JSON list of room IDs; where to tell the sponsor of a registration (see migrations v3).
+    invites: str = "[]"
+    notify: str = ""
 
     @classmethod
     def from_row(cls, row: Row) -> TokenRow:
@@ -91,6 +94,23 @@ class GuestRow:
 
     @classmethod
     def from_row(cls, row: Row) -> GuestRow:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRow:
+    """A guest with what its token asked for: the registrations feed's item."""
+
+    user_id: str
+    sponsor: str
+    token_id: str
+    created_at: int
+    status: str
+    invites: str
+    notify: str
+
+    @classmethod
+    def from_row(cls, row: Row) -> RegistrationRow:
         return cls(**{name: row[name] for name in cls.__slots__})
 
 
@@ -162,7 +182,7 @@ class RegistrarStore:
     async def insert_token(self, token: TokenRow) -> None:
         await self.db.execute(
             f"INSERT INTO registrar_tokens ({_TK_COLUMNS}) VALUES"
-            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
             token.id,
             token.token_hash,
             token.sponsor,
@@ -179,6 +199,8 @@ class RegistrarStore:
             token.revoked_at,
             token.revoked_by,
             token.hs_state,
+            token.invites,
+            token.notify,
         )
 
     async def delete_token(self, token_id: str) -> None:
@@ -362,6 +384,21 @@ class RegistrarStore:
         for row in rows:
             found.setdefault(row["token_id"], []).append(row["user_id"])
         return found
+
+    async def registrations(
+        self, since_ms: int, after_user: str, limit: int
+    ) -> list[RegistrationRow]:
+        """Guests oldest first, from just after ``(since_ms, after_user)``, with their token."""
+        rows = await self.db.fetch(
+            "SELECT g.user_id, g.sponsor, g.token_id, g.created_at, g.status, t.invites, t.notify"
+            " FROM registrar_guests g JOIN registrar_tokens t ON t.id = g.token_id"
+            " WHERE g.created_at > $1 OR (g.created_at = $1 AND g.user_id > $2)"
+            " ORDER BY g.created_at, g.user_id LIMIT $3",
+            since_ms,
+            after_user,
+            limit,
+        )
+        return [RegistrationRow.from_row(row) for row in rows]
 
     async def mark_guest_deactivated(self, user_id: str, now_ms: int, by: str) -> bool:
         value = await self.db.fetchval(

@@ -382,3 +382,59 @@ def test_openapi_refs_resolve() -> None:
     text = repr(doc)
     for ref in set(re.findall(r"#/components/(\w+)/(\w+)", text)):
         assert ref[1] in doc["components"][ref[0]], ref
+
+
+async def test_a_token_carries_its_invites_into_the_registrations_feed(
+    client: Client, fake_hs: FakeHomeserver
+) -> None:
+    rooms = ["!one:corp.example", "!two:corp.example:8448"]
+    _, plain = await mint(client)
+    _, invited = await mint(client, {"uses": 2, "invites": [*rooms, rooms[0]], "notify": "dm"})
+    assert (invited["invites"], invited["notify"]) == (rooms, "dm")
+    assert (plain["invites"], plain["notify"]) == ([], "")
+    assert await register(client, plain["token"], "feed0") == 200
+    assert await register(client, invited["token"], "feed1") == 200
+    assert await register(client, invited["token"], "feed2") == 200
+
+    resp = await client.get("/v1/registrations", params={"limit": "2"}, headers=auth())
+    body = await resp.json()
+    first = [
+        (r["user_id"], r["token_id"], r["invites"], r["notify"]) for r in body["registrations"]
+    ]
+    assert first == [
+        ("@feed0:dmz.test", plain["id"], [], ""),
+        ("@feed1:dmz.test", invited["id"], rooms, "dm"),
+    ]
+    assert body["next"] == {
+        "since": body["registrations"][1]["created_at_ms"],
+        "after": "@feed1:dmz.test",
+    }
+    resp = await client.get("/v1/registrations", params=body["next"], headers=auth())
+    rest = await resp.json()
+    assert [r["user_id"] for r in rest["registrations"]] == ["@feed2:dmz.test"]
+    resp = await client.get("/v1/registrations", params=rest["next"], headers=auth())
+    assert await resp.json() == {"registrations": [], "next": rest["next"]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"invites": "!one:corp.example"},
+        {"invites": ["#alias:corp.example"]},
+        {"invites": ["!nocolon"]},
+        {"invites": [f"!r{n}:corp.example" for n in range(21)]},
+        {"invites": [5]},
+    ],
+)
+async def test_mint_refuses_bad_invites(client: Client, body: Any) -> None:
+    status, error = await mint(client, body)
+    assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith("invites")
+
+
+@pytest.mark.parametrize("params", [{"since": "-1"}, {"since": "x"}, {"after": "bob"}])
+async def test_registrations_feed_refuses_a_bad_position(
+    client: Client, params: dict[str, str]
+) -> None:
+    resp = await client.get("/v1/registrations", params=params, headers=auth())
+    assert (resp.status, (await resp.json())["errcode"]) == (400, "M_INVALID_PARAM")
