@@ -28,7 +28,7 @@ from .commands import (
 )
 from .config import Config
 from .confirm import Confirmations
-from .db import ConfirmationStore, DirectRoomStore
+from .db import ConfirmationStore, DirectRoomStore, FollowupStore
 from .direct import DirectMessages
 from .dmz import DmzTransport, Gateway, Registrar
 from .gate import Gate
@@ -37,6 +37,7 @@ from .migrations import upgrade_table
 from .revocation import Revoker
 from .services import Services
 from .web import AuditExport, SweepMetrics
+from .welcome import Welcomer
 
 
 class BastionBot(Plugin):
@@ -46,6 +47,8 @@ class BastionBot(Plugin):
     families: list[CommandFamily]
     revoker: Revoker
     sweep_task: asyncio.Task[None] | None
+    welcomer: Welcomer
+    welcome_task: asyncio.Task[None] | None
 
     @classmethod
     def get_config_class(cls) -> type[BaseProxyConfig]:
@@ -58,6 +61,7 @@ class BastionBot(Plugin):
     async def start(self) -> None:
         await super().start()
         self.sweep_task = None
+        self.welcome_task = None
         self.config.load_and_update()
         for problem in self.config.problems():
             self.log.warning("Configuration: %s", problem)
@@ -109,8 +113,19 @@ class BastionBot(Plugin):
         if self.webapp is not None:
             self.register_handler_class(SweepMetrics(self.config, self.revoker))
         self.sweep_task = asyncio.create_task(self._sweep_forever())
+        self.welcomer = Welcomer(
+            self.services, FollowupStore(self.database), self.log.getChild("welcome")
+        )
+        self.welcome_task = asyncio.create_task(self._welcome_forever())
 
     async def stop(self) -> None:
+        if self.welcome_task is not None:
+            self.welcome_task.cancel()
+            try:
+                await self.welcome_task
+            except asyncio.CancelledError:
+                pass
+            self.welcome_task = None
         if self.sweep_task is not None:
             self.sweep_task.cancel()
             try:
@@ -128,6 +143,14 @@ class BastionBot(Plugin):
                 await self.revoker.sweep()
             except Exception:
                 self.log.exception("The revocation sweep failed")
+            await asyncio.sleep(interval)
+
+    async def _welcome_forever(self) -> None:
+        while interval := self.config.registrations_poll_interval:
+            try:
+                await self.welcomer.poll()
+            except Exception:
+                self.log.exception("Following up registrations failed")
             await asyncio.sleep(interval)
 
     @event.on(EventType.ROOM_MEMBER)

@@ -82,6 +82,7 @@ class Config(BaseProxyConfig):
         helper.copy("on_staff_deactivated.revoke_tokens")
         helper.copy("on_staff_deactivated.guests")
         helper.copy("sweep_interval")
+        helper.copy("registrations.poll_interval")
         helper.copy("audit.export_key")
 
     def problems(self) -> list[str]:
@@ -92,6 +93,7 @@ class Config(BaseProxyConfig):
             ("dmz.timeout", lambda: self.dmz_timeout),
             ("token_defaults.expires", lambda: self.token_expires),
             ("sweep_interval", lambda: self.sweep_interval),
+            ("registrations.poll_interval", lambda: self.registrations_poll_interval),
         ]
         for key, read in checks:
             try:
@@ -185,6 +187,18 @@ class Config(BaseProxyConfig):
         if value in (0, "0", None, ""):
             return 0
         return parse_duration(value)
+
+    @property
+    def registrations_poll_interval(self) -> float:
+        """Seconds between reads of the registrations feed (0: never, no invites)."""
+        value = self["registrations.poll_interval"]
+        if value in (0, "0", None, ""):
+            return 0.0
+        if isinstance(value, float) and not value.is_integer():
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value  # sub-second, for tests
+        return float(parse_duration(value))
 
     @property
     def audit_export_key(self) -> str:

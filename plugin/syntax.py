@@ -106,6 +106,19 @@ class Words:
             raise bad(f"{name} is given twice.")
         return convert(value)
 
+    def options(self, name: str, convert: Callable[[str], T]) -> list[T]:
+        """Every value of an option that may be given more than once, in order."""
+        values: list[T] = []
+        while (hit := self._find(name)) is not None:
+            index, value = hit
+            del self.words[index]
+            if value is None:
+                if index >= len(self.words) or self.words[index].startswith("--"):
+                    raise bad(f"{name} needs a value.")
+                value = self.words.pop(index)
+            values.append(convert(value))
+        return values
+
     def text(self, name: str) -> str | None:
         """Free text: every word up to the next ``--option``."""
         hit = self._find(name)
@@ -148,6 +161,20 @@ def user_id(label: str) -> Callable[[str], str]:
     def convert(value: str) -> str:
         if not USER_ID.match(value):
             raise bad(f"{label} must be a Matrix user ID such as @alice:corp.example.")
+        return value
+
+    return convert
+
+
+ROOM = re.compile(r"^[!#][^\s:]{1,200}:[A-Za-z0-9.\-]+(:\d{1,5})?$")
+
+
+def room(label: str) -> Callable[[str], str]:
+    """A room ID (``!id:server``) or alias (``#name:server``)."""
+
+    def convert(value: str) -> str:
+        if not ROOM.match(value):
+            raise bad(f"{label} must be a room ID or alias such as #project:corp.example.")
         return value
 
     return convert

@@ -71,6 +71,34 @@ class Guest:
 
 
 @frozen
+class Registration:
+    """One item of the registrations feed: a guest and what its token asked for."""
+
+    user_id: str
+    sponsor: str
+    token_id: str
+    created_at_ms: int
+    invites: tuple[str, ...]
+    notify: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registration:
+        if not isinstance(data, dict) or not isinstance(data.get("user_id"), str):
+            raise DmzError(200, "M_BAD_JSON", "the registrar answered without a guest user_id")
+        invites = data.get("invites")
+        return cls(
+            user_id=data["user_id"],
+            sponsor=as_str(data.get("sponsor")),
+            token_id=as_str(data.get("token_id")),
+            created_at_ms=as_int(data.get("created_at_ms")),
+            invites=tuple(r for r in invites if isinstance(r, str))
+            if isinstance(invites, list)
+            else (),
+            notify=as_str(data.get("notify")),
+        )
+
+
+@frozen
 class SponsorRevocation:
     tokens_revoked: int
     guests_deactivated: int
@@ -82,16 +110,33 @@ class Registrar(RoleClient):
     role = "registrar"
 
     async def mint(
-        self, acting: Acting, *, uses: int, expires_in: int, note: str, idempotency_key: str
+        self,
+        acting: Acting,
+        *,
+        uses: int,
+        expires_in: int,
+        note: str,
+        idempotency_key: str,
+        invites: tuple[str, ...] = (),
+        notify: str = "",
     ) -> Token:
+        body: dict[str, Any] = {"uses": uses, "expires_in": expires_in, "note": note}
+        if invites or notify:
+            body.update(invites=list(invites), notify=notify)
         data = await self.request(
-            "POST",
-            "/v1/tokens",
-            acting=acting,
-            body={"uses": uses, "expires_in": expires_in, "note": note},
-            idempotency_key=idempotency_key,
+            "POST", "/v1/tokens", acting=acting, body=body, idempotency_key=idempotency_key
         )
         return Token.from_json(data)
+
+    async def registrations(
+        self, acting: Acting, since_ms: int, after_user: str, limit: int = PAGE_SIZE
+    ) -> list[Registration]:
+        """The guests registered after the position ``(since_ms, after_user)``, oldest first."""
+        params = {"since": str(since_ms), "limit": str(limit)}
+        if after_user:
+            params["after"] = after_user
+        data = await self.request("GET", "/v1/registrations", acting=acting, params=params)
+        return [Registration.from_json(item) for item in self.items(data, "registrations")]
 
     async def tokens(
         self,
