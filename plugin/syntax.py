@@ -166,7 +166,7 @@ def user_id(label: str) -> Callable[[str], str]:
     return convert
 
 
-ROOM = re.compile(r"^[!#][^\s:]{1,200}:[A-Za-z0-9.\-]+(:\d{1,5})?$")
+ROOM = re.compile(r"^(![\x21-\x7e]{1,255}|#[^\s:]{1,200}:[A-Za-z0-9.\-]+(:\d{1,5})?)$")
 
 
 def room(label: str) -> Callable[[str], str]:

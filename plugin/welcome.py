@@ -20,7 +20,6 @@ import asyncio
 import logging
 import secrets
 import time
-from urllib.parse import quote
 
 import aiohttp
 from mautrix.errors import MatrixRequestError
@@ -179,7 +178,7 @@ def refusal(error: MatrixRequestError) -> str:
 
 
 def room_link(room: str) -> str:
-    return f"[{fmt.md(room)}](https://matrix.to/#/{quote(room, safe='!:')})"
+    return fmt.code(room)
 
 
 def report_text(registration: Registration, invited: list[str], failed: list[Followup]) -> str:

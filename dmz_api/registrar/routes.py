@@ -31,7 +31,7 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_NOTE = 500
 # Rooms a token's guests are invited to (room IDs: the bot resolves aliases before minting).
-ROOM_ID = re.compile(r"^![\x21-\x39\x3b-\x7e]{1,200}:[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+ROOM_ID = re.compile(r"^![\x21-\x7e]{1,255}$")  # room v12 IDs have no server part
 MAX_INVITES = 20
 MAX_NOTIFY = 255
 

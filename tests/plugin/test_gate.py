@@ -160,7 +160,10 @@ async def test_unknown_identity_mode_fails_closed(chat: Chat, maubot_plugin_conf
 async def test_bad_syntax_is_answered_after_the_gate_with_usage(chat: Chat) -> None:
     reply = await chat.ask("!token generate --uses 0")
     assert reply.startswith("--uses must be a whole number from 1 to 1000.")
-    assert "!token generate [--uses N] [--expires DURATION] [--note TEXT] [--invite ROOM ...] [--dm]" in reply
+    assert (
+        "!token generate [--uses N] [--expires DURATION] [--note TEXT] [--invite ROOM ...] [--dm]"
+        in reply
+    )
     [entry] = await chat.audit()
     assert entry.outcome == "refused"
     assert entry.detail.startswith("bad syntax: ")

@@ -421,7 +421,8 @@ async def test_a_token_carries_its_invites_into_the_registrations_feed(
     [
         {"invites": "!one:corp.example"},
         {"invites": ["#alias:corp.example"]},
-        {"invites": ["!nocolon"]},
+        {"invites": ["!with space"]},
+        {"invites": [""]},
         {"invites": [f"!r{n}:corp.example" for n in range(21)]},
         {"invites": [5]},
     ],
