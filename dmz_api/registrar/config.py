@@ -46,6 +46,10 @@ class RegistrarConfig:
     password_min_length: int = 10
     idempotency_ttl: int = DAY
     page_title: str = "Guest access"
+    # The longest a guest account may be given (at mint or by an extension), in seconds.
+    max_guest_expires_in: int = 365 * DAY
+    # Seconds between runs of the task that deactivates expired guests.
+    expiry_interval: float = 60.0
 
     @property
     def has_deactivation(self) -> bool:
@@ -112,6 +116,8 @@ def parse_registrar_config(section: Section) -> RegistrarConfig:
         password_min_length=section.int("password_min_length", 10, low=8, high=128),
         idempotency_ttl=section.duration("idempotency_ttl", DAY),
         page_title=title,
+        max_guest_expires_in=section.duration("max_guest_expires_in", 365 * DAY),
+        expiry_interval=section.float("expiry_interval", 60.0),
     )
 
 

@@ -95,3 +95,16 @@ async def upgrade_v3(conn: Connection) -> None:
     await conn.execute(
         "CREATE INDEX registrar_guests_feed ON registrar_guests (created_at, user_id)"
     )
+
+
+@upgrade_table.register(description="Guests that expire")
+async def upgrade_v4(conn: Connection) -> None:
+    # guest_expires_in: seconds each guest of this token keeps their account (0: for good).
+    await conn.execute(
+        "ALTER TABLE registrar_tokens ADD COLUMN guest_expires_in BIGINT NOT NULL DEFAULT 0"
+    )
+    # expires_at: when the expiry task deactivates the guest (NULL: never).
+    await conn.execute("ALTER TABLE registrar_guests ADD COLUMN expires_at BIGINT")
+    await conn.execute(
+        "CREATE INDEX registrar_guests_expiry ON registrar_guests (status, expires_at)"
+    )

@@ -62,6 +62,7 @@ def token_json(view: TokenView) -> dict[str, Any]:
         "homeserver_kind": row.homeserver_kind,
         "invites": json.loads(row.invites),
         "notify": row.notify,
+        "guest_expires_in": row.guest_expires_in or None,
     }
 
 
@@ -78,6 +79,7 @@ def guest_json(guest: GuestRow) -> dict[str, Any]:
         "status": guest.status,
         "deactivated_at": iso(guest.deactivated_at),
         "deactivated_by": guest.deactivated_by,
+        "expires_at": iso(guest.expires_at),
     }
 
 
@@ -103,6 +105,16 @@ def mint_invites(body: dict[str, Any]) -> list[str]:
     ):
         raise InvalidParam(f"invites must be a list of at most {MAX_INVITES} room IDs")
     return list(dict.fromkeys(invites))
+
+
+def guest_duration(value: Any, most: int, name: str = "guest_expires_in") -> int:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise InvalidParam(f"{name} {e}") from None
+    if seconds > most:
+        raise InvalidParam(f"{name} must be at most {most} seconds")
+    return seconds
 
 
 def token_id(request: web.Request) -> str:
@@ -136,6 +148,9 @@ async def mint_token(request: web.Request) -> web.Response:
     notify = body.get("notify", "")
     if not isinstance(notify, str) or len(notify) > MAX_NOTIFY:
         raise InvalidParam(f"notify must be text of at most {MAX_NOTIFY} characters")
+    guest_expires_in = 0
+    if body.get("guest_expires_in") is not None:
+        guest_expires_in = guest_duration(body["guest_expires_in"], config.max_guest_expires_in)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise InvalidParam("Idempotency-Key must be 1 to 255 printable ASCII characters")
@@ -148,6 +163,7 @@ async def mint_token(request: web.Request) -> web.Response:
         idempotency_key=key,
         invites=invites,
         notify=notify,
+        guest_expires_in=guest_expires_in,
     )
     headers = {"Cache-Control": "no-store"}
     if minted.replayed:
@@ -244,6 +260,19 @@ async def deactivate_guest(request: web.Request) -> web.Response:
     return web.json_response(guest_json(guest))
 
 
+@requires_scope("guests")
+async def extend_guest(request: web.Request) -> web.Response:
+    """``POST /v1/guests/{user_id}/extend {"expires_in": "30d"}`` → the guest, later expiry."""
+    service = request.app[REGISTRAR]
+    user_id = validate_user_id(request.match_info["user_id"], "user_id")
+    body = await json_body(request)
+    if "expires_in" not in body:
+        raise InvalidParam("expires_in is required: how much longer the guest may stay")
+    seconds = guest_duration(body["expires_in"], service.config.max_guest_expires_in, "expires_in")
+    guest = await service.extend_guest(user_id, seconds, actor(request))
+    return web.json_response(guest_json(guest))
+
+
 def add_routes(app: web.Application) -> None:
     router = app.router
     router.add_post("/v1/tokens", mint_token, name="mint_token")
@@ -254,3 +283,4 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/v1/guests", list_guests, name="list_guests")
     router.add_get("/v1/registrations", list_registrations, name="list_registrations")
     router.add_post("/v1/guests/{user_id}/deactivate", deactivate_guest, name="deactivate_guest")
+    router.add_post("/v1/guests/{user_id}/extend", extend_guest, name="extend_guest")

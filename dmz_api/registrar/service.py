@@ -33,7 +33,7 @@ from typing import Literal
 from aiohttp import web
 from prometheus_client import Counter
 
-from ..errors import ApiError, Conflict, NotFound, Unavailable
+from ..errors import ApiError, Conflict, InvalidParam, NotFound, Unavailable
 from ..metrics import Metrics
 from .config import RegistrarConfig
 from .crypto import TOKEN_PATTERN, RegistrarKeys, hash_token, new_token
@@ -68,6 +68,9 @@ PAGE_SYNC_MAX_AGE = 2.0
 LEGACY_EXPIRE_AHEAD_MS = 1000
 LEGACY_SETTLE_S = 2.0
 LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+
+# deactivated_by of a guest whose time ran out.
+EXPIRY_ACTOR = "expiry"
 
 # hs_state of a legacy token still (or possibly still) native on the homeserver.
 LEGACY_STATES = ("live", "adopting")
@@ -127,6 +130,7 @@ class _Followup:
 
     invites: tuple[str, ...]
     notify: str
+    guest_expires_in: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +167,14 @@ def mint_request_hash(
     note: str,
     invites: Sequence[str] = (),
     notify: str = "",
+    guest_expires_in: int = 0,
 ) -> str:
     """What an Idempotency-Key is bound to: a retry must ask for the same thing."""
     asked: list[object] = [sponsor, uses, expires_in, note]
     if invites or notify:
         asked += [list(invites), notify]
+    if guest_expires_in:
+        asked += [guest_expires_in]
     return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
 
@@ -234,11 +241,14 @@ class RegistrarService:
         idempotency_key: str | None = None,
         invites: Sequence[str] = (),
         notify: str = "",
+        guest_expires_in: int = 0,
     ) -> Minted:
-        extra = _Followup(tuple(invites), notify)
+        extra = _Followup(tuple(invites), notify, guest_expires_in)
         if idempotency_key is None:
             return await self._mint(sponsor, api_client, uses, expires_in, note, None, extra)
-        request_hash = mint_request_hash(sponsor, uses, expires_in, note, invites, notify)
+        request_hash = mint_request_hash(
+            sponsor, uses, expires_in, note, invites, notify, guest_expires_in
+        )
         now = self.now_ms()
         await self.store.purge_idempotency(now - self.config.idempotency_ttl * 1000)
         for _ in range(3):
@@ -309,6 +319,7 @@ class RegistrarService:
                 hs_state="none",
                 invites=json.dumps(list(extra.invites)),
                 notify=extra.notify,
+                guest_expires_in=extra.guest_expires_in,
             )
             async with self.store.transaction():
                 await self.store.insert_token(row)
@@ -532,6 +543,41 @@ class RegistrarService:
             await self._deactivate(user_id, actor)
         return await self.store.get_guest(user_id) or guest
 
+    async def extend_guest(self, user_id: str, seconds: int, actor: str) -> GuestRow:
+        """Move an active guest's expiry ``seconds`` later (from now, if it already passed)."""
+        guest = await self.store.get_guest(user_id)
+        if guest is None:
+            raise NotFound(f"{user_id} is not a guest registered through this registrar")
+        if guest.status != "active":
+            raise Conflict(f"{user_id} is already deactivated")
+        if guest.expires_at is None:
+            raise Conflict(f"{user_id} does not expire")
+        now = self.now_ms()
+        new = max(now, guest.expires_at) + seconds * 1000
+        if new - now > self.config.max_guest_expires_in * 1000:
+            raise InvalidParam(
+                f"expires_in would put the expiry more than {self.config.max_guest_expires_in}"
+                " seconds ahead"
+            )
+        extended = await self.store.set_guest_expiry(user_id, new)
+        if extended is None:
+            raise Conflict(f"{user_id} is already deactivated")
+        log.info("Guest %s now expires at %d (by %s)", user_id, new, actor)
+        return extended
+
+    async def expire_guests(self, batch: int = 100) -> int:
+        """Deactivate every active guest whose time is up; how many were."""
+        if not self.config.has_deactivation:
+            return 0
+        done = 0
+        for guest in await self.store.expired_guests(self.now_ms(), batch):
+            try:
+                if await self._deactivate(guest.user_id, EXPIRY_ACTOR):
+                    done += 1
+            except Unavailable:
+                log.warning("Guest %s expired but is not deactivated yet", guest.user_id)
+        return done
+
     async def _deactivate(self, user_id: str, actor: str) -> bool:
         try:
             await self.adapter.deactivate(user_id)
@@ -679,14 +725,16 @@ class RegistrarService:
         raise TryLater()
 
     async def _record_guest(self, row: TokenRow, user_id: str) -> None:
+        now = self.now_ms()
         guest = GuestRow(
             user_id=user_id,
             sponsor=row.sponsor,
             token_id=row.id,
-            created_at=self.now_ms(),
+            created_at=now,
             status="active",
             deactivated_at=None,
             deactivated_by=None,
+            expires_at=now + row.guest_expires_in * 1000 if row.guest_expires_in else None,
         )
         async with self.store.transaction():
             await self.store.complete_use(row.id)

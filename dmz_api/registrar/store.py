@@ -30,9 +30,11 @@ _STATUS_SQL: dict[str, str] = {
 _TK_COLUMNS = (
     "id, token_hash, sponsor, note, api_client, homeserver_kind, uses_allowed, uses_completed,"
     " pending, in_flight, claim_expires_at, created_at, expires_at, revoked_at, revoked_by,"
-    " hs_state, invites, notify"
+    " hs_state, invites, notify, guest_expires_in"
 )
-_GUEST_COLUMNS = "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by"
+_GUEST_COLUMNS = (
+    "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by, expires_at"
+)
 
 Row = Any
 # A place in a list, newest first: (created_at, id); a page holds the rows after it.
@@ -67,6 +69,8 @@ class TokenRow:
     # JSON list of room IDs; where to tell the sponsor of a registration (see migrations v3).
     invites: str = "[]"
     notify: str = ""
+    # Seconds each guest of this token keeps their account; 0 for good (migrations v4).
+    guest_expires_in: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> TokenRow:
@@ -91,6 +95,8 @@ class GuestRow:
     status: str
     deactivated_at: int | None
     deactivated_by: str | None
+    # When the expiry task deactivates the guest; None: never.
+    expires_at: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> GuestRow:
@@ -182,7 +188,8 @@ class RegistrarStore:
     async def insert_token(self, token: TokenRow) -> None:
         await self.db.execute(
             f"INSERT INTO registrar_tokens ({_TK_COLUMNS}) VALUES"
-            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
+            " $19)",
             token.id,
             token.token_hash,
             token.sponsor,
@@ -201,6 +208,7 @@ class RegistrarStore:
             token.hs_state,
             token.invites,
             token.notify,
+            token.guest_expires_in,
         )
 
     async def delete_token(self, token_id: str) -> None:
@@ -330,7 +338,8 @@ class RegistrarStore:
 
     async def insert_guest(self, guest: GuestRow) -> None:
         await self.db.execute(
-            f"INSERT INTO registrar_guests ({_GUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            f"INSERT INTO registrar_guests ({_GUEST_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             guest.user_id,
             guest.sponsor,
             guest.token_id,
@@ -338,7 +347,28 @@ class RegistrarStore:
             guest.status,
             guest.deactivated_at,
             guest.deactivated_by,
+            guest.expires_at,
         )
+
+    async def expired_guests(self, now_ms: int, limit: int) -> list[GuestRow]:
+        """Active guests whose time is up, oldest expiry first."""
+        rows = await self.db.fetch(
+            f"SELECT {_GUEST_COLUMNS} FROM registrar_guests WHERE status='active'"
+            " AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            now_ms,
+            limit,
+        )
+        return [GuestRow.from_row(row) for row in rows]
+
+    async def set_guest_expiry(self, user_id: str, expires_at: int) -> GuestRow | None:
+        """A new expiry for an active guest; None when the guest is not active."""
+        row = await self.db.fetchrow(
+            "UPDATE registrar_guests SET expires_at=$2 WHERE user_id=$1 AND status='active'"
+            f" RETURNING {_GUEST_COLUMNS}",
+            user_id,
+            expires_at,
+        )
+        return GuestRow.from_row(row) if row else None
 
     async def get_guest(self, user_id: str) -> GuestRow | None:
         row = await self.db.fetchrow(

@@ -439,3 +439,60 @@ async def test_registrations_feed_refuses_a_bad_position(
 ) -> None:
     resp = await client.get("/v1/registrations", params=params, headers=auth())
     assert (resp.status, (await resp.json())["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_guests_expire_and_can_be_extended(client: Client, fake_hs: FakeHomeserver) -> None:
+    service = client.app[REGISTRAR]
+    clock = Clock()
+    service.clock = clock
+    _, minted = await mint(client, {"uses": 2, "guest_expires_in": "1h"})
+    assert minted["guest_expires_in"] == 3600
+    assert await register(client, minted["token"], "short1") == 200
+    assert await register(client, minted["token"], "short2") == 200
+    resp = await client.get("/v1/guests", headers=auth())
+    expiries = {g["user_id"]: g["expires_at"] for g in (await resp.json())["guests"]}
+    assert all(expiries.values())
+
+    resp = await client.post(
+        "/v1/guests/@short2:dmz.test/extend", json={"expires_in": "2h"}, headers=auth()
+    )
+    extended = await resp.json()
+    assert resp.status == 200 and extended["expires_at"] > expiries["@short2:dmz.test"]
+    clock.advance(3601)
+    assert await service.expire_guests() == 1
+    assert fake_hs.deactivated == {"@short1:dmz.test"}
+    short1 = await service.store.get_guest("@short1:dmz.test")
+    assert short1 is not None and (short1.status, short1.deactivated_by) == (
+        "deactivated",
+        "expiry",
+    )
+    assert await service.expire_guests() == 0
+    clock.advance(2 * 3600)
+    assert await service.expire_guests() == 1
+    assert fake_hs.deactivated == {"@short1:dmz.test", "@short2:dmz.test"}
+
+    resp = await client.post(
+        "/v1/guests/@short1:dmz.test/extend", json={"expires_in": "1h"}, headers=auth()
+    )
+    assert (resp.status, (await resp.json())["errcode"]) == (409, "M_CONFLICT")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "expires_in"),
+        ({"expires_in": "x"}, "expires_in"),
+        ({"expires_in": "400d"}, "expires_in"),
+    ],
+)
+async def test_extend_validation(client: Client, body: Any, field: str) -> None:
+    resp = await client.post("/v1/guests/@nobody:dmz.test/extend", json=body, headers=auth())
+    error = await resp.json()
+    assert (resp.status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith(field)
+
+
+async def test_mint_refuses_a_guest_expiry_beyond_the_maximum(client: Client) -> None:
+    status, error = await mint(client, {"guest_expires_in": "366d"})
+    assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith("guest_expires_in")
