@@ -31,6 +31,7 @@ from .confirm import Confirmations
 from .db import ConfirmationStore, DirectRoomStore, FollowupStore
 from .direct import DirectMessages
 from .dmz import DmzTransport, Gateway, Registrar
+from .expiry import GuestExpiry
 from .gate import Gate
 from .identity import IdentityChecker
 from .migrations import upgrade_table
@@ -48,6 +49,7 @@ class BastionBot(Plugin):
     revoker: Revoker
     sweep_task: asyncio.Task[None] | None
     welcomer: Welcomer
+    expiry: GuestExpiry
     welcome_task: asyncio.Task[None] | None
 
     @classmethod
@@ -113,9 +115,9 @@ class BastionBot(Plugin):
         if self.webapp is not None:
             self.register_handler_class(SweepMetrics(self.config, self.revoker))
         self.sweep_task = asyncio.create_task(self._sweep_forever())
-        self.welcomer = Welcomer(
-            self.services, FollowupStore(self.database), self.log.getChild("welcome")
-        )
+        followups = FollowupStore(self.database)
+        self.welcomer = Welcomer(self.services, followups, self.log.getChild("welcome"))
+        self.expiry = GuestExpiry(self.services, followups, self.log.getChild("expiry"))
         self.welcome_task = asyncio.create_task(self._welcome_forever())
 
     async def stop(self) -> None:
@@ -149,6 +151,7 @@ class BastionBot(Plugin):
         while interval := self.config.registrations_poll_interval:
             try:
                 await self.welcomer.poll()
+                await self.expiry.maybe_check()
             except Exception:
                 self.log.exception("Following up registrations failed")
             await asyncio.sleep(interval)

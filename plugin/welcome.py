@@ -29,6 +29,7 @@ from . import fmt
 from .audit import AuditRecord, Outcome
 from .db import Followup, FollowupStore
 from .dmz import Acting, DmzFailure, Registration
+from .removal import refusal
 from .services import Services
 
 OVERLAP_MS = 10 * 60 * 1000
@@ -170,11 +171,6 @@ class Welcomer:
             )
         )
         await self.store.finish(registration.user_id, REPORT, "done", detail)
-
-
-def refusal(error: MatrixRequestError) -> str:
-    """A homeserver's refusal, short enough for a chat line."""
-    return f"{error.errcode or error.http_status}: {(error.message or '')[:160]}"
 
 
 def room_link(room: str) -> str:

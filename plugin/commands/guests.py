@@ -10,10 +10,10 @@ from maubot import MessageEvent
 
 from .. import fmt
 from ..dmz import DmzError, Guest
-from ..durations import format_time
+from ..durations import format_time, parse_duration
 from ..gate import Context, Failed, Role, gated
 from ..services import Services
-from ..syntax import Words, arguments, user_id
+from ..syntax import Words, arguments, bad, user_id
 from .base import CommandFamily, Subcommand, family_root, spec_of
 
 MAX_LISTED = 30
@@ -49,10 +49,37 @@ class DeactivateArgs:
         return cls(guest, yes)
 
 
+@frozen
+class ExtendArgs:
+    USAGE: ClassVar[str] = "<@guest:dmz> <DURATION>"
+    guest: str
+    seconds: int
+
+    @classmethod
+    def parse(cls, raw: str) -> Self:
+        words = Words(raw)
+        guest = words.positional("The guest's user ID", user_id("The guest"))
+        seconds = words.positional("How much longer (e.g. 30d)", extension)
+        words.finish()
+        return cls(guest, seconds)
+
+
+def extension(value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise bad("The extension must be a duration such as 30d or 12w.") from None
+
+
 def describe(guest: Guest) -> str:
     sponsor = f", sponsored by {fmt.user(guest.sponsor)}" if guest.sponsor else ""
     since = f", since {format_time(guest.created_at)}" if guest.created_at else ""
-    return f"{fmt.user(guest.user_id)} {fmt.md(guest.status)}{sponsor}{since}"
+    until = (
+        f", expires {format_time(guest.expires_at)}"
+        if guest.expires_at and guest.status == "active"
+        else ""
+    )
+    return f"{fmt.user(guest.user_id)} {fmt.md(guest.status)}{sponsor}{since}{until}"
 
 
 class GuestCommands(CommandFamily):
@@ -95,6 +122,22 @@ class GuestCommands(CommandFamily):
             f"Deactivate guest {fmt.user(args.guest)}? They will no longer be able to sign in.",
             {"guest": args.guest},
         )
+
+    @guest.subcommand("extend", help="let an expiring guest stay longer")
+    @arguments(ExtendArgs)
+    @gated("guest extend", Role.OPERATOR, effect="changed")
+    async def extend(self, evt: MessageEvent, ctx: Context, args: ExtendArgs) -> None:
+        try:
+            guest = await self.services.registrar.extend_guest(ctx.acting, args.guest, args.seconds)
+        except DmzError as e:
+            if e.status == 404:
+                raise Failed(f"{fmt.user(args.guest)} is not a known guest.", "not found") from None
+            if e.status == 409:
+                raise Failed(f"{fmt.user(args.guest)}: {fmt.md(e.error)}.", "conflict") from None
+            raise
+        until = format_time(guest.expires_at) if guest.expires_at else "never"
+        ctx.note(f"guest {args.guest} expires {until}")
+        await ctx.reply(f"Guest {fmt.user(args.guest)} now expires {until}.")
 
     async def _deactivate(self, ctx: Context, payload: Mapping[str, Any]) -> None:
         guest = str(payload["guest"])

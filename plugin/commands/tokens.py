@@ -28,10 +28,18 @@ def duration(value: str) -> int:
         raise bad("--expires must be a duration such as 30m, 24h or 7d.") from None
 
 
+def guest_duration(value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise bad("--guest-expires must be a duration such as 30d or 90d.") from None
+
+
 @frozen
 class GenerateArgs:
     USAGE: ClassVar[str] = (
-        "[--uses N] [--expires DURATION] [--note TEXT] [--invite ROOM ...] [--dm]"
+        "[--uses N] [--expires DURATION] [--guest-expires DURATION] [--note TEXT] "
+        "[--invite ROOM ...] [--dm]"
     )
     uses: int | None = None
     expires: int | None = None
@@ -39,12 +47,14 @@ class GenerateArgs:
     dm: bool = False
     # Room IDs or aliases each guest of the token is invited into once registered.
     invites: tuple[str, ...] = ()
+    guest_expires: int | None = None
 
     @classmethod
     def parse(cls, raw: str) -> Self:
         words = Words(raw)
         uses = words.option("--uses", whole_number("--uses", 1, 1000))
         expires = words.option("--expires", duration)
+        guest_expires = words.option("--guest-expires", guest_duration)
         dm = words.flag("--dm")
         invites = tuple(dict.fromkeys(words.options("--invite", room("--invite"))))
         note = words.text("--note")
@@ -53,7 +63,7 @@ class GenerateArgs:
             raise bad("--note must be at most 500 characters.")
         if len(invites) > MAX_INVITES:
             raise bad(f"--invite may be given at most {MAX_INVITES} times.")
-        return cls(uses, expires, note, dm, invites)
+        return cls(uses, expires, note, dm, invites, guest_expires)
 
 
 @frozen
@@ -106,6 +116,7 @@ class TokenCommands(CommandFamily):
     async def generate(self, evt: MessageEvent, ctx: Context, args: GenerateArgs) -> None:
         uses = args.uses or self.config.token_uses
         expires_in = args.expires or self.config.token_expires
+        guest_expires = args.guest_expires or self.config.guest_expires
         # Checked before minting, so a room the bot cannot invite into mints nothing.
         invites = await invitable_rooms(self.services.client, args.invites)
         token = await self.services.registrar.mint(
@@ -116,6 +127,7 @@ class TokenCommands(CommandFamily):
             idempotency_key=evt.event_id,
             invites=invites,
             notify=("dm" if args.dm else ctx.room_id) if invites else "",
+            guest_expires_in=guest_expires,
         )
         ctx.note(f"token {token.id}")
         if invites:
@@ -128,6 +140,8 @@ class TokenCommands(CommandFamily):
             f"Token {fmt.code(token.id)}: {fmt.plural(uses, 'use')}, expires "
             f"{format_time(token.expires_at)} (in {format_duration(expires_in)})"
         )
+        if guest_expires:
+            summary += f"; guests keep their account for {format_duration(guest_expires)}"
         if invites:
             summary += "; its guests are invited to " + ", ".join(fmt.code(r) for r in invites)
         if not args.dm:

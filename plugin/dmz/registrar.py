@@ -55,6 +55,9 @@ class Guest:
     sponsor: str
     created_at: datetime | None
     token_id: str
+    # When the registrar deactivates the guest (None: never); who deactivated them.
+    expires_at: datetime | None = None
+    deactivated_by: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> Guest:
@@ -67,6 +70,8 @@ class Guest:
             sponsor=as_str(data.get("sponsor")),
             created_at=parse_timestamp(data.get("created_at")),
             token_id=str(token_id) if isinstance(token_id, str | int) else "",
+            expires_at=parse_timestamp(data.get("expires_at")),
+            deactivated_by=as_str(data.get("deactivated_by")),
         )
 
 
@@ -119,10 +124,13 @@ class Registrar(RoleClient):
         idempotency_key: str,
         invites: tuple[str, ...] = (),
         notify: str = "",
+        guest_expires_in: int = 0,
     ) -> Token:
         body: dict[str, Any] = {"uses": uses, "expires_in": expires_in, "note": note}
         if invites or notify:
             body.update(invites=list(invites), notify=notify)
+        if guest_expires_in:
+            body["guest_expires_in"] = guest_expires_in
         data = await self.request(
             "POST", "/v1/tokens", acting=acting, body=body, idempotency_key=idempotency_key
         )
@@ -215,6 +223,15 @@ class Registrar(RoleClient):
         await self.request(
             "POST", f"/v1/guests/{quote(user_id, safe='@:')}/deactivate", acting=acting
         )
+
+    async def extend_guest(self, acting: Acting, user_id: str, expires_in: int) -> Guest:
+        data = await self.request(
+            "POST",
+            f"/v1/guests/{quote(user_id, safe='@:')}/extend",
+            acting=acting,
+            body={"expires_in": expires_in},
+        )
+        return Guest.from_json(data)
 
     async def _page(
         self,
