@@ -38,8 +38,17 @@ def stack(
     tmp_path_factory: pytest.TempPathFactory, homeservers: tuple[Synapse, Synapse]
 ) -> Iterator[BotStack]:
     internal, dmz = homeservers
-    config = {"registrations": {"poll_interval": 0.3}}
-    with BotStack(tmp_path_factory.mktemp("invites"), internal, dmz, plugin_config=config) as s:
+    config = {
+        "registrations": {"poll_interval": 0.3},
+        "guest_expiry": {"check_interval": 0.3, "warn_before": "7d"},
+    }
+    with BotStack(
+        tmp_path_factory.mktemp("invites"),
+        internal,
+        dmz,
+        plugin_config=config,
+        registrar_config={"expiry_interval": 0.3},
+    ) as s:
         yield s
 
 
@@ -158,3 +167,42 @@ def test_the_sponsor_can_be_told_by_direct_message(stack: BotStack, room: str) -
     )
     assert f"invited to `{room}`" in told["content"]["body"]
     assert notices_about(stack, guest.user_id) == []
+
+
+def test_a_guest_is_warned_of_extended_and_removed_when_their_time_is_up(
+    stack: BotStack, room: str
+) -> None:
+    reply = stack.staff.ask(stack.room, f"!token generate --invite {room} --guest-expires 10s")
+    assert "guests keep their account for 10s" in reply
+    guest = sign_in(stack.dmz, *register(stack, onboarding_url(reply)))
+    wait_invited(guest, room)
+    guest.join(room)
+    stack.staff.wait_membership(room, guest.user_id, "join")
+
+    def warnings() -> list[str]:
+        return [
+            e["content"]["body"]
+            for e in stack.staff.messages(stack.room, limit=200)
+            if e.get("type") == "m.room.message"
+            and f"guest {guest.user_id} expires" in e["content"]["body"]
+        ]
+
+    stack.internal.wait_for(lambda: warnings(), what="the expiry warning")
+    assert f"`!guest extend {guest.user_id} 30d` lets them stay longer." in warnings()[0]
+    extended = stack.staff.ask(stack.room, f"!guest extend {guest.user_id} 5s")
+    assert extended.startswith(f"Guest {guest.user_id} now expires ")
+    stack.internal.wait_for(lambda: len(warnings()) == 2, what="the warning of the new date")
+
+    expired = stack.staff.wait_event(
+        stack.room,
+        lambda e: f"guest {guest.user_id}'s access expired" in e["content"]["body"],
+        timeout=30,
+    )
+    assert "the DMZ account is deactivated" in expired["content"]["body"]
+    stack.staff.wait_membership(room, guest.user_id, "leave")
+    status, user = stack.dmz.admin("GET", f"/_synapse/admin/v2/users/{guest.user_id}")
+    assert status == 200 and user["deactivated"] is True
+    late = stack.staff.ask(stack.room, f"!guest extend {guest.user_id} 5s")
+    assert late == f"{guest.user_id}: {guest.user_id} is already deactivated."
+    listing = stack.staff.ask(stack.room, "!guest list --all")
+    assert f"{guest.user_id} deactivated" in listing
