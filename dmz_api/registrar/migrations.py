@@ -108,3 +108,11 @@ async def upgrade_v4(conn: Connection) -> None:
     await conn.execute(
         "CREATE INDEX registrar_guests_expiry ON registrar_guests (status, expires_at)"
     )
+
+
+@upgrade_table.register(description="Projects: guests offboarded together")
+async def upgrade_v5(conn: Connection) -> None:
+    # project: a name staff give a token (the bot's --project) so that its guests can be
+    # listed and offboarded together; "" for none.
+    await conn.execute("ALTER TABLE registrar_tokens ADD COLUMN project TEXT NOT NULL DEFAULT ''")
+    await conn.execute("CREATE INDEX registrar_tokens_project ON registrar_tokens (project)")

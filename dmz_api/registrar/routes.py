@@ -33,6 +33,8 @@ MAX_NOTE = 500
 # Rooms a token's guests are invited to (room IDs: the bot resolves aliases before minting).
 ROOM_ID = re.compile(r"^![\x21-\x7e]{1,255}$")  # room v12 IDs have no server part
 MAX_INVITES = 20
+PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+PROJECT_RULE = "project must be a name of letters, digits, '.', '_' or '-' (at most 64)"
 MAX_NOTIFY = 255
 
 
@@ -63,6 +65,7 @@ def token_json(view: TokenView) -> dict[str, Any]:
         "invites": json.loads(row.invites),
         "notify": row.notify,
         "guest_expires_in": row.guest_expires_in or None,
+        "project": row.project,
     }
 
 
@@ -151,6 +154,11 @@ async def mint_token(request: web.Request) -> web.Response:
     guest_expires_in = 0
     if body.get("guest_expires_in") is not None:
         guest_expires_in = guest_duration(body["guest_expires_in"], config.max_guest_expires_in)
+    project = body.get("project", "")
+    if not isinstance(project, str) or (project and not PROJECT.match(project)):
+        raise InvalidParam(
+            "project must be a name of letters, digits, '.', '_' or '-' (at most 64)"
+        )
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise InvalidParam("Idempotency-Key must be 1 to 255 printable ASCII characters")
@@ -164,6 +172,7 @@ async def mint_token(request: web.Request) -> web.Response:
         invites=invites,
         notify=notify,
         guest_expires_in=guest_expires_in,
+        project=project,
     )
     headers = {"Cache-Control": "no-store"}
     if minted.replayed:
@@ -218,7 +227,13 @@ async def revoke_sponsor(request: web.Request) -> web.Response:
 @requires_scope("guests")
 async def list_guests(request: web.Request) -> web.Response:
     page = query_page(request)
+    project = request.query.get("project")
+    if project is not None and not PROJECT.match(project):
+        raise InvalidParam(
+            "project must be a name of letters, digits, '.', '_' or '-' (at most 64)"
+        )
     guests = await request.app[REGISTRAR].list_guests(
+        project=project,
         sponsor=query_user(request, "sponsor"),
         status=query_choice(request, "status", GUEST_STATUSES),
         limit=page.fetch,

@@ -131,6 +131,7 @@ class _Followup:
     invites: tuple[str, ...]
     notify: str
     guest_expires_in: int = 0
+    project: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +169,7 @@ def mint_request_hash(
     invites: Sequence[str] = (),
     notify: str = "",
     guest_expires_in: int = 0,
+    project: str = "",
 ) -> str:
     """What an Idempotency-Key is bound to: a retry must ask for the same thing."""
     asked: list[object] = [sponsor, uses, expires_in, note]
@@ -175,6 +177,8 @@ def mint_request_hash(
         asked += [list(invites), notify]
     if guest_expires_in:
         asked += [guest_expires_in]
+    if project:
+        asked += [project]
     return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
 
@@ -242,12 +246,13 @@ class RegistrarService:
         invites: Sequence[str] = (),
         notify: str = "",
         guest_expires_in: int = 0,
+        project: str = "",
     ) -> Minted:
-        extra = _Followup(tuple(invites), notify, guest_expires_in)
+        extra = _Followup(tuple(invites), notify, guest_expires_in, project)
         if idempotency_key is None:
             return await self._mint(sponsor, api_client, uses, expires_in, note, None, extra)
         request_hash = mint_request_hash(
-            sponsor, uses, expires_in, note, invites, notify, guest_expires_in
+            sponsor, uses, expires_in, note, invites, notify, guest_expires_in, project
         )
         now = self.now_ms()
         await self.store.purge_idempotency(now - self.config.idempotency_ttl * 1000)
@@ -320,6 +325,7 @@ class RegistrarService:
                 invites=json.dumps(list(extra.invites)),
                 notify=extra.notify,
                 guest_expires_in=extra.guest_expires_in,
+                project=extra.project,
             )
             async with self.store.transaction():
                 await self.store.insert_token(row)
@@ -523,9 +529,10 @@ class RegistrarService:
         status: str | None = None,
         limit: int = 100,
         after: Position | None = None,
+        project: str | None = None,
     ) -> list[GuestRow]:
         return await self.store.list_guests(
-            sponsor=sponsor, status=status, limit=limit, after=after
+            sponsor=sponsor, status=status, limit=limit, after=after, project=project
         )
 
     async def registrations(

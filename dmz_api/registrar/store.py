@@ -30,7 +30,7 @@ _STATUS_SQL: dict[str, str] = {
 _TK_COLUMNS = (
     "id, token_hash, sponsor, note, api_client, homeserver_kind, uses_allowed, uses_completed,"
     " pending, in_flight, claim_expires_at, created_at, expires_at, revoked_at, revoked_by,"
-    " hs_state, invites, notify, guest_expires_in"
+    " hs_state, invites, notify, guest_expires_in, project"
 )
 _GUEST_COLUMNS = (
     "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by, expires_at"
@@ -71,6 +71,8 @@ class TokenRow:
     notify: str = ""
     # Seconds each guest of this token keeps their account; 0 for good (migrations v4).
     guest_expires_in: int = 0
+    # The project its guests belong to ("" for none; migrations v5).
+    project: str = ""
 
     @classmethod
     def from_row(cls, row: Row) -> TokenRow:
@@ -189,7 +191,7 @@ class RegistrarStore:
         await self.db.execute(
             f"INSERT INTO registrar_tokens ({_TK_COLUMNS}) VALUES"
             " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
-            " $19)",
+            " $19, $20)",
             token.id,
             token.token_hash,
             token.sponsor,
@@ -209,6 +211,7 @@ class RegistrarStore:
             token.invites,
             token.notify,
             token.guest_expires_in,
+            token.project,
         )
 
     async def delete_token(self, token_id: str) -> None:
@@ -383,12 +386,18 @@ class RegistrarStore:
         status: str | None,
         limit: int,
         after: Position | None = None,
+        project: str | None = None,
     ) -> list[GuestRow]:
         conditions: list[str] = ["1=1"]
         args: list[Any] = []
         if sponsor is not None:
             args.append(sponsor)
             conditions.append(f"sponsor=${len(args)}")
+        if project is not None:
+            args.append(project)
+            conditions.append(
+                f"token_id IN (SELECT id FROM registrar_tokens WHERE project=${len(args)})"
+            )
         if status is not None:
             args.append(status)
             conditions.append(f"status=${len(args)}")

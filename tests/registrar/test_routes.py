@@ -496,3 +496,18 @@ async def test_mint_refuses_a_guest_expiry_beyond_the_maximum(client: Client) ->
     status, error = await mint(client, {"guest_expires_in": "366d"})
     assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
     assert error["error"].startswith("guest_expires_in")
+
+
+async def test_guests_of_a_project(client: Client, fake_hs: FakeHomeserver) -> None:
+    _, apollo = await mint(client, {"uses": 2, "project": "apollo-1"})
+    _, other = await mint(client)
+    assert (apollo["project"], other["project"]) == ("apollo-1", "")
+    assert await register(client, apollo["token"], "ap1") == 200
+    assert await register(client, other["token"], "ot1") == 200
+    resp = await client.get("/v1/guests", params={"project": "apollo-1"}, headers=auth())
+    assert [g["user_id"] for g in (await resp.json())["guests"]] == ["@ap1:dmz.test"]
+    for bad_name in ("-x", "a b", "x" * 65):
+        resp = await client.get("/v1/guests", params={"project": bad_name}, headers=auth())
+        assert (await resp.json())["error"].startswith("project")
+        status, error = await mint(client, {"project": bad_name})
+        assert (status, error["error"][:7]) == (400, "project")
