@@ -59,13 +59,22 @@ def invites_of(member: MatrixUser, room_id: str, target: str, limit: int = 500) 
     )
 
 
-def project_room(owner: MatrixUser, *members: MatrixUser, alias: str | None = None) -> str:
-    """A private room ``owner`` creates (with ``alias`` if given), ``members`` joined."""
+def project_room(
+    owner: MatrixUser,
+    *members: MatrixUser,
+    alias: str | None = None,
+    moderators: tuple[MatrixUser, ...] = (),
+) -> str:
+    """A private room ``owner`` creates (with ``alias`` if given), ``members`` joined,
+    ``moderators`` (members too) at power level 50, enough to kick."""
     body: dict[str, Any] = {
         "preset": "private_chat",
         "name": "Project",
         "invite": [m.user_id for m in members],
     }
+    if moderators:
+        levels = {m.user_id: 50 for m in moderators}  # room v12: the creator is implied
+        body["power_level_content_override"] = {"users": levels}
     if alias:
         body["room_alias_name"] = alias
     room = str(owner.call("POST", "/_matrix/client/v3/createRoom", body)["room_id"])

@@ -1,11 +1,14 @@
-"""Taking a guest out of every room they share with the bot: a kick where the bot may.
+"""Taking a guest out of the rooms they share with the bot: a kick where the bot may.
 
-One pass over the bot's joined rooms; a guest joined or invited there is kicked (an
-invite is withdrawn the same way). What could not be done is kept with the homeserver's
-reason, so the caller can say it.
+``shared_rooms`` finds the bot's joined rooms where the guest is joined or invited;
+``remove_from`` kicks them there (an invite is withdrawn the same way). A kick refused
+because the guest has meanwhile left (Synapse parts a deactivated user on its own) counts
+as done; any other refusal is kept with the homeserver's reason, for the caller to say.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from attrs import frozen
 from maubot.matrix import MaubotMatrixClient
@@ -26,20 +29,44 @@ def refusal(error: MatrixRequestError) -> str:
     return f"{error.errcode or error.http_status}: {(error.message or '')[:160]}"
 
 
-async def remove_everywhere(client: MaubotMatrixClient, user_id: str, reason: str) -> Removal:
+async def _membership(
+    client: MaubotMatrixClient, room_id: RoomID, user_id: str
+) -> Membership | None:
+    """The user's membership in the room; None when the bot cannot tell (or never one)."""
+    try:
+        member = await client.get_state_event(room_id, EventType.ROOM_MEMBER, user_id)
+    except MatrixRequestError:
+        return None
+    return member.membership if isinstance(member, MemberStateEventContent) else None
+
+
+async def _there(client: MaubotMatrixClient, room_id: RoomID, user_id: str) -> bool:
+    return await _membership(client, room_id, user_id) in STILL_THERE
+
+
+async def shared_rooms(client: MaubotMatrixClient, user_id: str) -> list[RoomID]:
+    return [room for room in await client.get_joined_rooms() if await _there(client, room, user_id)]
+
+
+async def remove_from(
+    client: MaubotMatrixClient, user_id: str, rooms: Sequence[RoomID], reason: str
+) -> Removal:
     removed: list[str] = []
     failed: list[tuple[str, str]] = []
-    for room_id in await client.get_joined_rooms():
+    for room_id in rooms:
         try:
-            member = await client.get_state_event(room_id, EventType.ROOM_MEMBER, user_id)
-        except MatrixRequestError:
-            continue  # never a member here
-        if not isinstance(member, MemberStateEventContent) or member.membership not in STILL_THERE:
-            continue
-        try:
-            await client.kick_user(RoomID(room_id), UserID(user_id), reason=reason)
+            await client.kick_user(room_id, UserID(user_id), reason=reason)
         except MatrixRequestError as e:
-            failed.append((room_id, refusal(e)))
-        else:
-            removed.append(room_id)
+            # Counted as done only when the guest is seen gone (they left meanwhile).
+            if await _membership(client, room_id, user_id) not in (
+                Membership.LEAVE,
+                Membership.BAN,
+            ):
+                failed.append((room_id, refusal(e)))
+                continue
+        removed.append(room_id)
     return Removal(tuple(removed), tuple(failed))
+
+
+async def remove_everywhere(client: MaubotMatrixClient, user_id: str, reason: str) -> Removal:
+    return await remove_from(client, user_id, await shared_rooms(client, user_id), reason)

@@ -180,6 +180,15 @@ def room(label: str) -> Callable[[str], str]:
     return convert
 
 
+PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def project_name(value: str) -> str:
+    if not PROJECT.match(value):
+        raise bad("--project must be a name of letters, digits, '.', '_' or '-' (at most 64).")
+    return value
+
+
 def token_id(value: str) -> str:
     if not TOKEN_ID.match(value):
         raise bad("A token id is letters, digits, '-', '_' or '.' (at most 64).")

@@ -14,7 +14,7 @@ from .. import fmt
 from ..dmz import DmzError, Token
 from ..durations import format_duration, format_time, parse_duration
 from ..gate import Context, Failed, Refused, Role, gated
-from ..syntax import Words, arguments, bad, room, token_id, whole_number
+from ..syntax import Words, arguments, bad, project_name, room, token_id, whole_number
 from .base import CommandFamily, Subcommand, family_root
 
 MAX_LISTED = 30
@@ -39,7 +39,7 @@ def guest_duration(value: str) -> int:
 class GenerateArgs:
     USAGE: ClassVar[str] = (
         "[--uses N] [--expires DURATION] [--guest-expires DURATION] [--note TEXT] "
-        "[--invite ROOM ...] [--dm]"
+        "[--invite ROOM ...] [--project NAME] [--dm]"
     )
     uses: int | None = None
     expires: int | None = None
@@ -48,6 +48,7 @@ class GenerateArgs:
     # Room IDs or aliases each guest of the token is invited into once registered.
     invites: tuple[str, ...] = ()
     guest_expires: int | None = None
+    project: str | None = None
 
     @classmethod
     def parse(cls, raw: str) -> Self:
@@ -55,6 +56,7 @@ class GenerateArgs:
         uses = words.option("--uses", whole_number("--uses", 1, 1000))
         expires = words.option("--expires", duration)
         guest_expires = words.option("--guest-expires", guest_duration)
+        project = words.option("--project", project_name)
         dm = words.flag("--dm")
         invites = tuple(dict.fromkeys(words.options("--invite", room("--invite"))))
         note = words.text("--note")
@@ -63,7 +65,7 @@ class GenerateArgs:
             raise bad("--note must be at most 500 characters.")
         if len(invites) > MAX_INVITES:
             raise bad(f"--invite may be given at most {MAX_INVITES} times.")
-        return cls(uses, expires, note, dm, invites, guest_expires)
+        return cls(uses, expires, note, dm, invites, guest_expires, project)
 
 
 @frozen
@@ -128,6 +130,7 @@ class TokenCommands(CommandFamily):
             invites=invites,
             notify=("dm" if args.dm else ctx.room_id) if invites else "",
             guest_expires_in=guest_expires,
+            project=args.project or "",
         )
         ctx.note(f"token {token.id}")
         if invites:
@@ -140,6 +143,8 @@ class TokenCommands(CommandFamily):
             f"Token {fmt.code(token.id)}: {fmt.plural(uses, 'use')}, expires "
             f"{format_time(token.expires_at)} (in {format_duration(expires_in)})"
         )
+        if args.project:
+            summary += f"; project {fmt.code(args.project)}"
         if guest_expires:
             summary += f"; guests keep their account for {format_duration(guest_expires)}"
         if invites:

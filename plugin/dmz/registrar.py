@@ -125,12 +125,15 @@ class Registrar(RoleClient):
         invites: tuple[str, ...] = (),
         notify: str = "",
         guest_expires_in: int = 0,
+        project: str = "",
     ) -> Token:
         body: dict[str, Any] = {"uses": uses, "expires_in": expires_in, "note": note}
         if invites or notify:
             body.update(invites=list(invites), notify=notify)
         if guest_expires_in:
             body["guest_expires_in"] = guest_expires_in
+        if project:
+            body["project"] = project
         data = await self.request(
             "POST", "/v1/tokens", acting=acting, body=body, idempotency_key=idempotency_key
         )
@@ -213,9 +216,10 @@ class Registrar(RoleClient):
         sponsor: str | None = None,
         status: str | None = None,
         page_size: int = PAGE_SIZE,
+        project: str | None = None,
     ) -> list[Guest]:
         """Every page, newest first."""
-        params = _filters(sponsor=sponsor, status=status)
+        params = _filters(sponsor=sponsor, status=status, project=project)
         items = await self._every(acting, "/v1/guests", "guests", params, page_size)
         return [Guest.from_json(item) for item in items]
 

@@ -55,7 +55,9 @@ def stack(
 @pytest.fixture(scope="module")
 def room(stack: BotStack) -> str:
     """The project room on the internal homeserver, the bot a member (it may invite)."""
-    return project_room(stack.staff, stack.bot, alias=f"project{stack.prefix}")
+    return project_room(
+        stack.staff, stack.bot, alias=f"project{stack.prefix}", moderators=(stack.bot,)
+    )
 
 
 def register(stack: BotStack, url: str) -> tuple[str, str]:
@@ -206,3 +208,43 @@ def test_a_guest_is_warned_of_extended_and_removed_when_their_time_is_up(
     assert late == f"{guest.user_id}: {guest.user_id} is already deactivated."
     listing = stack.staff.ask(stack.room, "!guest list --all")
     assert f"{guest.user_id} deactivated" in listing
+
+
+def test_one_command_offboards_a_guest_and_a_whole_project(stack: BotStack, room: str) -> None:
+    second_room = project_room(stack.staff, stack.bot, moderators=(stack.bot,))
+    reply = stack.staff.ask(
+        stack.room,
+        f"!token generate --uses 3 --project apollo --invite {room} --invite {second_room}",
+    )
+    assert "project `apollo`" in reply
+    url = onboarding_url(reply)
+    guests = [sign_in(stack.dmz, *register(stack, url)) for _ in range(3)]
+    for guest in guests:
+        for target in (room, second_room):
+            wait_invited(guest, target)
+        guest.join(room)  # the second room's invite stays pending
+        stack.staff.wait_membership(room, guest.user_id, "join")
+    alone, *project = guests
+
+    asked = stack.staff.ask(stack.room, f"!guest offboard {alone.user_id}")
+    assert asked.startswith(f"Offboard guest {alone.user_id}?")
+    done = stack.staff.ask(stack.room, f"!guest offboard {alone.user_id} --yes")
+    assert done.startswith(f"Guest {alone.user_id}: DMZ account deactivated; removed from ")
+    assert f"`{room}`" in done and f"`{second_room}`" in done
+    for target in (room, second_room):
+        assert stack.staff.membership(target, alone.user_id) in ("leave", None)
+
+    asked = stack.staff.ask(stack.room, "!guest offboard --project apollo")
+    assert asked.startswith("Offboard the 2 active guests of project `apollo`")
+    assert all(g.user_id in asked for g in project)
+    done = stack.staff.ask(stack.room, "!guest offboard --project apollo --yes")
+    assert done.startswith("Offboarded 2 of 2 guests:")
+    for guest in project:
+        assert f"Guest {guest.user_id}: DMZ account deactivated; removed from " in done
+        stack.staff.wait_membership(room, guest.user_id, "leave")
+        status, user = stack.dmz.admin("GET", f"/_synapse/admin/v2/users/{guest.user_id}")
+        assert status == 200 and user["deactivated"] is True
+    again = stack.staff.ask(stack.room, "!guest offboard --project apollo --yes")
+    assert again == "Project `apollo` has no active guests."
+    unknown = stack.staff.ask(stack.room, f"!guest offboard @nobody:{stack.dmz.server_name} --yes")
+    assert unknown == f"@nobody:{stack.dmz.server_name} is not a known guest; nothing was done."

@@ -54,7 +54,7 @@ async def test_help_lists_what_the_sender_may_use(chat: Chat) -> None:
     assert "`!bastion whoami` — your roles" in operator
     assert "`!bastion help` — the commands" in operator
     assert "!guest extend <@guest:dmz> <DURATION>" in operator
-    assert operator.count("●") == 9
+    assert operator.count("●") == 10
 
     auditor = await chat.ask("!bastion help", sender=AUDITOR)
     assert "!audit verify" in auditor and "!audit export" in auditor

@@ -162,7 +162,7 @@ async def test_bad_syntax_is_answered_after_the_gate_with_usage(chat: Chat) -> N
     assert reply.startswith("--uses must be a whole number from 1 to 1000.")
     usage = (
         "[--uses N] [--expires DURATION] [--guest-expires DURATION] [--note TEXT] "
-        "[--invite ROOM ...] [--dm]"
+        "[--invite ROOM ...] [--project NAME] [--dm]"
     )
     assert f"!token generate {usage}" in reply
     [entry] = await chat.audit()
