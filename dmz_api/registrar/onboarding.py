@@ -349,6 +349,9 @@ class OnboardingPage:
             localpart = validate_localpart(username, self.registrar.homeserver.server_name)
         except FormRejected as e:
             errors["username"] = e.reason
+        else:
+            if reserved := self.registrar.names.check_username(localpart):
+                errors["username"] = reserved
         minimum = self.registrar.password_min_length
         if len(password) < minimum:
             errors["password"] = f"Use at least {minimum} characters."
@@ -358,6 +361,8 @@ class OnboardingPage:
             errors["password_confirm"] = "The two passwords do not match."  # noqa: S105
         if len(display_name) > 100:
             errors["display_name"] = "Use at most 100 characters."
+        elif display_name and (claim := self.registrar.names.check_display_name(display_name)):
+            errors["display_name"] = claim
         if errors:
             return again(errors)
         try:
