@@ -198,11 +198,13 @@ class FakeRegistrar:
                 return error(400, "M_INVALID_PARAM", "cursor must be the next_cursor of a page")
             start = ids.index(cursor) + 1
         status, sponsor = request.query.get("status"), request.query.get("sponsor")
+        project = request.query.get("project")
         found = [
             item
             for item in ordered[start:]
             if (not status or item["status"] == status)
             and (not sponsor or item["sponsor"] == sponsor)
+            and (not project or item.get("project") == project)
         ]
         page = found[:limit]
         next_cursor = page[-1][id_key] if len(found) > limit else None
@@ -288,6 +290,9 @@ class FakeHomeserver:
     # (room_id, user_id) of every invite the bot sent; an answer to give instead of 200.
     invites: list[tuple[str, str]] = field(factory=list)
     invite_fails: list[tuple[int, str, str]] = field(factory=list)
+    # Rooms whose kicks are refused (403), as a room where the bot lacks the power.
+    no_kick: set[str] = field(factory=set)
+    kicks: list[tuple[str, str]] = field(factory=list)
 
     def add_user(self, user_id: str, **flags: bool) -> None:
         self.users[user_id] = {
@@ -373,9 +378,24 @@ class FakeHomeserver:
         self.members[(room_id, user_id)] = "invite"
         return web.json_response({})
 
+    async def joined_rooms(self, request: web.Request) -> web.Response:
+        rooms = sorted({room for (room, user), m in self.members.items() if m == "join"})
+        bot = [room for room in rooms if self.members.get((room, "@bastion:corp.example"))]
+        return web.json_response({"joined_rooms": bot})
+
+    async def kick(self, request: web.Request) -> web.Response:
+        room_id, user_id = request.match_info["room_id"], (await request.json())["user_id"]
+        if room_id in self.no_kick:
+            return error(403, "M_FORBIDDEN", "You cannot kick user")
+        self.kicks.append((room_id, user_id))
+        self.members[(room_id, user_id)] = "leave"
+        return web.json_response({})
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/_synapse/admin/v2/users/{user_id}", self.admin_user)
+        app.router.add_get("/_matrix/client/v3/joined_rooms", self.joined_rooms)
+        app.router.add_post("/_matrix/client/v3/rooms/{room_id}/kick", self.kick)
         app.router.add_post("/_matrix/client/v3/rooms/{room_id}/invite", self.invite)
         base = "/_matrix/client/v3/rooms/{room_id}"
         app.router.add_get(base + "/state/m.room.member/{user_id}", self.member)
