@@ -123,10 +123,8 @@ class BastionBot(Plugin):
     async def stop(self) -> None:
         if self.welcome_task is not None:
             self.welcome_task.cancel()
-            try:
-                await self.welcome_task
-            except asyncio.CancelledError:
-                pass
+            # wait(), not await: whatever ended the task must not abort the rest of stop().
+            await asyncio.wait([self.welcome_task], timeout=5)
             self.welcome_task = None
         if self.sweep_task is not None:
             self.sweep_task.cancel()
@@ -149,12 +147,14 @@ class BastionBot(Plugin):
 
     async def _welcome_forever(self) -> None:
         while interval := self.config.registrations_poll_interval:
+            # Sleep first: a poll in flight while maubot is stopped during its start-up left
+            # the process hanging in stop (tests/e2e/test_demo_lifetime.py); not yet understood.
+            await asyncio.sleep(interval)
             try:
                 await self.welcomer.poll()
                 await self.expiry.maybe_check()
             except Exception:
                 self.log.exception("Following up registrations failed")
-            await asyncio.sleep(interval)
 
     @event.on(EventType.ROOM_MEMBER)
     async def on_member(self, evt: StateEvent) -> None:
