@@ -31,8 +31,8 @@ from .confirm import Confirmations
 from .db import ConfirmationStore, DirectRoomStore, FollowupStore
 from .direct import DirectMessages
 from .dmz import DmzTransport, Gateway, Registrar
-from .expiry import GuestExpiry
 from .gate import Gate
+from .guest_expiry import GuestExpiry
 from .identity import IdentityChecker
 from .migrations import upgrade_table
 from .revocation import Revoker
