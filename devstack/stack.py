@@ -116,8 +116,10 @@ class BotStack:
         *,
         prefix: str | None = None,
         plugin_config: dict[str, Any] | None = None,
+        registrar_config: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.registrar_extra = registrar_config or {}
         self.internal = internal
         self.dmz = dmz
         self.prefix = prefix or f"s{secrets.token_hex(3)}"
@@ -153,6 +155,7 @@ class BotStack:
                     "secret": secrets.token_urlsafe(32),
                     "rate_limit": {"per_minute": 60000, "burst": 1000},
                     "password_min_length": 10,
+                    **self.registrar_extra,
                 },
             },
         ).start()

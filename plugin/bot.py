@@ -28,17 +28,19 @@ from .commands import (
 )
 from .config import Config
 from .confirm import Confirmations
-from .db import ConfirmationStore, DirectRoomStore
+from .db import ConfirmationStore, DirectRoomStore, FollowupStore
 from .direct import DirectMessages
 from .dmz import DmzTransport, Gateway, Registrar
 from .expiry import INTERVAL as EXPIRY_INTERVAL
 from .expiry import ExpiryNotices
 from .gate import Gate
+from .guest_expiry import GuestExpiry
 from .identity import IdentityChecker
 from .migrations import upgrade_table
 from .revocation import Revoker
 from .services import Services
 from .web import AuditExport, SweepMetrics
+from .welcome import Welcomer
 
 
 class BastionBot(Plugin):
@@ -50,6 +52,9 @@ class BastionBot(Plugin):
     sweep_task: asyncio.Task[None] | None
     expiry_task: asyncio.Task[None] | None
     expiry: ExpiryNotices
+    welcomer: Welcomer
+    guest_expiry: GuestExpiry
+    welcome_task: asyncio.Task[None] | None
 
     @classmethod
     def get_config_class(cls) -> type[BaseProxyConfig]:
@@ -63,6 +68,7 @@ class BastionBot(Plugin):
         await super().start()
         self.sweep_task = None
         self.expiry_task = None
+        self.welcome_task = None
         self.config.load_and_update()
         for problem in self.config.problems():
             self.log.warning("Configuration: %s", problem)
@@ -122,8 +128,17 @@ class BastionBot(Plugin):
             on_expired=sbg.rooms.rules_changed,
         )
         self.expiry_task = asyncio.create_task(self._expiry_forever())
+        followups = FollowupStore(self.database)
+        self.welcomer = Welcomer(self.services, followups, self.log.getChild("welcome"))
+        self.guest_expiry = GuestExpiry(self.services, followups, self.log.getChild("guest_expiry"))
+        self.welcome_task = asyncio.create_task(self._welcome_forever())
 
     async def stop(self) -> None:
+        if self.welcome_task is not None:
+            self.welcome_task.cancel()
+            # wait(), not await: whatever ended the task must not abort the rest of stop().
+            await asyncio.wait([self.welcome_task], timeout=5)
+            self.welcome_task = None
         for task in (self.sweep_task, self.expiry_task):
             if task is not None:
                 task.cancel()
@@ -152,6 +167,17 @@ class BastionBot(Plugin):
                 await self.expiry.check()
             except Exception:
                 self.log.exception("The rule expiry check failed")
+
+    async def _welcome_forever(self) -> None:
+        while interval := self.config.registrations_poll_interval:
+            # Sleep first: a poll in flight while maubot is stopped during its start-up left
+            # the process hanging in stop (tests/e2e/test_demo_lifetime.py); not yet understood.
+            await asyncio.sleep(interval)
+            try:
+                await self.welcomer.poll()
+                await self.guest_expiry.maybe_check()
+            except Exception:
+                self.log.exception("Following up registrations failed")
 
     @event.on(EventType.ROOM_MEMBER)
     async def on_member(self, evt: StateEvent) -> None:

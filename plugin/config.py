@@ -79,9 +79,13 @@ class Config(BaseProxyConfig):
         helper.copy("dmz.timeout")
         helper.copy("token_defaults.uses")
         helper.copy("token_defaults.expires")
+        helper.copy("token_defaults.guest_expires")
         helper.copy("on_staff_deactivated.revoke_tokens")
         helper.copy("on_staff_deactivated.guests")
         helper.copy("sweep_interval")
+        helper.copy("registrations.poll_interval")
+        helper.copy("guest_expiry.check_interval")
+        helper.copy("guest_expiry.warn_before")
         helper.copy("audit.export_key")
 
     def problems(self) -> list[str]:
@@ -92,6 +96,10 @@ class Config(BaseProxyConfig):
             ("dmz.timeout", lambda: self.dmz_timeout),
             ("token_defaults.expires", lambda: self.token_expires),
             ("sweep_interval", lambda: self.sweep_interval),
+            ("registrations.poll_interval", lambda: self.registrations_poll_interval),
+            ("token_defaults.guest_expires", lambda: self.guest_expires),
+            ("guest_expiry.check_interval", lambda: self.expiry_check_interval),
+            ("guest_expiry.warn_before", lambda: self.expiry_warn_before),
         ]
         for key, read in checks:
             try:
@@ -185,6 +193,38 @@ class Config(BaseProxyConfig):
         if value in (0, "0", None, ""):
             return 0
         return parse_duration(value)
+
+    @property
+    def registrations_poll_interval(self) -> float:
+        """Seconds between reads of the registrations feed (0: never, no invites)."""
+        value = self["registrations.poll_interval"]
+        if value in (0, "0", None, ""):
+            return 0.0
+        if isinstance(value, float) and not value.is_integer():
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value  # sub-second, for tests
+        return float(parse_duration(value))
+
+    @property
+    def guest_expires(self) -> int:
+        """Seconds a guest keeps their account when --guest-expires is not given (0: for good)."""
+        value = self["token_defaults.guest_expires"]
+        if value in (0, "0", None, ""):
+            return 0
+        return parse_duration(value)
+
+    @property
+    def expiry_check_interval(self) -> float:
+        """Seconds between checks for guests about to expire or expired."""
+        value = self["guest_expiry.check_interval"]
+        if isinstance(value, float) and not value.is_integer() and value > 0:
+            return value
+        return float(parse_duration(value if value not in (None, "") else "1m"))
+
+    @property
+    def expiry_warn_before(self) -> int:
+        return parse_duration(self["guest_expiry.warn_before"] or "7d")
 
     @property
     def audit_export_key(self) -> str:

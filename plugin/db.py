@@ -112,3 +112,81 @@ class ConfirmationStore:
     async def forget_before(self, cutoff_ms: int) -> None:
         """Drop confirmations that expired before ``cutoff_ms`` (kept a while for the reply)."""
         await self.db.execute("DELETE FROM confirmation WHERE expires_at < $1", cutoff_ms)
+
+
+@frozen
+class Followup:
+    """One thing done (or not) for a registered guest: an invite into a room, or the notice."""
+
+    user_id: str
+    item: str
+    state: str
+    attempts: int
+    detail: str
+
+
+class FollowupStore:
+    """The registrations feed position and, per guest, what was done for them, claimed once."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def cursor(self) -> tuple[int, str]:
+        row = await self.db.fetchrow(
+            "SELECT since_ms, after_user FROM registration_cursor WHERE id=1"
+        )
+        return (int(row["since_ms"]), str(row["after_user"])) if row else (0, "")
+
+    async def set_cursor(self, since_ms: int, after_user: str) -> None:
+        await self.db.execute(
+            "INSERT INTO registration_cursor (id, since_ms, after_user) VALUES (1, $1, $2) "
+            "ON CONFLICT (id) DO UPDATE SET since_ms=excluded.since_ms, "
+            "after_user=excluded.after_user",
+            since_ms,
+            after_user,
+        )
+
+    async def claim(self, user_id: str, item: str, now_ms: int, lease_ms: int) -> bool:
+        """Take ``item`` for ``user_id`` (new, or its lease ran out); True for the winner."""
+        claimed = await self.db.fetchval(
+            "INSERT INTO guest_followup (user_id, item, state, claimed_at) "
+            "VALUES ($1, $2, 'claimed', $3) "
+            "ON CONFLICT (user_id, item) DO UPDATE SET claimed_at=$3, "
+            "attempts=guest_followup.attempts + 1 "
+            "WHERE guest_followup.state='claimed' AND guest_followup.claimed_at < $4 "
+            "RETURNING item",
+            user_id,
+            item,
+            now_ms,
+            now_ms - lease_ms,
+        )
+        return claimed is not None
+
+    async def finish(self, user_id: str, item: str, state: str, detail: str = "") -> None:
+        await self.db.execute(
+            "UPDATE guest_followup SET state=$3, detail=$4 WHERE user_id=$1 AND item=$2",
+            user_id,
+            item,
+            state,
+            detail,
+        )
+
+    async def release(self, user_id: str, item: str) -> None:
+        """Give a claim back at once (a passing failure: the next poll tries again)."""
+        await self.db.execute(
+            "UPDATE guest_followup SET claimed_at=0 WHERE user_id=$1 AND item=$2 "
+            "AND state='claimed'",
+            user_id,
+            item,
+        )
+
+    async def of_guest(self, user_id: str) -> list[Followup]:
+        rows = await self.db.fetch(
+            "SELECT user_id, item, state, attempts, detail FROM guest_followup "
+            "WHERE user_id=$1 ORDER BY item",
+            user_id,
+        )
+        return [
+            Followup(r["user_id"], r["item"], r["state"], int(r["attempts"]), r["detail"])
+            for r in rows
+        ]

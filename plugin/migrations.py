@@ -92,3 +92,29 @@ async def upgrade_v3(conn: Connection) -> None:
             PRIMARY KEY (rule_id, expires_at, stage)
         )"""
     )
+
+
+@upgrade_table.register(description="Following up registrations: feed position, invites, notices")
+async def upgrade_v4(conn: Connection) -> None:
+    # Where the bot is in the registrar's registrations feed (one row).
+    await conn.execute(
+        """CREATE TABLE registration_cursor (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            since_ms   BIGINT NOT NULL,
+            after_user TEXT   NOT NULL
+        )"""
+    )
+    # One row per guest and thing to do for them: a room ID to invite them to, or 'notice'
+    # (telling the sponsor). Claimed once by one conditional upsert; a claim older than its
+    # lease belongs to a bot that stopped mid-way and may be taken again.
+    await conn.execute(
+        """CREATE TABLE guest_followup (
+            user_id    TEXT    NOT NULL,
+            item       TEXT    NOT NULL,
+            state      TEXT    NOT NULL CHECK (state IN ('claimed', 'done', 'failed')),
+            claimed_at BIGINT  NOT NULL,
+            attempts   INTEGER NOT NULL DEFAULT 1,
+            detail     TEXT    NOT NULL DEFAULT '',
+            PRIMARY KEY (user_id, item)
+        )"""
+    )

@@ -106,6 +106,19 @@ class Words:
             raise bad(f"{name} is given twice.")
         return convert(value)
 
+    def options(self, name: str, convert: Callable[[str], T]) -> list[T]:
+        """Every value of an option that may be given more than once, in order."""
+        values: list[T] = []
+        while (hit := self._find(name)) is not None:
+            index, value = hit
+            del self.words[index]
+            if value is None:
+                if index >= len(self.words) or self.words[index].startswith("--"):
+                    raise bad(f"{name} needs a value.")
+                value = self.words.pop(index)
+            values.append(convert(value))
+        return values
+
     def text(self, name: str) -> str | None:
         """Free text: every word up to the next ``--option``."""
         hit = self._find(name)
@@ -151,6 +164,29 @@ def user_id(label: str) -> Callable[[str], str]:
         return value
 
     return convert
+
+
+ROOM = re.compile(r"^(![\x21-\x7e]{1,255}|#[^\s:]{1,200}:[A-Za-z0-9.\-]+(:\d{1,5})?)$")
+
+
+def room(label: str) -> Callable[[str], str]:
+    """A room ID (``!id:server``) or alias (``#name:server``)."""
+
+    def convert(value: str) -> str:
+        if not ROOM.match(value):
+            raise bad(f"{label} must be a room ID or alias such as #project:corp.example.")
+        return value
+
+    return convert
+
+
+PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def project_name(value: str) -> str:
+    if not PROJECT.match(value):
+        raise bad("--project must be a name of letters, digits, '.', '_' or '-' (at most 64).")
+    return value
 
 
 def token_id(value: str) -> str:

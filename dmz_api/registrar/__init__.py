@@ -6,7 +6,8 @@ that builds the ``RegistrarService`` (with its own HTTP session to the homeserve
 ``REGISTRAR`` once the shared database (``DATABASE``) is open; on PostgreSQL the page's
 rate limits move into that database. At start it adopts tokens left native on the
 homeserver by the old design (``service.sync``), in the background so an unreachable
-homeserver does not hold up the start.
+homeserver does not hold up the start; and every ``expiry_interval`` it deactivates the
+guests whose time ran out (``service.expire_guests``).
 """
 
 from __future__ import annotations
@@ -83,12 +84,14 @@ def setup(
             )
             app[REGISTRAR] = service
             adoption = asyncio.create_task(_adopt_legacy(service))
+            expiry = asyncio.create_task(_expire_forever(service, config.expiry_interval))
             try:
                 yield
             finally:
-                adoption.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await adoption
+                for task in (adoption, expiry):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     app.cleanup_ctx.append(service_ctx)
 
@@ -99,6 +102,16 @@ async def _adopt_legacy(service: RegistrarService) -> None:
     except Exception:
         # Every admin read and page view tries again.
         log.exception("Adopting legacy native tokens failed")
+
+
+async def _expire_forever(service: RegistrarService, interval: float) -> None:
+    """Deactivate guests whose time ran out, every ``interval`` seconds."""
+    while True:
+        try:
+            await service.expire_guests()
+        except Exception:
+            log.exception("Expiring guests failed; the next run tries again")
+        await asyncio.sleep(interval)
 
 
 __all__ = ["REGISTRAR", "setup", "upgrade_table"]

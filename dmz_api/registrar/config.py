@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..config_reader import Section
+from .names import DEFAULT_RESERVED, NamePolicy
 
 HomeserverKind = Literal["synapse", "matrix"]
 
@@ -46,6 +48,12 @@ class RegistrarConfig:
     password_min_length: int = 10
     idempotency_ttl: int = DAY
     page_title: str = "Guest access"
+    # The longest a guest account may be given (at mint or by an extension), in seconds.
+    max_guest_expires_in: int = 365 * DAY
+    # Seconds between runs of the task that deactivates expired guests.
+    expiry_interval: float = 60.0
+    # Usernames and display names guests may not take (names.py).
+    names: NamePolicy = field(default_factory=NamePolicy)
 
     @property
     def has_deactivation(self) -> bool:
@@ -112,7 +120,31 @@ def parse_registrar_config(section: Section) -> RegistrarConfig:
         password_min_length=section.int("password_min_length", 10, low=8, high=128),
         idempotency_ttl=section.duration("idempotency_ttl", DAY),
         page_title=title,
+        max_guest_expires_in=section.duration("max_guest_expires_in", 365 * DAY),
+        expiry_interval=section.float("expiry_interval", 60.0),
+        names=_names(section),
     )
+
+
+def _names(section: Section) -> NamePolicy:
+    reserved = section.list("reserved_usernames", list(DEFAULT_RESERVED))
+    patterns = section.list("reserved_patterns", [])
+    domains = section.list("internal_domains", [])
+    for key, values in (
+        ("reserved_usernames", reserved),
+        ("reserved_patterns", patterns),
+        ("internal_domains", domains),
+    ):
+        if not all(isinstance(value, str) and value.strip() for value in values):
+            raise section.error(key, "must be a list of non-empty strings")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise section.error(
+                "reserved_patterns", f"{pattern!r} is not a regular expression ({e})"
+            ) from None
+    return NamePolicy.build(reserved, patterns, domains)
 
 
 __all__ = ["HomeserverConfig", "RateLimitConfig", "RegistrarConfig", "parse_registrar_config"]

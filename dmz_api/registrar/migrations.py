@@ -83,3 +83,36 @@ async def upgrade_v2(conn: Connection) -> None:
     await conn.execute(
         "CREATE INDEX registrar_rate_buckets_updated ON registrar_rate_buckets (updated)"
     )
+
+
+@upgrade_table.register(description="Rooms a token's guests are invited to, and a feed order")
+async def upgrade_v3(conn: Connection) -> None:
+    # invites: JSON list of room IDs the bot invites each guest of this token into.
+    # notify: where the bot tells the sponsor of a registration ("dm", a room ID, "" for nowhere).
+    await conn.execute("ALTER TABLE registrar_tokens ADD COLUMN invites TEXT NOT NULL DEFAULT '[]'")
+    await conn.execute("ALTER TABLE registrar_tokens ADD COLUMN notify TEXT NOT NULL DEFAULT ''")
+    # The registrations feed reads guests oldest first from a (created_at, user_id) cursor.
+    await conn.execute(
+        "CREATE INDEX registrar_guests_feed ON registrar_guests (created_at, user_id)"
+    )
+
+
+@upgrade_table.register(description="Guests that expire")
+async def upgrade_v4(conn: Connection) -> None:
+    # guest_expires_in: seconds each guest of this token keeps their account (0: for good).
+    await conn.execute(
+        "ALTER TABLE registrar_tokens ADD COLUMN guest_expires_in BIGINT NOT NULL DEFAULT 0"
+    )
+    # expires_at: when the expiry task deactivates the guest (NULL: never).
+    await conn.execute("ALTER TABLE registrar_guests ADD COLUMN expires_at BIGINT")
+    await conn.execute(
+        "CREATE INDEX registrar_guests_expiry ON registrar_guests (status, expires_at)"
+    )
+
+
+@upgrade_table.register(description="Projects: guests offboarded together")
+async def upgrade_v5(conn: Connection) -> None:
+    # project: a name staff give a token (the bot's --project) so that its guests can be
+    # listed and offboarded together; "" for none.
+    await conn.execute("ALTER TABLE registrar_tokens ADD COLUMN project TEXT NOT NULL DEFAULT ''")
+    await conn.execute("CREATE INDEX registrar_tokens_project ON registrar_tokens (project)")

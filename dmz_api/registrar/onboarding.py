@@ -17,13 +17,14 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
 from .config import RegistrarConfig
-from .crypto import NONCE_PATTERN, RegistrarKeys, hash_token, new_nonce
+from .crypto import NONCE_PATTERN, TOKEN_PATTERN, RegistrarKeys, hash_token, new_nonce
 from .ratelimit import Limiter, RateLimiter
 from .service import (
     REGISTRAR,
@@ -60,6 +61,14 @@ REFUSALS = {
     "username_taken": "This username is already taken. Please choose another one.",
     "username_invalid": "The homeserver does not accept this username. Please choose another.",
     "password_weak": "The homeserver considers this password too weak. Please choose a longer one.",
+}
+
+# The name of each field, for the error summary's links (a link must say where it leads).
+FIELD_LABELS = {
+    "username": "Username",
+    "password": "Password",
+    "password_confirm": "Repeat the password",
+    "display_name": "Display name",
 }
 
 _STATE_PAGES: dict[str, tuple[int, str, list[str]]] = {
@@ -202,10 +211,22 @@ class OnboardingPage:
             heading=heading,
             paragraphs=paragraphs,
             retry_url=retry_url,
+            sign_in_url=None,
         )
 
     def state_page(self, state: PageState) -> web.Response:
         status, heading, paragraphs = _STATE_PAGES[state]
+        if state == "used":
+            # Whoever used it most likely did so themselves: say where to sign in.
+            return self.render(
+                "message.html",
+                status,
+                None,
+                heading=heading,
+                paragraphs=paragraphs,
+                retry_url=None,
+                sign_in_url=self.registrar.homeserver.client_url,
+            )
         return self.message(status, heading, paragraphs)
 
     def try_later(self) -> web.Response:
@@ -242,6 +263,7 @@ class OnboardingPage:
             action="/register",
             # Missing fields read as "" in the template (StrictUndefined elsewhere).
             errors=defaultdict(str, errors or {}),
+            labels=FIELD_LABELS,
             username=username,
             display_name=display_name,
             password_min_length=self.registrar.password_min_length,
@@ -263,10 +285,23 @@ class OnboardingPage:
             return None
         service.metrics.rate_limited.inc()
         seconds = max(1, int(wait + 0.999))
+        # A way forward that is a plain GET: reloading a refused POST would send it again.
+        token = request.query.get("token", "")
+        if request.method == "POST":
+            try:
+                token = _field(await request.post(), "token")
+            except ValueError:
+                token = ""
+        retry = f"/register?token={quote(token)}" if TOKEN_PATTERN.match(token) else None
         return self.message(
             429,
             "Too many attempts",
-            [f"Please wait {seconds} seconds, then reload this page."],
+            [
+                f"Please wait {seconds} seconds, then open the form again."
+                if retry
+                else f"Please wait {seconds} seconds, then open your invitation link again."
+            ],
+            retry_url=retry,
             headers={"Retry-After": str(seconds)},
         )
 
@@ -349,6 +384,9 @@ class OnboardingPage:
             localpart = validate_localpart(username, self.registrar.homeserver.server_name)
         except FormRejected as e:
             errors["username"] = e.reason
+        else:
+            if reserved := self.registrar.names.check_username(localpart):
+                errors["username"] = reserved
         minimum = self.registrar.password_min_length
         if len(password) < minimum:
             errors["password"] = f"Use at least {minimum} characters."
@@ -358,6 +396,8 @@ class OnboardingPage:
             errors["password_confirm"] = "The two passwords do not match."  # noqa: S105
         if len(display_name) > 100:
             errors["display_name"] = "Use at most 100 characters."
+        elif display_name and (claim := self.registrar.names.check_display_name(display_name)):
+            errors["display_name"] = claim
         if errors:
             return again(errors)
         try:

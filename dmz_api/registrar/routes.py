@@ -5,6 +5,7 @@ Scopes: ``tokens`` for /v1/tokens and sponsor revocation, ``guests`` for /v1/gue
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -14,13 +15,27 @@ from aiohttp import web
 from ..auth import API_CLIENT, acting_user, requires_scope, validate_user_id
 from ..durations import parse_duration
 from ..errors import InvalidParam, NotFound
-from ..params import actor, json_body, query_choice, query_page, query_user
+from ..params import (
+    actor,
+    json_body,
+    query_choice,
+    query_int,
+    query_limit,
+    query_page,
+    query_user,
+)
 from .service import REGISTRAR, Minted, TokenView
-from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow
+from .store import GUEST_STATUSES, TOKEN_STATUSES, GuestRow, RegistrationRow
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 TOKEN_ID = re.compile(r"^[0-9a-f]{12}$")
 MAX_NOTE = 500
+# Rooms a token's guests are invited to (room IDs: the bot resolves aliases before minting).
+ROOM_ID = re.compile(r"^![\x21-\x7e]{1,255}$")  # room v12 IDs have no server part
+MAX_INVITES = 20
+PROJECT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+PROJECT_RULE = "project must be a name of letters, digits, '.', '_' or '-' (at most 64)"
+MAX_NOTIFY = 255
 
 
 def iso(ms: int | None) -> str | None:
@@ -47,6 +62,10 @@ def token_json(view: TokenView) -> dict[str, Any]:
         "revoked_by": row.revoked_by,
         "used_by": list(view.used_by),
         "homeserver_kind": row.homeserver_kind,
+        "invites": json.loads(row.invites),
+        "notify": row.notify,
+        "guest_expires_in": row.guest_expires_in or None,
+        "project": row.project,
     }
 
 
@@ -63,7 +82,42 @@ def guest_json(guest: GuestRow) -> dict[str, Any]:
         "status": guest.status,
         "deactivated_at": iso(guest.deactivated_at),
         "deactivated_by": guest.deactivated_by,
+        "expires_at": iso(guest.expires_at),
     }
+
+
+def registration_json(item: RegistrationRow) -> dict[str, Any]:
+    return {
+        "user_id": item.user_id,
+        "sponsor": item.sponsor,
+        "token_id": item.token_id,
+        "created_at": iso(item.created_at),
+        "created_at_ms": item.created_at,
+        "status": item.status,
+        "invites": json.loads(item.invites),
+        "notify": item.notify,
+    }
+
+
+def mint_invites(body: dict[str, Any]) -> list[str]:
+    invites = body.get("invites", [])
+    if (
+        not isinstance(invites, list)
+        or len(invites) > MAX_INVITES
+        or not all(isinstance(room, str) and ROOM_ID.match(room) for room in invites)
+    ):
+        raise InvalidParam(f"invites must be a list of at most {MAX_INVITES} room IDs")
+    return list(dict.fromkeys(invites))
+
+
+def guest_duration(value: Any, most: int, name: str = "guest_expires_in") -> int:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise InvalidParam(f"{name} {e}") from None
+    if seconds > most:
+        raise InvalidParam(f"{name} must be at most {most} seconds")
+    return seconds
 
 
 def token_id(request: web.Request) -> str:
@@ -93,6 +147,18 @@ async def mint_token(request: web.Request) -> web.Response:
     note = body.get("note", "")
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise InvalidParam(f"note must be text of at most {MAX_NOTE} characters")
+    invites = mint_invites(body)
+    notify = body.get("notify", "")
+    if not isinstance(notify, str) or len(notify) > MAX_NOTIFY:
+        raise InvalidParam(f"notify must be text of at most {MAX_NOTIFY} characters")
+    guest_expires_in = 0
+    if body.get("guest_expires_in") is not None:
+        guest_expires_in = guest_duration(body["guest_expires_in"], config.max_guest_expires_in)
+    project = body.get("project", "")
+    if not isinstance(project, str) or (project and not PROJECT.match(project)):
+        raise InvalidParam(
+            "project must be a name of letters, digits, '.', '_' or '-' (at most 64)"
+        )
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.match(key):
         raise InvalidParam("Idempotency-Key must be 1 to 255 printable ASCII characters")
@@ -103,6 +169,10 @@ async def mint_token(request: web.Request) -> web.Response:
         expires_in=expires_in,
         note=note.strip(),
         idempotency_key=key,
+        invites=invites,
+        notify=notify,
+        guest_expires_in=guest_expires_in,
+        project=project,
     )
     headers = {"Cache-Control": "no-store"}
     if minted.replayed:
@@ -157,7 +227,13 @@ async def revoke_sponsor(request: web.Request) -> web.Response:
 @requires_scope("guests")
 async def list_guests(request: web.Request) -> web.Response:
     page = query_page(request)
+    project = request.query.get("project")
+    if project is not None and not PROJECT.match(project):
+        raise InvalidParam(
+            "project must be a name of letters, digits, '.', '_' or '-' (at most 64)"
+        )
     guests = await request.app[REGISTRAR].list_guests(
+        project=project,
         sponsor=query_user(request, "sponsor"),
         status=query_choice(request, "status", GUEST_STATUSES),
         limit=page.fetch,
@@ -170,9 +246,45 @@ async def list_guests(request: web.Request) -> web.Response:
 
 
 @requires_scope("guests")
+async def list_registrations(request: web.Request) -> web.Response:
+    """The registrations feed, oldest first, for the bot's invites and notices.
+
+    ``GET /v1/registrations?since=<ms>&after=<user_id>&limit=N`` → ``{"registrations":
+    [...], "next": {"since": ms, "after": user_id}}``: the guests registered after the
+    position ``(since, after)``; ask again from ``next`` (the same position when empty).
+    """
+    since = query_int(request, "since") or 0
+    after = request.query.get("after", "")
+    if after:
+        validate_user_id(after, "after")
+    limit = query_limit(request)
+    items = await request.app[REGISTRAR].registrations(since, after, limit)
+    last = {"since": items[-1].created_at, "after": items[-1].user_id} if items else None
+    return web.json_response(
+        {
+            "registrations": [registration_json(item) for item in items],
+            "next": last or {"since": since, "after": after},
+        }
+    )
+
+
+@requires_scope("guests")
 async def deactivate_guest(request: web.Request) -> web.Response:
     user_id = validate_user_id(request.match_info["user_id"], "user_id")
     guest = await request.app[REGISTRAR].deactivate_guest(user_id, actor(request))
+    return web.json_response(guest_json(guest))
+
+
+@requires_scope("guests")
+async def extend_guest(request: web.Request) -> web.Response:
+    """``POST /v1/guests/{user_id}/extend {"expires_in": "30d"}`` → the guest, later expiry."""
+    service = request.app[REGISTRAR]
+    user_id = validate_user_id(request.match_info["user_id"], "user_id")
+    body = await json_body(request)
+    if "expires_in" not in body:
+        raise InvalidParam("expires_in is required: how much longer the guest may stay")
+    seconds = guest_duration(body["expires_in"], service.config.max_guest_expires_in, "expires_in")
+    guest = await service.extend_guest(user_id, seconds, actor(request))
     return web.json_response(guest_json(guest))
 
 
@@ -184,4 +296,6 @@ def add_routes(app: web.Application) -> None:
     router.add_delete("/v1/tokens/{token_id}", revoke_token, name="revoke_token")
     router.add_post("/v1/sponsors/{user_id}/revoke", revoke_sponsor, name="revoke_sponsor")
     router.add_get("/v1/guests", list_guests, name="list_guests")
+    router.add_get("/v1/registrations", list_registrations, name="list_registrations")
     router.add_post("/v1/guests/{user_id}/deactivate", deactivate_guest, name="deactivate_guest")
+    router.add_post("/v1/guests/{user_id}/extend", extend_guest, name="extend_guest")

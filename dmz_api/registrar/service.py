@@ -33,7 +33,7 @@ from typing import Literal
 from aiohttp import web
 from prometheus_client import Counter
 
-from ..errors import ApiError, Conflict, NotFound, Unavailable
+from ..errors import ApiError, Conflict, InvalidParam, NotFound, Unavailable
 from ..metrics import Metrics
 from .config import RegistrarConfig
 from .crypto import TOKEN_PATTERN, RegistrarKeys, hash_token, new_token
@@ -46,7 +46,14 @@ from .homeserver import (
     Registration,
     RegistrationRefused,
 )
-from .store import GuestRow, Position, RegistrarStore, TokenRow, TokenStatus
+from .store import (
+    GuestRow,
+    Position,
+    RegistrarStore,
+    RegistrationRow,
+    TokenRow,
+    TokenStatus,
+)
 
 log = logging.getLogger("dmz_api.registrar")
 
@@ -61,6 +68,9 @@ PAGE_SYNC_MAX_AGE = 2.0
 LEGACY_EXPIRE_AHEAD_MS = 1000
 LEGACY_SETTLE_S = 2.0
 LOCALPART = re.compile(r"^[a-z0-9._=/+-]+$")
+
+# deactivated_by of a guest whose time ran out.
+EXPIRY_ACTOR = "expiry"
 
 # hs_state of a legacy token still (or possibly still) native on the homeserver.
 LEGACY_STATES = ("live", "adopting")
@@ -115,6 +125,16 @@ class Minted:
 
 
 @dataclass(frozen=True, slots=True)
+class _Followup:
+    """What the bot does once a guest registers with the token (see store.registrations)."""
+
+    invites: tuple[str, ...]
+    notify: str
+    guest_expires_in: int = 0
+    project: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SponsorRevocation:
     tokens_revoked: int
     guests_deactivated: int
@@ -141,9 +161,25 @@ class RegistrarMetrics:
         )
 
 
-def mint_request_hash(sponsor: str, uses: int, expires_in: int, note: str) -> str:
+def mint_request_hash(
+    sponsor: str,
+    uses: int,
+    expires_in: int,
+    note: str,
+    invites: Sequence[str] = (),
+    notify: str = "",
+    guest_expires_in: int = 0,
+    project: str = "",
+) -> str:
     """What an Idempotency-Key is bound to: a retry must ask for the same thing."""
-    return hashlib.sha256(json.dumps([sponsor, uses, expires_in, note]).encode()).hexdigest()
+    asked: list[object] = [sponsor, uses, expires_in, note]
+    if invites or notify:
+        asked += [list(invites), notify]
+    if guest_expires_in:
+        asked += [guest_expires_in]
+    if project:
+        asked += [project]
+    return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
 
 def validate_localpart(username: str, server_name: str) -> str:
@@ -207,10 +243,17 @@ class RegistrarService:
         expires_in: int,
         note: str,
         idempotency_key: str | None = None,
+        invites: Sequence[str] = (),
+        notify: str = "",
+        guest_expires_in: int = 0,
+        project: str = "",
     ) -> Minted:
+        extra = _Followup(tuple(invites), notify, guest_expires_in, project)
         if idempotency_key is None:
-            return await self._mint(sponsor, api_client, uses, expires_in, note, None)
-        request_hash = mint_request_hash(sponsor, uses, expires_in, note)
+            return await self._mint(sponsor, api_client, uses, expires_in, note, None, extra)
+        request_hash = mint_request_hash(
+            sponsor, uses, expires_in, note, invites, notify, guest_expires_in, project
+        )
         now = self.now_ms()
         await self.store.purge_idempotency(now - self.config.idempotency_ttl * 1000)
         for _ in range(3):
@@ -218,7 +261,7 @@ class RegistrarService:
                 api_client, idempotency_key, request_hash, now
             ):
                 return await self._mint(
-                    sponsor, api_client, uses, expires_in, note, idempotency_key
+                    sponsor, api_client, uses, expires_in, note, idempotency_key, extra
                 )
             replay = await self._replay(api_client, idempotency_key, request_hash)
             if replay is not None:
@@ -255,6 +298,7 @@ class RegistrarService:
         expires_in: int,
         note: str,
         idempotency_key: str | None,
+        extra: _Followup,
     ) -> Minted:
         try:
             now = self.now_ms()
@@ -278,6 +322,10 @@ class RegistrarService:
                 revoked_at=None,
                 revoked_by=None,
                 hs_state="none",
+                invites=json.dumps(list(extra.invites)),
+                notify=extra.notify,
+                guest_expires_in=extra.guest_expires_in,
+                project=extra.project,
             )
             async with self.store.transaction():
                 await self.store.insert_token(row)
@@ -481,10 +529,16 @@ class RegistrarService:
         status: str | None = None,
         limit: int = 100,
         after: Position | None = None,
+        project: str | None = None,
     ) -> list[GuestRow]:
         return await self.store.list_guests(
-            sponsor=sponsor, status=status, limit=limit, after=after
+            sponsor=sponsor, status=status, limit=limit, after=after, project=project
         )
+
+    async def registrations(
+        self, since_ms: int, after_user: str, limit: int
+    ) -> list[RegistrationRow]:
+        return await self.store.registrations(since_ms, after_user, limit)
 
     async def deactivate_guest(self, user_id: str, actor: str) -> GuestRow:
         guest = await self.store.get_guest(user_id)
@@ -495,6 +549,41 @@ class RegistrarService:
                 raise self._deactivation_unsupported()
             await self._deactivate(user_id, actor)
         return await self.store.get_guest(user_id) or guest
+
+    async def extend_guest(self, user_id: str, seconds: int, actor: str) -> GuestRow:
+        """Move an active guest's expiry ``seconds`` later (from now, if it already passed)."""
+        guest = await self.store.get_guest(user_id)
+        if guest is None:
+            raise NotFound(f"{user_id} is not a guest registered through this registrar")
+        if guest.status != "active":
+            raise Conflict(f"{user_id} is already deactivated")
+        if guest.expires_at is None:
+            raise Conflict(f"{user_id} does not expire")
+        now = self.now_ms()
+        new = max(now, guest.expires_at) + seconds * 1000
+        if new - now > self.config.max_guest_expires_in * 1000:
+            raise InvalidParam(
+                f"expires_in would put the expiry more than {self.config.max_guest_expires_in}"
+                " seconds ahead"
+            )
+        extended = await self.store.set_guest_expiry(user_id, new)
+        if extended is None:
+            raise Conflict(f"{user_id} is already deactivated")
+        log.info("Guest %s now expires at %d (by %s)", user_id, new, actor)
+        return extended
+
+    async def expire_guests(self, batch: int = 100) -> int:
+        """Deactivate every active guest whose time is up; how many were."""
+        if not self.config.has_deactivation:
+            return 0
+        done = 0
+        for guest in await self.store.expired_guests(self.now_ms(), batch):
+            try:
+                if await self._deactivate(guest.user_id, EXPIRY_ACTOR):
+                    done += 1
+            except Unavailable:
+                log.warning("Guest %s expired but is not deactivated yet", guest.user_id)
+        return done
 
     async def _deactivate(self, user_id: str, actor: str) -> bool:
         try:
@@ -643,14 +732,16 @@ class RegistrarService:
         raise TryLater()
 
     async def _record_guest(self, row: TokenRow, user_id: str) -> None:
+        now = self.now_ms()
         guest = GuestRow(
             user_id=user_id,
             sponsor=row.sponsor,
             token_id=row.id,
-            created_at=self.now_ms(),
+            created_at=now,
             status="active",
             deactivated_at=None,
             deactivated_by=None,
+            expires_at=now + row.guest_expires_in * 1000 if row.guest_expires_in else None,
         )
         async with self.store.transaction():
             await self.store.complete_use(row.id)

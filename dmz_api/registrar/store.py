@@ -30,9 +30,11 @@ _STATUS_SQL: dict[str, str] = {
 _TK_COLUMNS = (
     "id, token_hash, sponsor, note, api_client, homeserver_kind, uses_allowed, uses_completed,"
     " pending, in_flight, claim_expires_at, created_at, expires_at, revoked_at, revoked_by,"
-    " hs_state"
+    " hs_state, invites, notify, guest_expires_in, project"
 )
-_GUEST_COLUMNS = "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by"
+_GUEST_COLUMNS = (
+    "user_id, sponsor, token_id, created_at, status, deactivated_at, deactivated_by, expires_at"
+)
 
 Row = Any
 # A place in a list, newest first: (created_at, id); a page holds the rows after it.
@@ -64,6 +66,13 @@ class TokenRow:
     revoked_at: int | None
     revoked_by: str | None
     hs_state: str
+    # JSON list of room IDs; where to tell the sponsor of a registration (see migrations v3).
+    invites: str = "[]"
+    notify: str = ""
+    # Seconds each guest of this token keeps their account; 0 for good (migrations v4).
+    guest_expires_in: int = 0
+    # The project its guests belong to ("" for none; migrations v5).
+    project: str = ""
 
     @classmethod
     def from_row(cls, row: Row) -> TokenRow:
@@ -88,9 +97,28 @@ class GuestRow:
     status: str
     deactivated_at: int | None
     deactivated_by: str | None
+    # When the expiry task deactivates the guest; None: never.
+    expires_at: int | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> GuestRow:
+        return cls(**{name: row[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationRow:
+    """A guest with what its token asked for: the registrations feed's item."""
+
+    user_id: str
+    sponsor: str
+    token_id: str
+    created_at: int
+    status: str
+    invites: str
+    notify: str
+
+    @classmethod
+    def from_row(cls, row: Row) -> RegistrationRow:
         return cls(**{name: row[name] for name in cls.__slots__})
 
 
@@ -162,7 +190,8 @@ class RegistrarStore:
     async def insert_token(self, token: TokenRow) -> None:
         await self.db.execute(
             f"INSERT INTO registrar_tokens ({_TK_COLUMNS}) VALUES"
-            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,"
+            " $19, $20)",
             token.id,
             token.token_hash,
             token.sponsor,
@@ -179,6 +208,10 @@ class RegistrarStore:
             token.revoked_at,
             token.revoked_by,
             token.hs_state,
+            token.invites,
+            token.notify,
+            token.guest_expires_in,
+            token.project,
         )
 
     async def delete_token(self, token_id: str) -> None:
@@ -308,7 +341,8 @@ class RegistrarStore:
 
     async def insert_guest(self, guest: GuestRow) -> None:
         await self.db.execute(
-            f"INSERT INTO registrar_guests ({_GUEST_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            f"INSERT INTO registrar_guests ({_GUEST_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             guest.user_id,
             guest.sponsor,
             guest.token_id,
@@ -316,7 +350,28 @@ class RegistrarStore:
             guest.status,
             guest.deactivated_at,
             guest.deactivated_by,
+            guest.expires_at,
         )
+
+    async def expired_guests(self, now_ms: int, limit: int) -> list[GuestRow]:
+        """Active guests whose time is up, oldest expiry first."""
+        rows = await self.db.fetch(
+            f"SELECT {_GUEST_COLUMNS} FROM registrar_guests WHERE status='active'"
+            " AND expires_at IS NOT NULL AND expires_at <= $1 ORDER BY expires_at LIMIT $2",
+            now_ms,
+            limit,
+        )
+        return [GuestRow.from_row(row) for row in rows]
+
+    async def set_guest_expiry(self, user_id: str, expires_at: int) -> GuestRow | None:
+        """A new expiry for an active guest; None when the guest is not active."""
+        row = await self.db.fetchrow(
+            "UPDATE registrar_guests SET expires_at=$2 WHERE user_id=$1 AND status='active'"
+            f" RETURNING {_GUEST_COLUMNS}",
+            user_id,
+            expires_at,
+        )
+        return GuestRow.from_row(row) if row else None
 
     async def get_guest(self, user_id: str) -> GuestRow | None:
         row = await self.db.fetchrow(
@@ -331,12 +386,18 @@ class RegistrarStore:
         status: str | None,
         limit: int,
         after: Position | None = None,
+        project: str | None = None,
     ) -> list[GuestRow]:
         conditions: list[str] = ["1=1"]
         args: list[Any] = []
         if sponsor is not None:
             args.append(sponsor)
             conditions.append(f"sponsor=${len(args)}")
+        if project is not None:
+            args.append(project)
+            conditions.append(
+                f"token_id IN (SELECT id FROM registrar_tokens WHERE project=${len(args)})"
+            )
         if status is not None:
             args.append(status)
             conditions.append(f"status=${len(args)}")
@@ -362,6 +423,21 @@ class RegistrarStore:
         for row in rows:
             found.setdefault(row["token_id"], []).append(row["user_id"])
         return found
+
+    async def registrations(
+        self, since_ms: int, after_user: str, limit: int
+    ) -> list[RegistrationRow]:
+        """Guests oldest first, from just after ``(since_ms, after_user)``, with their token."""
+        rows = await self.db.fetch(
+            "SELECT g.user_id, g.sponsor, g.token_id, g.created_at, g.status, t.invites, t.notify"
+            " FROM registrar_guests g JOIN registrar_tokens t ON t.id = g.token_id"
+            " WHERE g.created_at > $1 OR (g.created_at = $1 AND g.user_id > $2)"
+            " ORDER BY g.created_at, g.user_id LIMIT $3",
+            since_ms,
+            after_user,
+            limit,
+        )
+        return [RegistrationRow.from_row(row) for row in rows]
 
     async def mark_guest_deactivated(self, user_id: str, now_ms: int, by: str) -> bool:
         value = await self.db.fetchval(

@@ -6,15 +6,19 @@ from typing import ClassVar, Self
 
 from attrs import frozen
 from maubot import MessageEvent
+from maubot.matrix import MaubotMatrixClient
+from mautrix.errors import MatrixRequestError
+from mautrix.types import EventType, PowerLevelStateEventContent, RoomAlias, RoomID
 
 from .. import fmt
 from ..dmz import DmzError, Token
 from ..durations import format_duration, format_time, parse_duration
-from ..gate import Context, Failed, Role, gated
-from ..syntax import Words, arguments, bad, token_id, whole_number
+from ..gate import Context, Failed, Refused, Role, gated
+from ..syntax import Words, arguments, bad, project_name, room, token_id, whole_number
 from .base import CommandFamily, Subcommand, family_root
 
 MAX_LISTED = 30
+MAX_INVITES = 20
 
 
 def duration(value: str) -> int:
@@ -24,25 +28,44 @@ def duration(value: str) -> int:
         raise bad("--expires must be a duration such as 30m, 24h or 7d.") from None
 
 
+def guest_duration(value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        raise bad("--guest-expires must be a duration such as 30d or 90d.") from None
+
+
 @frozen
 class GenerateArgs:
-    USAGE: ClassVar[str] = "[--uses N] [--expires DURATION] [--note TEXT] [--dm]"
+    USAGE: ClassVar[str] = (
+        "[--uses N] [--expires DURATION] [--guest-expires DURATION] [--note TEXT] "
+        "[--invite ROOM ...] [--project NAME] [--dm]"
+    )
     uses: int | None = None
     expires: int | None = None
     note: str | None = None
     dm: bool = False
+    # Room IDs or aliases each guest of the token is invited into once registered.
+    invites: tuple[str, ...] = ()
+    guest_expires: int | None = None
+    project: str | None = None
 
     @classmethod
     def parse(cls, raw: str) -> Self:
         words = Words(raw)
         uses = words.option("--uses", whole_number("--uses", 1, 1000))
         expires = words.option("--expires", duration)
+        guest_expires = words.option("--guest-expires", guest_duration)
+        project = words.option("--project", project_name)
         dm = words.flag("--dm")
+        invites = tuple(dict.fromkeys(words.options("--invite", room("--invite"))))
         note = words.text("--note")
         words.finish()
         if note is not None and len(note) > 500:
             raise bad("--note must be at most 500 characters.")
-        return cls(uses, expires, note, dm)
+        if len(invites) > MAX_INVITES:
+            raise bad(f"--invite may be given at most {MAX_INVITES} times.")
+        return cls(uses, expires, note, dm, invites, guest_expires, project)
 
 
 @frozen
@@ -95,14 +118,23 @@ class TokenCommands(CommandFamily):
     async def generate(self, evt: MessageEvent, ctx: Context, args: GenerateArgs) -> None:
         uses = args.uses or self.config.token_uses
         expires_in = args.expires or self.config.token_expires
+        guest_expires = args.guest_expires or self.config.guest_expires
+        # Checked before minting, so a room the bot cannot invite into mints nothing.
+        invites = await invitable_rooms(self.services.client, args.invites)
         token = await self.services.registrar.mint(
             ctx.acting,
             uses=uses,
             expires_in=expires_in,
             note=args.note or "",
             idempotency_key=evt.event_id,
+            invites=invites,
+            notify=("dm" if args.dm else ctx.room_id) if invites else "",
+            guest_expires_in=guest_expires,
+            project=args.project or "",
         )
         ctx.note(f"token {token.id}")
+        if invites:
+            ctx.note(f"invites {', '.join(invites)}")
         if not token.url:
             raise Failed(
                 f"The registrar minted token {fmt.code(token.id)} but sent no URL.", "no url"
@@ -111,6 +143,12 @@ class TokenCommands(CommandFamily):
             f"Token {fmt.code(token.id)}: {fmt.plural(uses, 'use')}, expires "
             f"{format_time(token.expires_at)} (in {format_duration(expires_in)})"
         )
+        if args.project:
+            summary += f"; project {fmt.code(args.project)}"
+        if guest_expires:
+            summary += f"; guests keep their account for {format_duration(guest_expires)}"
+        if invites:
+            summary += "; its guests are invited to " + ", ".join(fmt.code(r) for r in invites)
         if not args.dm:
             await ctx.reply(f"{summary}.  \nOnboarding URL: {fmt.link(token.url)}")
             return
@@ -169,6 +207,39 @@ class TokenCommands(CommandFamily):
             raise not_found(e, args.token_id) from None
         ctx.note(f"token {args.token_id} revoked")
         await ctx.reply(f"Token {fmt.code(args.token_id)} is revoked.")
+
+
+async def invitable_rooms(client: MaubotMatrixClient, rooms: tuple[str, ...]) -> tuple[str, ...]:
+    """The room IDs behind ``rooms`` (IDs or aliases), each one the bot may invite into."""
+    found: list[str] = []
+    for name in rooms:
+        room_id = RoomID(name)
+        if name.startswith("#"):
+            try:
+                room_id = (await client.resolve_room_alias(RoomAlias(name))).room_id
+            except MatrixRequestError:
+                raise Refused(
+                    f"No room has the alias {fmt.code(name)}; no token was minted.",
+                    f"unknown alias {name[:80]}",
+                ) from None
+        try:
+            levels = await client.get_state_event(room_id, EventType.ROOM_POWER_LEVELS)
+        except MatrixRequestError:
+            raise Refused(
+                f"I am not in {fmt.code(name)}, so I could not invite guests there; "
+                "no token was minted.",
+                f"not in {name[:80]}",
+            ) from None
+        if (
+            isinstance(levels, PowerLevelStateEventContent)
+            and levels.get_user_level(client.mxid) < levels.invite
+        ):
+            raise Refused(
+                f"I may not invite people into {fmt.code(name)}; no token was minted.",
+                f"no invite power in {name[:80]}",
+            )
+        found.append(room_id)
+    return tuple(dict.fromkeys(found))
 
 
 def not_found(error: DmzError, token_id: str) -> Exception:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from .gateway import Gateway, GatewayRule, Ruleset, RuleWrite
-from .registrar import Guest, Registrar, SponsorRevocation, Token
+from .registrar import Guest, Registrar, Registration, SponsorRevocation, Token
 from .transport import Acting, DmzError, DmzFailure, DmzTransport, DmzUnavailable, RoleClient
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "GatewayRule",
     "Guest",
     "Registrar",
+    "Registration",
     "RoleClient",
     "RuleWrite",
     "Ruleset",

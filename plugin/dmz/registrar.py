@@ -55,6 +55,9 @@ class Guest:
     sponsor: str
     created_at: datetime | None
     token_id: str
+    # When the registrar deactivates the guest (None: never); who deactivated them.
+    expires_at: datetime | None = None
+    deactivated_by: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> Guest:
@@ -67,6 +70,36 @@ class Guest:
             sponsor=as_str(data.get("sponsor")),
             created_at=parse_timestamp(data.get("created_at")),
             token_id=str(token_id) if isinstance(token_id, str | int) else "",
+            expires_at=parse_timestamp(data.get("expires_at")),
+            deactivated_by=as_str(data.get("deactivated_by")),
+        )
+
+
+@frozen
+class Registration:
+    """One item of the registrations feed: a guest and what its token asked for."""
+
+    user_id: str
+    sponsor: str
+    token_id: str
+    created_at_ms: int
+    invites: tuple[str, ...]
+    notify: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> Registration:
+        if not isinstance(data, dict) or not isinstance(data.get("user_id"), str):
+            raise DmzError(200, "M_BAD_JSON", "the registrar answered without a guest user_id")
+        invites = data.get("invites")
+        return cls(
+            user_id=data["user_id"],
+            sponsor=as_str(data.get("sponsor")),
+            token_id=as_str(data.get("token_id")),
+            created_at_ms=as_int(data.get("created_at_ms")),
+            invites=tuple(r for r in invites if isinstance(r, str))
+            if isinstance(invites, list)
+            else (),
+            notify=as_str(data.get("notify")),
         )
 
 
@@ -82,16 +115,39 @@ class Registrar(RoleClient):
     role = "registrar"
 
     async def mint(
-        self, acting: Acting, *, uses: int, expires_in: int, note: str, idempotency_key: str
+        self,
+        acting: Acting,
+        *,
+        uses: int,
+        expires_in: int,
+        note: str,
+        idempotency_key: str,
+        invites: tuple[str, ...] = (),
+        notify: str = "",
+        guest_expires_in: int = 0,
+        project: str = "",
     ) -> Token:
+        body: dict[str, Any] = {"uses": uses, "expires_in": expires_in, "note": note}
+        if invites or notify:
+            body.update(invites=list(invites), notify=notify)
+        if guest_expires_in:
+            body["guest_expires_in"] = guest_expires_in
+        if project:
+            body["project"] = project
         data = await self.request(
-            "POST",
-            "/v1/tokens",
-            acting=acting,
-            body={"uses": uses, "expires_in": expires_in, "note": note},
-            idempotency_key=idempotency_key,
+            "POST", "/v1/tokens", acting=acting, body=body, idempotency_key=idempotency_key
         )
         return Token.from_json(data)
+
+    async def registrations(
+        self, acting: Acting, since_ms: int, after_user: str, limit: int = PAGE_SIZE
+    ) -> list[Registration]:
+        """The guests registered after the position ``(since_ms, after_user)``, oldest first."""
+        params = {"since": str(since_ms), "limit": str(limit)}
+        if after_user:
+            params["after"] = after_user
+        data = await self.request("GET", "/v1/registrations", acting=acting, params=params)
+        return [Registration.from_json(item) for item in self.items(data, "registrations")]
 
     async def tokens(
         self,
@@ -160,9 +216,10 @@ class Registrar(RoleClient):
         sponsor: str | None = None,
         status: str | None = None,
         page_size: int = PAGE_SIZE,
+        project: str | None = None,
     ) -> list[Guest]:
         """Every page, newest first."""
-        params = _filters(sponsor=sponsor, status=status)
+        params = _filters(sponsor=sponsor, status=status, project=project)
         items = await self._every(acting, "/v1/guests", "guests", params, page_size)
         return [Guest.from_json(item) for item in items]
 
@@ -170,6 +227,15 @@ class Registrar(RoleClient):
         await self.request(
             "POST", f"/v1/guests/{quote(user_id, safe='@:')}/deactivate", acting=acting
         )
+
+    async def extend_guest(self, acting: Acting, user_id: str, expires_in: int) -> Guest:
+        data = await self.request(
+            "POST",
+            f"/v1/guests/{quote(user_id, safe='@:')}/extend",
+            acting=acting,
+            body={"expires_in": expires_in},
+        )
+        return Guest.from_json(data)
 
     async def _page(
         self,

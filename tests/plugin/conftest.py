@@ -152,6 +152,7 @@ def maubot_plugin_config_dict(
         "token_defaults": {"uses": 1, "expires": "24h"},
         "on_staff_deactivated": {"revoke_tokens": True, "guests": "keep"},
         "sweep_interval": 0,
+        "registrations": {"poll_interval": 0},
         "audit": {"export_key": EXPORT_KEY},
     }
 

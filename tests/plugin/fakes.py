@@ -53,6 +53,8 @@ class FakeRegistrar:
     minted: int = 0
     # The most items a list call answers, whatever its limit (the real default is 100).
     page_cap: int | None = None
+    # The registrations feed, oldest first (see register).
+    feed: list[dict[str, Any]] = field(factory=list)
 
     def add_token(self, sponsor: str, *, status: str = "active", note: str = "") -> str:
         token_id = secrets.token_hex(6)
@@ -84,6 +86,39 @@ class FakeRegistrar:
             "deactivated_at": None,
             "deactivated_by": None,
         }
+
+    def register(self, token_id: str, user_id: str) -> None:
+        """A guest registering with ``token_id`` on the page: a guest and a feed item."""
+        token = self.tokens[token_id]
+        self.add_guest(user_id, token["sponsor"])
+        self.guests[user_id]["token_id"] = token_id
+        self.feed.append(
+            {
+                "user_id": user_id,
+                "sponsor": token["sponsor"],
+                "token_id": token_id,
+                "created_at": iso(datetime.now(UTC)),
+                "created_at_ms": 1_000 + len(self.feed),
+                "status": "active",
+                "invites": token.get("invites", []),
+                "notify": token.get("notify", ""),
+            }
+        )
+
+    async def registrations(self, request: web.Request) -> web.Response:
+        since = int(request.query.get("since", "0"))
+        after = request.query.get("after", "")
+        limit = int(request.query.get("limit", "100"))
+        found = [
+            item for item in self.feed if (item["created_at_ms"], item["user_id"]) > (since, after)
+        ][:limit]
+        last = found[-1] if found else None
+        position = (
+            {"since": last["created_at_ms"], "after": last["user_id"]}
+            if last
+            else {"since": since, "after": after}
+        )
+        return web.json_response({"registrations": found, "next": position})
 
     def calls(self, method: str, prefix: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and r.path.startswith(prefix)]
@@ -126,6 +161,8 @@ class FakeRegistrar:
             return web.json_response(self.tokens[token_id] | {"url": self._url(token_id)})
         token_id = self.add_token(sponsor, note=body.get("note", ""))
         token = self.tokens[token_id]
+        token["invites"] = body.get("invites", [])
+        token["notify"] = body.get("notify", "")
         token["uses_allowed"] = uses
         expires = datetime.now(UTC) + timedelta(seconds=int(body.get("expires_in", 86400)))
         token["expires_at"] = iso(expires)
@@ -161,11 +198,13 @@ class FakeRegistrar:
                 return error(400, "M_INVALID_PARAM", "cursor must be the next_cursor of a page")
             start = ids.index(cursor) + 1
         status, sponsor = request.query.get("status"), request.query.get("sponsor")
+        project = request.query.get("project")
         found = [
             item
             for item in ordered[start:]
             if (not status or item["status"] == status)
             and (not sponsor or item["sponsor"] == sponsor)
+            and (not project or item.get("project") == project)
         ]
         page = found[:limit]
         next_cursor = page[-1][id_key] if len(found) > limit else None
@@ -223,6 +262,7 @@ class FakeRegistrar:
         app.router.add_delete("/v1/tokens/{token_id}", self.revoke_token)
         app.router.add_post("/v1/sponsors/{user_id}/revoke", self.revoke_sponsor)
         app.router.add_get("/v1/guests", self.list_guests)
+        app.router.add_get("/v1/registrations", self.registrations)
         app.router.add_post("/v1/guests/{user_id}/deactivate", self.deactivate_guest)
         return app
 
@@ -247,6 +287,12 @@ class FakeHomeserver:
     # Event types whose writes are refused (403), as a homeserver's auth rules would.
     refuse_state: set[str] = field(factory=set)
     aliases: dict[str, str] = field(factory=dict)
+    # (room_id, user_id) of every invite the bot sent; an answer to give instead of 200.
+    invites: list[tuple[str, str]] = field(factory=list)
+    invite_fails: list[tuple[int, str, str]] = field(factory=list)
+    # Rooms whose kicks are refused (403), as a room where the bot lacks the power.
+    no_kick: set[str] = field(factory=set)
+    kicks: list[tuple[str, str]] = field(factory=list)
 
     def add_user(self, user_id: str, **flags: bool) -> None:
         self.users[user_id] = {
@@ -323,9 +369,34 @@ class FakeHomeserver:
             return error(404, "M_NOT_FOUND", "Room alias not found")
         return web.json_response({"room_id": room_id, "servers": ["corp.example"]})
 
+    async def invite(self, request: web.Request) -> web.Response:
+        room_id, user_id = request.match_info["room_id"], (await request.json())["user_id"]
+        if self.invite_fails:
+            status, errcode, message = self.invite_fails.pop(0)
+            return error(status, errcode, message)
+        self.invites.append((room_id, user_id))
+        self.members[(room_id, user_id)] = "invite"
+        return web.json_response({})
+
+    async def joined_rooms(self, request: web.Request) -> web.Response:
+        rooms = sorted({room for (room, user), m in self.members.items() if m == "join"})
+        bot = [room for room in rooms if self.members.get((room, "@bastion:corp.example"))]
+        return web.json_response({"joined_rooms": bot})
+
+    async def kick(self, request: web.Request) -> web.Response:
+        room_id, user_id = request.match_info["room_id"], (await request.json())["user_id"]
+        if room_id in self.no_kick:
+            return error(403, "M_FORBIDDEN", "You cannot kick user")
+        self.kicks.append((room_id, user_id))
+        self.members[(room_id, user_id)] = "leave"
+        return web.json_response({})
+
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/_synapse/admin/v2/users/{user_id}", self.admin_user)
+        app.router.add_get("/_matrix/client/v3/joined_rooms", self.joined_rooms)
+        app.router.add_post("/_matrix/client/v3/rooms/{room_id}/kick", self.kick)
+        app.router.add_post("/_matrix/client/v3/rooms/{room_id}/invite", self.invite)
         base = "/_matrix/client/v3/rooms/{room_id}"
         app.router.add_get(base + "/state/m.room.member/{user_id}", self.member)
         app.router.add_get(base + "/joined_members", self.joined_members)

@@ -53,7 +53,8 @@ async def test_help_lists_what_the_sender_may_use(chat: Chat) -> None:
     assert "!audit" not in operator
     assert "`!bastion whoami` — your roles" in operator
     assert "`!bastion help` — the commands" in operator
-    assert operator.count("●") == 8
+    assert "!guest extend <@guest:dmz> <DURATION>" in operator
+    assert operator.count("●") == 10
 
     auditor = await chat.ask("!bastion help", sender=AUDITOR)
     assert "!audit verify" in auditor and "!audit export" in auditor

@@ -160,7 +160,11 @@ async def test_unknown_identity_mode_fails_closed(chat: Chat, maubot_plugin_conf
 async def test_bad_syntax_is_answered_after_the_gate_with_usage(chat: Chat) -> None:
     reply = await chat.ask("!token generate --uses 0")
     assert reply.startswith("--uses must be a whole number from 1 to 1000.")
-    assert "!token generate [--uses N] [--expires DURATION] [--note TEXT] [--dm]" in reply
+    usage = (
+        "[--uses N] [--expires DURATION] [--guest-expires DURATION] [--note TEXT] "
+        "[--invite ROOM ...] [--project NAME] [--dm]"
+    )
+    assert f"!token generate {usage}" in reply
     [entry] = await chat.audit()
     assert entry.outcome == "refused"
     assert entry.detail.startswith("bad syntax: ")

@@ -17,7 +17,7 @@ async def test_generate_with_defaults(chat: Chat, registrar: FakeRegistrar) -> N
     event_id = await chat.send("!token generate")
     [call] = registrar.requests
     assert (call.method, call.path) == ("POST", "/v1/tokens")
-    assert call.body == {"uses": 1, "expires_in": 86400, "note": ""}
+    assert call.body == {"uses": 1, "expires_in": 86400, "note": "", "guest_expires_in": 7776000}
     assert call.headers["Authorization"] == f"Bearer {REGISTRAR_KEY}"
     assert call.headers["X-Acting-User"] == STAFF
     assert call.headers["Idempotency-Key"] == event_id
@@ -40,10 +40,19 @@ async def test_generate_with_defaults(chat: Chat, registrar: FakeRegistrar) -> N
 
 
 async def test_generate_with_options(chat: Chat, registrar: FakeRegistrar) -> None:
-    await chat.send('!token generate --note Partner onboarding: "ACME" --uses 3 --expires 7d')
+    await chat.send(
+        '!token generate --note Partner onboarding: "ACME" --uses 3 --expires 7d'
+        " --guest-expires 30d"
+    )
     [call] = registrar.requests
-    assert call.body == {"uses": 3, "expires_in": 604800, "note": "Partner onboarding: ACME"}
+    assert call.body == {
+        "uses": 3,
+        "expires_in": 604800,
+        "note": "Partner onboarding: ACME",
+        "guest_expires_in": 30 * 86400,
+    }
     assert "3 uses" in chat.last.body and "(in 7d)" in chat.last.body
+    assert "guests keep their account for 30d" in chat.last.body
 
 
 async def test_generate_note_is_escaped(chat: Chat, registrar: FakeRegistrar) -> None:

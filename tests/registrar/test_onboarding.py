@@ -290,3 +290,33 @@ def test_client_key_trusts_only_configured_proxies() -> None:
     assert client_key(_request("10.0.0.2", "6.6.6.6, 1.2.3.4"), proxy) == "1.2.3.4"
     assert client_key(_request("10.0.0.2", "garbage"), proxy) == "10.0.0.2"
     assert client_key(_request("2001:db8::1:2"), []) == "2001:db8::/64"
+
+
+async def test_rate_limited_page_offers_a_way_forward_that_resubmits_nothing(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    section = registrar_section(rate_limit={"per_minute": 1, "burst": 2})
+    app = init_app(app_config(f"sqlite:{tmp_path / 'rl2.db'}", section))
+    client: Client = await aiohttp_client(app)
+    app[REGISTRAR].adapter = FakeHomeserver()
+    token = (await mint(client))["token"]
+    csrf = await open_form(client, token)
+    await client.get("/register", params={"token": token})
+    resp = await client.post("/register", data=form(token, csrf))
+    html = await resp.text()
+    assert resp.status == 429
+    assert f'href="/register?token={token}"' in html and "Open the form again" in html
+
+
+async def test_used_page_says_where_to_sign_in(client: Client, fake_hs: FakeHomeserver) -> None:
+    token = (await mint(client))["token"]
+    csrf = await open_form(client, token)
+    assert (await client.post("/register", data=form(token, csrf))).status == 200
+    resp = await client.get("/register", params={"token": token})
+    html = await resp.text()
+    assert resp.status == 410 and "Sign in with your Matrix client on the homeserver" in html
+    assert app_homeserver_url(client) in html
+
+
+def app_homeserver_url(client: Client) -> str:
+    return str(client.app[REGISTRAR].config.homeserver.client_url)

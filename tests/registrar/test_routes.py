@@ -382,3 +382,132 @@ def test_openapi_refs_resolve() -> None:
     text = repr(doc)
     for ref in set(re.findall(r"#/components/(\w+)/(\w+)", text)):
         assert ref[1] in doc["components"][ref[0]], ref
+
+
+async def test_a_token_carries_its_invites_into_the_registrations_feed(
+    client: Client, fake_hs: FakeHomeserver
+) -> None:
+    rooms = ["!one:corp.example", "!two:corp.example:8448"]
+    _, plain = await mint(client)
+    _, invited = await mint(client, {"uses": 2, "invites": [*rooms, rooms[0]], "notify": "dm"})
+    assert (invited["invites"], invited["notify"]) == (rooms, "dm")
+    assert (plain["invites"], plain["notify"]) == ([], "")
+    assert await register(client, plain["token"], "feed0") == 200
+    assert await register(client, invited["token"], "feed1") == 200
+    assert await register(client, invited["token"], "feed2") == 200
+
+    resp = await client.get("/v1/registrations", params={"limit": "2"}, headers=auth())
+    body = await resp.json()
+    first = [
+        (r["user_id"], r["token_id"], r["invites"], r["notify"]) for r in body["registrations"]
+    ]
+    assert first == [
+        ("@feed0:dmz.test", plain["id"], [], ""),
+        ("@feed1:dmz.test", invited["id"], rooms, "dm"),
+    ]
+    assert body["next"] == {
+        "since": body["registrations"][1]["created_at_ms"],
+        "after": "@feed1:dmz.test",
+    }
+    resp = await client.get("/v1/registrations", params=body["next"], headers=auth())
+    rest = await resp.json()
+    assert [r["user_id"] for r in rest["registrations"]] == ["@feed2:dmz.test"]
+    resp = await client.get("/v1/registrations", params=rest["next"], headers=auth())
+    assert await resp.json() == {"registrations": [], "next": rest["next"]}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"invites": "!one:corp.example"},
+        {"invites": ["#alias:corp.example"]},
+        {"invites": ["!with space"]},
+        {"invites": [""]},
+        {"invites": [f"!r{n}:corp.example" for n in range(21)]},
+        {"invites": [5]},
+    ],
+)
+async def test_mint_refuses_bad_invites(client: Client, body: Any) -> None:
+    status, error = await mint(client, body)
+    assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith("invites")
+
+
+@pytest.mark.parametrize("params", [{"since": "-1"}, {"since": "x"}, {"after": "bob"}])
+async def test_registrations_feed_refuses_a_bad_position(
+    client: Client, params: dict[str, str]
+) -> None:
+    resp = await client.get("/v1/registrations", params=params, headers=auth())
+    assert (resp.status, (await resp.json())["errcode"]) == (400, "M_INVALID_PARAM")
+
+
+async def test_guests_expire_and_can_be_extended(client: Client, fake_hs: FakeHomeserver) -> None:
+    service = client.app[REGISTRAR]
+    clock = Clock()
+    service.clock = clock
+    _, minted = await mint(client, {"uses": 2, "guest_expires_in": "1h"})
+    assert minted["guest_expires_in"] == 3600
+    assert await register(client, minted["token"], "short1") == 200
+    assert await register(client, minted["token"], "short2") == 200
+    resp = await client.get("/v1/guests", headers=auth())
+    expiries = {g["user_id"]: g["expires_at"] for g in (await resp.json())["guests"]}
+    assert all(expiries.values())
+
+    resp = await client.post(
+        "/v1/guests/@short2:dmz.test/extend", json={"expires_in": "2h"}, headers=auth()
+    )
+    extended = await resp.json()
+    assert resp.status == 200 and extended["expires_at"] > expiries["@short2:dmz.test"]
+    clock.advance(3601)
+    assert await service.expire_guests() == 1
+    assert fake_hs.deactivated == {"@short1:dmz.test"}
+    short1 = await service.store.get_guest("@short1:dmz.test")
+    assert short1 is not None and (short1.status, short1.deactivated_by) == (
+        "deactivated",
+        "expiry",
+    )
+    assert await service.expire_guests() == 0
+    clock.advance(2 * 3600)
+    assert await service.expire_guests() == 1
+    assert fake_hs.deactivated == {"@short1:dmz.test", "@short2:dmz.test"}
+
+    resp = await client.post(
+        "/v1/guests/@short1:dmz.test/extend", json={"expires_in": "1h"}, headers=auth()
+    )
+    assert (resp.status, (await resp.json())["errcode"]) == (409, "M_CONFLICT")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "expires_in"),
+        ({"expires_in": "x"}, "expires_in"),
+        ({"expires_in": "400d"}, "expires_in"),
+    ],
+)
+async def test_extend_validation(client: Client, body: Any, field: str) -> None:
+    resp = await client.post("/v1/guests/@nobody:dmz.test/extend", json=body, headers=auth())
+    error = await resp.json()
+    assert (resp.status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith(field)
+
+
+async def test_mint_refuses_a_guest_expiry_beyond_the_maximum(client: Client) -> None:
+    status, error = await mint(client, {"guest_expires_in": "366d"})
+    assert (status, error["errcode"]) == (400, "M_INVALID_PARAM")
+    assert error["error"].startswith("guest_expires_in")
+
+
+async def test_guests_of_a_project(client: Client, fake_hs: FakeHomeserver) -> None:
+    _, apollo = await mint(client, {"uses": 2, "project": "apollo-1"})
+    _, other = await mint(client)
+    assert (apollo["project"], other["project"]) == ("apollo-1", "")
+    assert await register(client, apollo["token"], "ap1") == 200
+    assert await register(client, other["token"], "ot1") == 200
+    resp = await client.get("/v1/guests", params={"project": "apollo-1"}, headers=auth())
+    assert [g["user_id"] for g in (await resp.json())["guests"]] == ["@ap1:dmz.test"]
+    for bad_name in ("-x", "a b", "x" * 65):
+        resp = await client.get("/v1/guests", params={"project": bad_name}, headers=auth())
+        assert (await resp.json())["error"].startswith("project")
+        status, error = await mint(client, {"project": bad_name})
+        assert (status, error["error"][:7]) == (400, "project")
