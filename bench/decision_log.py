@@ -144,8 +144,8 @@ async def row_sizes(workdir: Path, rows: int = 10_000) -> dict[str, float]:
                     [
                         (now + n, "proxy", "client", None, f"@user{n % 500}:corp.example", "PUT",
                          f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.message/t{n}",
-                         "m.room.message", ROOM, "r7f3a9c21", "enforce", "block", 12, 42, None, None,
-                         None)
+                         "m.room.message", ROOM, "r7f3a9c21", "enforce", "block", 12, 42,
+                         None, None, None)
                         for n in range(start, start + 1000)
                     ]
                 )  # fmt: skip
