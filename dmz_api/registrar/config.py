@@ -54,6 +54,8 @@ class RegistrarConfig:
     expiry_interval: float = 60.0
     # Usernames and display names guests may not take (names.py).
     names: NamePolicy = field(default_factory=NamePolicy)
+    # onboarding.show_sponsor: the page names the Matrix ID of who minted the link.
+    show_sponsor: bool = False
 
     @property
     def has_deactivation(self) -> bool:
@@ -123,6 +125,7 @@ def parse_registrar_config(section: Section) -> RegistrarConfig:
         max_guest_expires_in=section.duration("max_guest_expires_in", 365 * DAY),
         expiry_interval=section.float("expiry_interval", 60.0),
         names=_names(section),
+        show_sponsor=_optional(section, "onboarding").bool("show_sponsor", False),
     )
 
 

@@ -8,7 +8,8 @@
   refused. Compared after Unicode NFKC folding, so full-width or mathematical-bold
   letters do not slip past.
 
-Each check returns the message the page shows, or None.
+Each check returns the message the page shows (an English msgid, translated by the page), or
+None.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from .i18n import N_
 
 DEFAULT_RESERVED = (
     "admin",
@@ -64,19 +67,19 @@ class NamePolicy:
 
     def check_username(self, localpart: str) -> str | None:
         if letters(localpart) in self.reserved or any(p.search(localpart) for p in self.patterns):
-            return "This username is reserved. Please choose another one."
+            return N_("This username is reserved. Please choose another one.")
         return None
 
     def check_display_name(self, display_name: str) -> str | None:
         folded = fold(display_name)
         for domain in self.internal_domains:
             if domain in folded.replace(" ", ""):
-                return (
+                return N_(
                     "A display name may not name our organisation's domain; "
                     "please use your own name."
                 )
         if _MATRIX_ID.search(folded):
-            return "A display name may not look like a Matrix ID; please use your own name."
+            return N_("A display name may not look like a Matrix ID; please use your own name.")
         if letters(display_name) in self.reserved:
-            return "This display name is reserved; please use your own name."
+            return N_("This display name is reserved; please use your own name.")
         return None

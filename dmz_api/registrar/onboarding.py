@@ -2,7 +2,10 @@
 
 HTML only, no JavaScript. Every response carries a strict CSP and ``no-store``; the form is
 protected by a signed double-submit CSRF token bound to the invitation token, and every
-address is rate-limited. Guests never see exception or homeserver text. A submission looks
+address is rate-limited. Guests never see exception or homeserver text. Every text is a
+gettext msgid (English), translated at render time into the request's language
+(``i18n.choose``: ``lang`` from the switch or the form, else ``Accept-Language``). A
+submission looks
 its token up once (``page_token``, before the form is read) and hands that row to
 ``RegistrarService.register_found``.
 """
@@ -23,6 +26,7 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from . import i18n
 from .config import RegistrarConfig
 from .crypto import NONCE_PATTERN, TOKEN_PATTERN, RegistrarKeys, hash_token, new_nonce
 from .ratelimit import Limiter, RateLimiter
@@ -57,46 +61,52 @@ SECURITY_HEADERS = {
 }
 PAGE_HEADERS = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
 
+N_ = i18n.N_
+
 REFUSALS = {
-    "username_taken": "This username is already taken. Please choose another one.",
-    "username_invalid": "The homeserver does not accept this username. Please choose another.",
-    "password_weak": "The homeserver considers this password too weak. Please choose a longer one.",
+    "username_taken": N_("This username is already taken. Please choose another one."),
+    "username_invalid": N_("The homeserver does not accept this username. Please choose another."),
+    "password_weak": N_(
+        "The homeserver considers this password too weak. Please choose a longer one."
+    ),
 }
 
 # The name of each field, for the error summary's links (a link must say where it leads).
 FIELD_LABELS = {
-    "username": "Username",
-    "password": "Password",
-    "password_confirm": "Repeat the password",
-    "display_name": "Display name",
+    "username": N_("Username"),
+    "password": N_("Password"),
+    "password_confirm": N_("Repeat the password"),
+    "display_name": N_("Display name"),
 }
 
 _STATE_PAGES: dict[str, tuple[int, str, list[str]]] = {
     "unknown": (
         404,
-        "This invitation link is not valid",
+        N_("This invitation link is not valid"),
         [
-            "Check that you opened the complete link you received.",
-            "If it still does not work, ask the person who invited you for a new link.",
+            N_("Check that you opened the complete link you received."),
+            N_("If it still does not work, ask the person who invited you for a new link."),
         ],
     ),
     "used": (
         410,
-        "This invitation link has already been used",
+        N_("This invitation link has already been used"),
         [
-            "Each link creates one account only. If you created your account already, sign in "
-            "with your Matrix client. Otherwise ask the person who invited you for a new link.",
+            N_(
+                "Each link creates one account only. If you created your account already, sign in "
+                "with your Matrix client. Otherwise ask the person who invited you for a new link."
+            ),
         ],
     ),
     "expired": (
         410,
-        "This invitation link has expired",
-        ["Ask the person who invited you for a new link."],
+        N_("This invitation link has expired"),
+        [N_("Ask the person who invited you for a new link.")],
     ),
     "revoked": (
         410,
-        "This invitation link has been withdrawn",
-        ["Ask the person who invited you for a new link if you still need access."],
+        N_("This invitation link has been withdrawn"),
+        [N_("Ask the person who invited you for a new link if you still need access.")],
     ),
 }
 
@@ -142,6 +152,18 @@ def client_key(
     return str(address)
 
 
+Message = str | tuple[str, Mapping[str, object]]
+"""A msgid, or a msgid with ``%(name)s`` parameters; translated when the page is rendered."""
+
+
+def translate(lang: str, message: Message) -> str:
+    tr = i18n.translations(lang)
+    if isinstance(message, str):
+        return tr.gettext(message)
+    msgid, params = message
+    return tr.gettext(msgid) % params
+
+
 class OnboardingPage:
     def __init__(
         self,
@@ -159,83 +181,117 @@ class OnboardingPage:
         self.limiter: Limiter = RateLimiter(
             registrar.rate_limit.per_minute, registrar.rate_limit.burst
         )
-        self.env = jinja2.Environment(
+        # One environment per language: gettext is installed on the environment.
+        self.envs = {lang: self._environment(lang) for lang in i18n.LANGUAGES}
+        self.css = resources.files(__package__).joinpath("static/registrar.css").read_bytes()
+        self.css_url = f"{CSS_PATH}?v={hashlib.sha256(self.css).hexdigest()[:12]}"
+
+    @staticmethod
+    def _environment(lang: str) -> jinja2.Environment:
+        env = jinja2.Environment(
             loader=jinja2.PackageLoader("dmz_api.registrar", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
+            extensions=["jinja2.ext.i18n"],
         )
-        self.css = resources.files(__package__).joinpath("static/registrar.css").read_bytes()
-        self.css_url = f"{CSS_PATH}?v={hashlib.sha256(self.css).hexdigest()[:12]}"
+        # Line breaks inside {% trans %} are layout, not part of the message.
+        env.policies["ext.i18n.trimmed"] = True
+        env.install_gettext_translations(  # type: ignore[attr-defined]
+            i18n.translations(lang), newstyle=True
+        )
+        return env
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/register", self.get_register, name="register_page")
         app.router.add_post("/register", self.post_register, name="register_submit")
         app.router.add_get(CSS_PATH, self.get_css, name="register_css")
 
+    @staticmethod
+    def language(request: web.Request, form: MultiDictProxy[Any] | None = None) -> str:
+        explicit = _field(form, "lang") if form is not None else request.query.get("lang")
+        return i18n.choose(explicit, request.headers.get("Accept-Language"))
+
     # ---- responses ----
 
     def render(
         self,
+        lang: str,
         template: str,
         status: int = 200,
         headers: Mapping[str, str] | None = None,
+        *,
+        switch_token: str | None = None,
         **context: Any,
     ) -> web.Response:
-        html = self.env.get_template(template).render(
-            page_title=self.registrar.page_title,
-            server_name=self.registrar.homeserver.server_name,
-            css_url=self.css_url,
-            **context,
+        def switch_url(code: str) -> str:
+            token = f"token={quote(switch_token)}&" if switch_token else ""
+            return f"/register?{token}lang={code}"
+
+        html = (
+            self.envs[lang]
+            .get_template(template)
+            .render(
+                page_title=self.registrar.page_title,
+                server_name=self.registrar.homeserver.server_name,
+                css_url=self.css_url,
+                lang=lang,
+                languages=i18n.LANGUAGES,
+                switch_url=switch_url if switch_token is not None else None,
+                **context,
+            )
         )
         return web.Response(
             text=html,
             status=status,
             content_type="text/html",
             charset="utf-8",
-            headers={**PAGE_HEADERS, **(headers or {})},
+            headers={**PAGE_HEADERS, "Content-Language": lang, **(headers or {})},
         )
 
     def message(
         self,
+        lang: str,
         status: int,
-        heading: str,
-        paragraphs: list[str],
+        heading: Message,
+        paragraphs: Sequence[Message],
         *,
         retry_url: str | None = None,
         headers: Mapping[str, str] | None = None,
+        sign_in_url: str | None = None,
+        switch_token: str | None = "",
     ) -> web.Response:
         return self.render(
+            lang,
             "message.html",
             status,
             headers,
-            heading=heading,
-            paragraphs=paragraphs,
+            switch_token=switch_token,
+            heading=translate(lang, heading),
+            paragraphs=[translate(lang, p) for p in paragraphs],
             retry_url=retry_url,
-            sign_in_url=None,
+            sign_in_url=sign_in_url,
         )
 
-    def state_page(self, state: PageState) -> web.Response:
+    def state_page(self, lang: str, state: PageState, token: str = "") -> web.Response:
         status, heading, paragraphs = _STATE_PAGES[state]
-        if state == "used":
-            # Whoever used it most likely did so themselves: say where to sign in.
-            return self.render(
-                "message.html",
-                status,
-                None,
-                heading=heading,
-                paragraphs=paragraphs,
-                retry_url=None,
-                sign_in_url=self.registrar.homeserver.client_url,
-            )
-        return self.message(status, heading, paragraphs)
-
-    def try_later(self) -> web.Response:
+        # The switch reloads the same link: only a well-formed token is echoed back.
+        switch = token if TOKEN_PATTERN.match(token) else ""
+        # Whoever used it most likely did so themselves: say where to sign in.
+        sign_in = self.registrar.homeserver.client_url if state == "used" else None
         return self.message(
+            lang, status, heading, paragraphs, sign_in_url=sign_in, switch_token=switch
+        )
+
+    def try_later(self, lang: str) -> web.Response:
+        return self.message(
+            lang,
             503,
-            "Please try again later",
+            N_("Please try again later"),
             [
-                "We could not reach the chat server just now. Your invitation link has not "
-                "been used: open it again in a few minutes.",
+                N_(
+                    "We could not reach the chat server just now. Your invitation link has not "
+                    "been used: open it again in a few minutes."
+                ),
             ],
             headers={"Retry-After": "60"},
         )
@@ -243,10 +299,12 @@ class OnboardingPage:
     def form(
         self,
         request: web.Request,
+        lang: str,
         token: str,
+        row: TokenRow,
         *,
         status: int = 200,
-        errors: Mapping[str, str] | None = None,
+        errors: Mapping[str, Message] | None = None,
         username: str = "",
         display_name: str = "",
     ) -> web.Response:
@@ -256,17 +314,23 @@ class OnboardingPage:
             nonce = new_nonce()
         csrf = self.keys.csrf_token(nonce, hash_token(token), int(time.time()))
         response = self.render(
+            lang,
             "form.html",
             status,
+            switch_token=token,
             token=token,
             csrf_token=csrf,
             action="/register",
             # Missing fields read as "" in the template (StrictUndefined elsewhere).
-            errors=defaultdict(str, errors or {}),
-            labels=FIELD_LABELS,
+            errors=defaultdict(
+                str, {field: translate(lang, m) for field, m in (errors or {}).items()}
+            ),
+            labels={field: translate(lang, label) for field, label in FIELD_LABELS.items()},
             username=username,
             display_name=display_name,
             password_min_length=self.registrar.password_min_length,
+            expires=i18n.format_expiry(lang, row.expires_at / 1000),
+            sponsor=row.sponsor if self.registrar.show_sponsor else "",
         )
         if fresh:
             response.set_cookie(
@@ -287,22 +351,38 @@ class OnboardingPage:
         seconds = max(1, int(wait + 0.999))
         # A way forward that is a plain GET: reloading a refused POST would send it again.
         token = request.query.get("token", "")
+        lang = self.language(request)
         if request.method == "POST":
             try:
-                token = _field(await request.post(), "token")
+                form = await request.post()
+                token = _field(form, "token")
+                lang = self.language(request, form)
             except ValueError:
                 token = ""
-        retry = f"/register?token={quote(token)}" if TOKEN_PATTERN.match(token) else None
+        ok = TOKEN_PATTERN.match(token) is not None
+        retry = f"/register?token={quote(token)}&lang={lang}" if ok else None
+        tr = i18n.translations(lang)
+        text = (
+            tr.ngettext(
+                "Please wait %(seconds)s second, then open the form again.",
+                "Please wait %(seconds)s seconds, then open the form again.",
+                seconds,
+            )
+            if retry
+            else tr.ngettext(
+                "Please wait %(seconds)s second, then open your invitation link again.",
+                "Please wait %(seconds)s seconds, then open your invitation link again.",
+                seconds,
+            )
+        )
         return self.message(
+            lang,
             429,
-            "Too many attempts",
-            [
-                f"Please wait {seconds} seconds, then open the form again."
-                if retry
-                else f"Please wait {seconds} seconds, then open your invitation link again."
-            ],
+            N_("Too many attempts"),
+            [text % {"seconds": seconds}],
             retry_url=retry,
             headers={"Retry-After": str(seconds)},
+            switch_token=token if ok else "",
         )
 
     # ---- handlers ----
@@ -319,15 +399,16 @@ class OnboardingPage:
         service = request.app[REGISTRAR]
         if (refusal := await self.limited(request, service)) is not None:
             return refusal
+        lang = self.language(request)
         token = request.query.get("token", "").strip()
         try:
-            _, state = await service.page_token(token)
-            if state != "active":
-                return self.state_page(state)
-            return self.form(request, token)
+            row, state = await service.page_token(token)
+            if row is None or state != "active":
+                return self.state_page(lang, state, token)
+            return self.form(request, lang, token, row)
         except Exception:
             log.exception("Onboarding page failed")
-            return self.try_later()
+            return self.try_later(lang)
 
     async def post_register(self, request: web.Request) -> web.Response:
         service = request.app[REGISTRAR]
@@ -336,20 +417,22 @@ class OnboardingPage:
         try:
             form = await request.post()
         except ValueError:
-            return self.state_page("unknown")
+            return self.state_page(self.language(request), "unknown")
+        lang = self.language(request, form)
         token = _field(form, "token")
         try:
             row, state = await service.page_token(token)
             if row is None or state != "active":
-                return self.state_page(state)
-            return await self._submit(request, service, form, token, row)
+                return self.state_page(lang, state, token)
+            return await self._submit(request, lang, service, form, token, row)
         except Exception:
             log.exception("Onboarding page failed")
-            return self.try_later()
+            return self.try_later(lang)
 
     async def _submit(
         self,
         request: web.Request,
+        lang: str,
         service: RegistrarService,
         form: MultiDictProxy[Any],
         token: str,
@@ -360,10 +443,12 @@ class OnboardingPage:
         password = _field(form, "password", strip=False)
         confirm = _field(form, "password_confirm", strip=False)
 
-        def again(errors: Mapping[str, str], status: int = 400) -> web.Response:
+        def again(errors: Mapping[str, Message], status: int = 400) -> web.Response:
             return self.form(
                 request,
+                lang,
                 token,
+                row,
                 status=status,
                 errors=errors,
                 username=username,
@@ -377,8 +462,8 @@ class OnboardingPage:
             int(time.time()),
             CSRF_MAX_AGE,
         ):
-            return again({"username": "Your form had expired. Please submit it again."})
-        errors: dict[str, str] = {}
+            return again({"username": N_("Your form had expired. Please submit it again.")})
+        errors: dict[str, Message] = {}
         localpart = ""
         try:
             localpart = validate_localpart(username, self.registrar.homeserver.server_name)
@@ -389,13 +474,13 @@ class OnboardingPage:
                 errors["username"] = reserved
         minimum = self.registrar.password_min_length
         if len(password) < minimum:
-            errors["password"] = f"Use at least {minimum} characters."
+            errors["password"] = (N_("Use at least %(count)s characters."), {"count": minimum})
         elif len(password) > 512:
-            errors["password"] = "Use at most 512 characters."  # noqa: S105
+            errors["password"] = (N_("Use at most %(count)s characters."), {"count": 512})
         if password != confirm:
-            errors["password_confirm"] = "The two passwords do not match."  # noqa: S105
+            errors["password_confirm"] = N_("The two passwords do not match.")
         if len(display_name) > 100:
-            errors["display_name"] = "Use at most 100 characters."
+            errors["display_name"] = (N_("Use at most %(count)s characters."), {"count": 100})
         elif display_name and (claim := self.registrar.names.check_display_name(display_name)):
             errors["display_name"] = claim
         if errors:
@@ -407,19 +492,24 @@ class OnboardingPage:
         except FormRejected as e:
             return again({e.field: REFUSALS.get(e.reason, e.reason)})
         except TokenUnusable as e:
-            return self.state_page(e.state)
+            return self.state_page(lang, e.state, token)
         except TokenBusy:
             return self.message(
+                lang,
                 409,
-                "This invitation link is being used right now",
+                N_("This invitation link is being used right now"),
                 [
-                    "Someone is creating an account with this link at this moment. If that was "
-                    "you in another window, check there. Otherwise wait a minute and try again.",
+                    N_(
+                        "Someone is creating an account with this link at this moment. If that "
+                        "was you in another window, check there. Otherwise wait a minute and try "
+                        "again."
+                    ),
                 ],
             )
         except TryLater:
-            return self.try_later()
+            return self.try_later(lang)
         return self.render(
+            lang,
             "success.html",
             user_id=user_id,
             localpart=localpart,

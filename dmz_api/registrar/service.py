@@ -46,6 +46,7 @@ from .homeserver import (
     Registration,
     RegistrationRefused,
 )
+from .i18n import N_
 from .store import (
     GuestRow,
     Position,
@@ -191,16 +192,16 @@ def validate_localpart(username: str, server_name: str) -> str:
         name = name[: -len(server_name) - 1]
     name = name.lower()
     if not name:
-        raise FormRejected("username", "Choose a username.")
+        raise FormRejected("username", N_("Choose a username."))
     if not LOCALPART.match(name):
         raise FormRejected(
             "username",
-            "Use only lower-case letters, digits and the characters . _ = - / +",
+            N_("Use only lower-case letters, digits and the characters . _ = - / +"),
         )
     if name.startswith("_"):
-        raise FormRejected("username", "The username may not start with _.")
+        raise FormRejected("username", N_("The username may not start with _."))
     if len(f"@{name}:{server_name}") > 255:
-        raise FormRejected("username", "This username is too long.")
+        raise FormRejected("username", N_("This username is too long."))
     return name
 
 

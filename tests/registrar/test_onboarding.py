@@ -305,7 +305,7 @@ async def test_rate_limited_page_offers_a_way_forward_that_resubmits_nothing(
     resp = await client.post("/register", data=form(token, csrf))
     html = await resp.text()
     assert resp.status == 429
-    assert f'href="/register?token={token}"' in html and "Open the form again" in html
+    assert f'href="/register?token={token}&amp;lang=en"' in html and "Open the form again" in html
 
 
 async def test_used_page_says_where_to_sign_in(client: Client, fake_hs: FakeHomeserver) -> None:
