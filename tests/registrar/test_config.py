@@ -113,6 +113,8 @@ def _with(path: str, value: Any, kind: str = "synapse") -> dict[str, Any]:
         ("password_min_length", 4, "synapse", "registrar.password_min_length: must be"),
         ("idempotency_ttl", "forever", "synapse", "registrar.idempotency_ttl: must be a duration"),
         ("page_title", "", "synapse", "registrar.page_title: must be a non-empty string"),
+        ("onboarding.show_sponsor", "yes", "synapse", "registrar.onboarding.show_sponsor: must"),
+        ("onboarding", "on", "synapse", "registrar.onboarding: must be a mapping"),
     ],
 )  # fmt: skip
 def test_errors_name_the_key(path: str, value: Any, kind: str, expected: str) -> None:
