@@ -161,6 +161,9 @@ async def test_a_post_answers_in_the_language_of_its_form(
     html = await resp.text()
     assert resp.status == 400 and f'<html lang="{lang}">' in html
     assert reserved in html and display_claim in html
+    # The summary's "field: message" follows the language's punctuation too.
+    label = {"en": "Username: ", "de": "Benutzername: ", "fr": "Nom d\u2019utilisateur\u00a0: "}
+    assert f'<a href="#username">{label[lang]}{reserved}' in html
 
 
 async def test_state_pages_are_translated(client: Client) -> None:
