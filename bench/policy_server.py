@@ -143,9 +143,9 @@ def signing_work(iterations: int = 2000) -> dict[str, float]:
     return {"p50_us": round(percentile(us, 50), 1), "p99_us": round(percentile(us, 99), 1)}
 
 
-def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    load_before = os.getloadavg()[0]
-    started = time.monotonic()
+def gated_pair(workdir: Path, name: str) -> tuple[Synapse, Synapse, DmzApi]:
+    """Our Synapse behind the gateway's TLS proxy (policy server on) and a partner Synapse,
+    not yet started: the set-up this benchmark and ``bench/protected_rooms.py`` share."""
     proxy_port = free_port()
     home = Synapse(
         workdir / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
@@ -167,10 +167,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "upstream": home.federation_url,
                 "upstream_ca_file": str(cert),
                 "policy_server": {},
+                # The benchmarks read each sign decision back (allows are counted otherwise).
+                "decision_log": {"allow": "full"},
             },
         },
-        name="dmz_api-bench-policy",
+        name=name,
     )
+    return home, partner, gateway
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
+    started = time.monotonic()
+    home, partner, gateway = gated_pair(workdir, "dmz_api-bench-policy")
     try:
         start_all(home.start, partner.start, gateway.start)
         status, body = gateway.call(

@@ -36,15 +36,18 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.policy_server import decisions, join_when_invited, start_all, wait_consulted  # noqa: E402
+from bench.policy_server import (  # noqa: E402
+    decisions,
+    gated_pair,
+    join_when_invited,
+    start_all,
+    wait_consulted,
+)
 from bench.stats import summary, write_results  # noqa: E402
-from devstack.dmz import DmzApi  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.maubot import Maubot  # noqa: E402
-from devstack.ports import free_port  # noqa: E402
 from devstack.process import http_json  # noqa: E402
 from devstack.stack import control_room, plugin_config, start_bot  # noqa: E402
-from devstack.synapse import Synapse, make_self_signed_cert  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "protected_rooms.json"
 POLL = 0.01
@@ -74,31 +77,7 @@ def denies(user: MatrixUser, room: str, host: str) -> bool:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    proxy_port = free_port()
-    home = Synapse(
-        workdir / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
-    )
-    partner = Synapse(workdir / "partner", name="partner", federation=True)
-    home.workdir.mkdir(parents=True)
-    cert, key = make_self_signed_cert(home.workdir)
-    gateway = DmzApi(
-        workdir / "dmz_api",
-        {
-            "log_level": "WARNING",
-            "gateway": {
-                "server_name": home.server_name,
-                "listen": {
-                    "port": proxy_port,
-                    "tls_certificate": str(cert),
-                    "tls_private_key": str(key),
-                },
-                "upstream": home.federation_url,
-                "upstream_ca_file": str(cert),
-                "policy_server": {},
-            },
-        },
-        name="dmz_api-bench-rooms",
-    )
+    home, partner, gateway = gated_pair(workdir, "dmz_api-bench-rooms")
     maubot: Maubot | None = None
     try:
         start_all(home.start, partner.start, gateway.start)
