@@ -3,18 +3,19 @@
     .venv/bin/python bench/guest_invite.py [--registrations 20] [--poll-interval 5s]
 
 Starts two Synapses that federate over TLS on loopback (internal: staff, the bot, the
-project room; DMZ: the guests), the registrar and maubot with the plugin. Staff mint one
-token with ``!token generate --invite <project room> --uses N``; each guest then opens the
-onboarding URL, and the clock starts when they submit the form ("Create account"). It
-stops when the invite to the project room reaches the guest's own client (sign-in right
-after the page answers, then long-poll ``/sync``), as a person would see it. Each guest
-starts at a random moment within a poll interval (the wait before is not counted), so
-the figures are not phase-locked to the bot's reads.
+project room, behind the ``dmz_api`` gateway with zero trust letting only the DMZ server
+in; DMZ: the guests), the registrar and maubot with the plugin. Staff mint one token with
+``!token generate --invite <project room> --uses N``; each guest then opens the onboarding
+URL in Debian's Chromium and types the form, and the clock starts when they press "Create
+account". It stops when the invite to the project room reaches the guest's own client
+(sign-in right after the page answers, then long-poll ``/sync``), as a person would see
+it. Each guest starts at a random moment within a poll interval (the wait before is not
+counted), so the figures are not phase-locked to the bot's reads.
 
-The reference is the form submission alone (page → registrar → DMZ Synapse → page), so
-the ratio shows what following up adds: the wait for the bot's next read of the
-registrations feed (``registrations.poll_interval``, the dominant term) and the invite
-over federation. Prints a table and writes ``bench/results/guest_invite.json``.
+The reference is the form submission alone (click → registrar → DMZ Synapse → answer
+loaded in Chromium), so the ratio shows what following up adds: the wait for the bot's
+next read of the registrations feed (``registrations.poll_interval``, the dominant term)
+and the invite over federation. Prints a table and writes ``bench/results/guest_invite.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -37,64 +37,59 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stats import summary, write_results  # noqa: E402
+from devstack.border import GatewayedSynapse  # noqa: E402
+from devstack.browser import ChromiumGuests  # noqa: E402
 from devstack.guests import project_room, sign_in, wait_invited  # noqa: E402
-from devstack.stack import CSRF_FIELD, BotStack, GuestBrowser, onboarding_url  # noqa: E402
+from devstack.stack import BotStack, onboarding_url  # noqa: E402
 from devstack.synapse import Synapse  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "guest_invite.json"
 
 
-def one_guest(stack: BotStack, url: str, room: str) -> tuple[float, float]:
+def one_guest(stack: BotStack, browser: ChromiumGuests, url: str, room: str) -> tuple[float, float]:
     """(form submission alone, submission to invite in the client), in seconds."""
-    browser = GuestBrowser()
-    status, page = browser.open(url)
-    assert status == 200, page
-    csrf = CSRF_FIELD.search(page)
-    assert csrf, "no CSRF field"
-    token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
     localpart = f"bench{secrets.token_hex(4)}"
     password = secrets.token_urlsafe(16)
-    form = {
-        "token": token,
-        "csrf_token": csrf.group(1),
-        "username": localpart,
-        "password": password,
-        "password_confirm": password,
-        "display_name": "",
-    }
-    started = time.monotonic()
-    status, page = browser.open(url.split("?", 1)[0], form)
-    registered = time.monotonic()
-    assert status == 200 and re.search(re.escape(localpart), page), page[:300]
+    answer = browser.register(url, localpart, password)
+    assert answer.heading == "Your account is ready", answer.text[:300]
     guest = sign_in(stack.dmz, localpart, password)
     arrived = wait_invited(guest, room, timeout=60)
-    return registered - started, arrived - started
+    return answer.answered - answer.submitted, arrived - answer.submitted
 
 
 def run(registrations: int, poll_interval: float) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bastion-bench-invite-"))
     config = {"registrations": {"poll_interval": poll_interval}}
+    # The gateway's decision log as shipped (not the tests' every-allow-in-full).
+    border = GatewayedSynapse(workdir, name="corp", gateway={"decision_log": {}})
+    dmz = Synapse(workdir / "dmz", name="dmz", federation=True)
     try:
         with (
-            Synapse(workdir / "internal", name="corp", federation=True) as internal,
-            Synapse(workdir / "dmz", name="dmz", federation=True) as dmz,
-            BotStack(workdir / "stack", internal, dmz, plugin_config=config) as stack,
+            border.started(also=(dmz.start,)),
+            BotStack(
+                workdir / "stack", border.synapse, dmz, plugin_config=config, gateway=border.gateway
+            ) as stack,
+            ChromiumGuests() as browser,
         ):
+            stack.staff.ask(
+                stack.room, f"!sbg rule add server_allow {dmz.server_name} --yes"
+            )  # zero trust: only the DMZ homeserver federates
             room = project_room(stack.staff, stack.bot)
             reply = stack.staff.ask(
                 stack.room, f"!token generate --uses {registrations + 1} --invite {room}"
             )
             url = onboarding_url(reply)
-            one_guest(stack, url, room)  # warm-up: first federation handshake, key fetches
+            one_guest(stack, browser, url, room)  # warm-up: first handshake, key fetches
             page: list[float] = []
             invite: list[float] = []
             for _ in range(registrations):
                 # Registrations come at any moment, not right after the bot's last read.
                 time.sleep(random.uniform(0, poll_interval))
-                submitted, invited = one_guest(stack, url, room)
+                submitted, invited = one_guest(stack, browser, url, room)
                 page.append(submitted)
                 invite.append(invited)
     finally:
+        dmz.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     p, i = summary(page), summary(invite)
     return {

@@ -26,7 +26,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from bench.stats import percentile, summary, write_results  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.ports import free_port  # noqa: E402
-from devstack.process import http_json  # noqa: E402
+from devstack.process import http_json, start_side_by_side  # noqa: E402
 from devstack.synapse import Synapse, make_self_signed_cert  # noqa: E402
 from dmz_api.gateway.signing.events import event_id, redact  # noqa: E402
 from dmz_api.gateway.signing.keys import PolicyKey  # noqa: E402
@@ -48,24 +47,6 @@ RESULTS = ROOT / "bench" / "results" / "policy_server.json"
 ACTOR = "@bench:corp.example"
 # Synapse: "... Completed request: 200 OK in 0.01 secs, got 120 bytes - POST .../sign"
 SIGN_LINE = re.compile(r"Completed request: 200 OK in ([0-9.]+) secs.*/_matrix/policy/v1/sign")
-
-
-def start_all(*starters: Any) -> None:
-    errors: list[BaseException] = []
-
-    def run(start: Any) -> None:
-        try:
-            start()
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(s,)) for s in starters]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 def join_when_invited(user: MatrixUser, room: str, timeout: float = 15.0) -> None:
@@ -181,7 +162,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     started = time.monotonic()
     home, partner, gateway = gated_pair(workdir, "dmz_api-bench-policy")
     try:
-        start_all(home.start, partner.start, gateway.start)
+        start_side_by_side(home.start, partner.start, gateway.start)
         status, body = gateway.call(
             "POST", "/v1/rules/preset/compliance-ledger", {}, acting_user=ACTOR
         )

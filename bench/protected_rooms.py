@@ -40,13 +40,12 @@ from bench.policy_server import (  # noqa: E402
     decisions,
     gated_pair,
     join_when_invited,
-    start_all,
     wait_consulted,
 )
 from bench.stats import summary, write_results  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.maubot import Maubot  # noqa: E402
-from devstack.process import http_json  # noqa: E402
+from devstack.process import http_json, start_side_by_side  # noqa: E402
 from devstack.stack import control_room, plugin_config, start_bot  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "protected_rooms.json"
@@ -80,7 +79,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     home, partner, gateway = gated_pair(workdir, "dmz_api-bench-rooms")
     maubot: Maubot | None = None
     try:
-        start_all(home.start, partner.start, gateway.start)
+        start_side_by_side(home.start, partner.start, gateway.start)
         password = "bench-rooms-pw"
         bot, sec, alice = (MatrixUser.register(home, n, password) for n in ("bot", "sec", "alice"))
         bob = MatrixUser.register(partner, "bob", password)

@@ -16,8 +16,8 @@ from .process import ManagedProcess, http_json, url_answers
 class DmzApi:
     """Run ``python -m dmz_api --config FILE``; ``config`` is the YAML document as a dict.
 
-    ``server.port`` and ``database`` are filled in when absent. ``api_key`` is a fresh
-    key with every scope unless ``config["api_keys"]`` is given.
+    ``server.port`` and ``database`` are filled in when absent. ``api_key`` (given, or a
+    fresh one) is a key with every scope unless ``config["api_keys"]`` is given.
     """
 
     def __init__(
@@ -27,11 +27,13 @@ class DmzApi:
         *,
         name: str = "dmz_api",
         env: dict[str, str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.api_key = secrets.token_urlsafe(32)
+        # A registrar and a gateway the same bot talks to share one key (one ``dmz.api_key``).
+        self.api_key = api_key or secrets.token_urlsafe(32)
         server = config.setdefault("server", {})
         server.setdefault("host", "127.0.0.1")
         server.setdefault("port", free_port())

@@ -218,3 +218,26 @@ class ManagedProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def start_side_by_side(*starters: Callable[[], object]) -> None:
+    """Run the blocking ``start`` callables at once (each waits for its server to answer).
+
+    Two Synapses and a gateway start in the time of the slowest rather than of all three;
+    the first error is raised once every start has returned.
+    """
+    errors: list[BaseException] = []
+
+    def run(start: Callable[[], object]) -> None:
+        try:
+            start()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(start,)) for start in starters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]

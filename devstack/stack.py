@@ -5,7 +5,9 @@
     stack.stop()
 
 Roles are globs (``@<prefix>op*`` operators, ``@<prefix>aud`` the auditor), so more staff
-can be added while the bot runs (``add_operator``).
+can be added while the bot runs (``add_operator``). Given the ``gateway`` in front of the
+internal homeserver (``devstack.border``), the bot's ``!sbg`` commands go to it and the
+first operator is its gateway admin too; the registrar shares the gateway's API key.
 """
 
 from __future__ import annotations
@@ -117,8 +119,10 @@ class BotStack:
         prefix: str | None = None,
         plugin_config: dict[str, Any] | None = None,
         registrar_config: dict[str, Any] | None = None,
+        gateway: DmzApi | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.gateway = gateway
         self.registrar_extra = registrar_config or {}
         self.internal = internal
         self.dmz = dmz
@@ -158,14 +162,16 @@ class BotStack:
                     **self.registrar_extra,
                 },
             },
+            api_key=self.gateway.api_key if self.gateway else None,
         ).start()
         config = plugin_config(
             self.room,
             self.internal,
             operators=[f"@{self.prefix}op*:{server}"],
+            gateway_admins=[self.staff.user_id] if self.gateway else [],
             auditors=[self.auditor.user_id],
             registrar_url=self.registrar.base_url,
-            gateway_url=self.registrar.base_url,
+            gateway_url=(self.gateway or self.registrar).base_url,
             api_key=self.registrar.api_key,
             sweep_interval=0,
             audit={"export_key": self.export_key},

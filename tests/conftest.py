@@ -14,21 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from devstack.browser import CHROMIUM, CHROMIUM_ARGS
 from devstack.postgres import Postgres
 from devstack.synapse import Synapse
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 _counter = itertools.count()
 

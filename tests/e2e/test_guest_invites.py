@@ -1,9 +1,13 @@
 """Straight into the room, for real: a token minted with ``--invite`` brings its guest there.
 
-Two Synapses that federate over TLS on loopback (the internal one with staff, the bot and
-the project room; the DMZ one where guests register through the onboarding page), the
-registrar, and maubot running the plugin. The guest is invited over federation, exactly
-once, also when the bot is down while they register and when it restarts afterwards.
+Two Synapses that federate over TLS on loopback: the internal one (staff, the bot, the
+project room) behind the ``dmz_api`` gateway, named ``localhost:<gateway port>`` so the DMZ
+homeserver reaches it only through the gateway (``devstack.border``), and the DMZ one where
+guests register — in Debian's Chromium, on the onboarding page the registrar serves. maubot
+runs the plugin; the operator is the gateway's admin too and lets only the DMZ homeserver
+federate (``!sbg rule add server_allow``), so each guest's join is a decision of that rule.
+The guest is invited over federation exactly once, also when the bot is down while they
+register and when it restarts afterwards.
 """
 
 from __future__ import annotations
@@ -11,61 +15,96 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterator
-from urllib.parse import quote
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import pytest
 
+from devstack.border import GatewayedSynapse
+from devstack.browser import ChromiumGuests
 from devstack.guests import invited_rooms, invites_of, project_room, sign_in, wait_invited
-from devstack.stack import BotStack, GuestBrowser, onboarding_url, token_id, wait_answering
+from devstack.stack import BotStack, onboarding_url, token_id, wait_answering
 from devstack.synapse import Synapse
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def homeservers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Synapse, Synapse]]:
-    """The internal and the DMZ homeserver, federating with each other."""
-    root = tmp_path_factory.mktemp("federating")
-    with (
-        Synapse(root / "corp", name="corp", federation=True) as internal,
-        Synapse(root / "dmz", name="dmz", federation=True) as dmz,
-    ):
-        yield internal, dmz
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, homeservers: tuple[Synapse, Synapse]
-) -> Iterator[BotStack]:
-    internal, dmz = homeservers
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BotStack]:
+    root = tmp_path_factory.mktemp("invites")
+    border = GatewayedSynapse(root, name="corp")
+    dmz = Synapse(root / "dmz", name="dmz", federation=True)
     config = {
         "registrations": {"poll_interval": 0.3},
         "guest_expiry": {"check_interval": 0.3, "warn_before": "7d"},
     }
-    with BotStack(
-        tmp_path_factory.mktemp("invites"),
-        internal,
-        dmz,
-        plugin_config=config,
-        registrar_config={"expiry_interval": 0.3},
-    ) as s:
-        yield s
+    try:
+        with (
+            border.started(also=(dmz.start,)),
+            BotStack(
+                root / "stack",
+                border.synapse,
+                dmz,
+                plugin_config=config,
+                registrar_config={"expiry_interval": 0.3},
+                gateway=border.gateway,
+            ) as s,
+        ):
+            yield s
+    finally:
+        dmz.stop()
 
 
 @pytest.fixture(scope="module")
-def room(stack: BotStack) -> str:
+def zero_trust(stack: BotStack) -> str:
+    """The id of the enforced rule that lets the DMZ homeserver, and no other, federate."""
+    dmz = stack.dmz.server_name
+    asked = stack.staff.ask(stack.room, f"!sbg rule add server_allow {dmz}")
+    assert f"Federation will be refused from every server except `{dmz}`." in asked
+    reply = stack.staff.ask(stack.room, f"!sbg rule add server_allow {dmz} --yes")
+    assert "is now version" in reply, reply
+    match = re.search(r"Rule `([^`]+)`", reply)
+    assert match, reply
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def room(stack: BotStack, zero_trust: str) -> str:
     """The project room on the internal homeserver, the bot a member (it may invite)."""
     return project_room(
         stack.staff, stack.bot, alias=f"project{stack.prefix}", moderators=(stack.bot,)
     )
 
 
-def register(stack: BotStack, url: str) -> tuple[str, str]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[ChromiumGuests]:
+    with ChromiumGuests() as guests:
+        yield guests
+
+
+def register(browser: ChromiumGuests, stack: BotStack, url: str) -> tuple[str, str]:
+    """A new guest registers on the page in Chromium; their localpart and password."""
     localpart = f"guest{secrets.token_hex(3)}"
     password = secrets.token_urlsafe(16)
-    status, page = GuestBrowser().register(url, localpart, password)
-    assert status == 200, page
+    answer = browser.register(url, localpart, password)
+    assert (answer.status, answer.heading) == (200, "Your account is ready"), answer.text
+    assert stack.dmz.user_id(localpart) in answer.text
     return localpart, password
+
+
+def endpoint(decision: dict[str, Any]) -> str:
+    """``make_join`` for ``/_matrix/federation/v1/make_join/{roomId}/{userId}``."""
+    return str(decision["path"]).split("/")[4]
+
+
+def gateway_decisions(stack: BotStack, **query: str) -> list[dict[str, Any]]:
+    assert stack.gateway is not None
+    status, body = stack.gateway.call(
+        "GET", f"/v1/decisions?{urlencode({'limit': '500', **query})}",
+        acting_user=stack.staff.user_id,
+    )  # fmt: skip
+    assert status == 200, body
+    return list(body["decisions"])
 
 
 def notices_about(stack: BotStack, guest: str) -> list[str]:
@@ -77,16 +116,30 @@ def notices_about(stack: BotStack, guest: str) -> list[str]:
     return [body for body in bodies if f"guest {guest} registered" in body]
 
 
-def test_a_guest_registers_and_lands_in_the_project_room(stack: BotStack, room: str) -> None:
+def test_a_guest_registers_and_lands_in_the_project_room(
+    stack: BotStack, room: str, browser: ChromiumGuests, zero_trust: str
+) -> None:
     alias = f"#project{stack.prefix}:{stack.internal.server_name}"
     reply = stack.staff.ask(stack.room, f"!token generate --invite {alias} --note project")
     assert f"its guests are invited to `{room}`" in reply
-    localpart, password = register(stack, onboarding_url(reply))
+    localpart, password = register(browser, stack, onboarding_url(reply))
     guest = sign_in(stack.dmz, localpart, password)
 
     wait_invited(guest, room)
-    guest.join(room)  # over federation, into the internal homeserver's room
+    guest.join(room)  # over federation, through the gateway, into the internal room
     stack.staff.wait_membership(room, guest.user_id, "join")
+
+    # The DMZ server asked the gateway to join this room (make_join, then send_join of the
+    # guest's membership event), each let through by the zero-trust rule.
+    def join_decisions() -> list[dict[str, Any]]:
+        rows = gateway_decisions(stack, origin=stack.dmz.server_name, decision="allow")
+        return [row for row in rows if row["room"] == room and endpoint(row).endswith("_join")]
+
+    stack.internal.wait_for(
+        lambda: {endpoint(row) for row in join_decisions()} == {"make_join", "send_join"},
+        what="the gateway's decisions on the guest's join",
+    )
+    assert {row["rule"] for row in join_decisions()} == {zero_trust}
 
     notice = stack.staff.wait_event(
         stack.room, lambda e: f"guest {guest.user_id} registered" in e["content"]["body"]
@@ -115,14 +168,14 @@ def test_a_room_the_bot_is_not_in_mints_nothing(stack: BotStack) -> None:
 
 
 def test_a_guest_who_registers_while_the_bot_is_down_is_invited_exactly_once(
-    stack: BotStack, room: str
+    stack: BotStack, room: str, browser: ChromiumGuests
 ) -> None:
     assert stack.maubot is not None
     reply = stack.staff.ask(stack.room, f"!token generate --uses 2 --invite {room}")
     url = onboarding_url(reply)
 
     stack.maubot.stop()
-    first = sign_in(stack.dmz, *register(stack, url))
+    first = sign_in(stack.dmz, *register(browser, stack, url))
     stack.maubot.start()
     wait_answering(stack.staff, stack.room)
     wait_invited(first, room)
@@ -131,7 +184,7 @@ def test_a_guest_who_registers_while_the_bot_is_down_is_invited_exactly_once(
     first.call("POST", f"/_matrix/client/v3/rooms/{quote(room)}/leave", {})
     stack.staff.wait_membership(room, first.user_id, "leave")
 
-    second = sign_in(stack.dmz, *register(stack, url))
+    second = sign_in(stack.dmz, *register(browser, stack, url))
     wait_invited(second, room)
     stack.staff.wait_event(
         stack.room, lambda e: f"guest {second.user_id} registered" in e["content"]["body"]
@@ -140,7 +193,7 @@ def test_a_guest_who_registers_while_the_bot_is_down_is_invited_exactly_once(
     # Once more through a restart: the bot re-reads the recent feed and does nothing twice.
     stack.maubot.restart()
     wait_answering(stack.staff, stack.room)
-    third = sign_in(stack.dmz, *register(stack, onboarding_url(
+    third = sign_in(stack.dmz, *register(browser, stack, onboarding_url(
         stack.staff.ask(stack.room, f"!token generate --invite {room}")
     )))  # fmt: skip
     wait_invited(third, room)
@@ -153,7 +206,9 @@ def test_a_guest_who_registers_while_the_bot_is_down_is_invited_exactly_once(
     assert all(re.search(r"`[0-9a-f]{12}`", n) for n in notices_about(stack, first.user_id))
 
 
-def test_the_sponsor_can_be_told_by_direct_message(stack: BotStack, room: str) -> None:
+def test_the_sponsor_can_be_told_by_direct_message(
+    stack: BotStack, room: str, browser: ChromiumGuests
+) -> None:
     reply = stack.staff.ask(stack.room, f"!token generate --dm --invite {room}")
     assert "direct message" in reply
     stack.staff.hs.wait_for(
@@ -162,7 +217,7 @@ def test_the_sponsor_can_be_told_by_direct_message(stack: BotStack, room: str) -
     [direct] = invited_rooms(stack.staff)[0]
     stack.staff.join(direct)
     dm = stack.staff.wait_event(direct, lambda e: "/register?token=" in e["content"]["body"])
-    guest = sign_in(stack.dmz, *register(stack, onboarding_url(dm["content"]["body"])))
+    guest = sign_in(stack.dmz, *register(browser, stack, onboarding_url(dm["content"]["body"])))
     wait_invited(guest, room)
     told = stack.staff.wait_event(
         direct, lambda e: f"guest {guest.user_id} registered" in e["content"]["body"]
@@ -172,11 +227,11 @@ def test_the_sponsor_can_be_told_by_direct_message(stack: BotStack, room: str) -
 
 
 def test_a_guest_is_warned_of_extended_and_removed_when_their_time_is_up(
-    stack: BotStack, room: str
+    stack: BotStack, room: str, browser: ChromiumGuests
 ) -> None:
     reply = stack.staff.ask(stack.room, f"!token generate --invite {room} --guest-expires 10s")
     assert "guests keep their account for 10s" in reply
-    guest = sign_in(stack.dmz, *register(stack, onboarding_url(reply)))
+    guest = sign_in(stack.dmz, *register(browser, stack, onboarding_url(reply)))
     wait_invited(guest, room)
     guest.join(room)
     stack.staff.wait_membership(room, guest.user_id, "join")
@@ -210,7 +265,9 @@ def test_a_guest_is_warned_of_extended_and_removed_when_their_time_is_up(
     assert f"{guest.user_id} deactivated" in listing
 
 
-def test_one_command_offboards_a_guest_and_a_whole_project(stack: BotStack, room: str) -> None:
+def test_one_command_offboards_a_guest_and_a_whole_project(
+    stack: BotStack, room: str, browser: ChromiumGuests
+) -> None:
     second_room = project_room(stack.staff, stack.bot, moderators=(stack.bot,))
     reply = stack.staff.ask(
         stack.room,
@@ -218,7 +275,7 @@ def test_one_command_offboards_a_guest_and_a_whole_project(stack: BotStack, room
     )
     assert "project `apollo`" in reply
     url = onboarding_url(reply)
-    guests = [sign_in(stack.dmz, *register(stack, url)) for _ in range(3)]
+    guests = [sign_in(stack.dmz, *register(browser, stack, url)) for _ in range(3)]
     for guest in guests:
         for target in (room, second_room):
             wait_invited(guest, target)

@@ -14,7 +14,6 @@ are joins (``make_join``), which do not start a back-off.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pytest
 
 from devstack.matrix import MatrixUser
 from devstack.ports import free_port
-from devstack.process import http_json
+from devstack.process import http_json, start_side_by_side
 from devstack.synapse import Synapse, make_self_signed_cert
 
 from .conftest import Gateway
@@ -38,25 +37,6 @@ class Federation:
     home: Synapse
     partner: Synapse
     gateway: Gateway
-
-
-def start_all(*starters: Callable[[], object]) -> None:
-    """Start the servers side by side (each start blocks until the server answers)."""
-    errors: list[BaseException] = []
-
-    def run(start: Callable[[], object]) -> None:
-        try:
-            start()
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(start,)) for start in starters]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
 
 
 @pytest.fixture
@@ -85,7 +65,7 @@ def federation(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterato
         )
 
     try:
-        start_all(home.start, partner.start, gateway)
+        start_side_by_side(home.start, partner.start, gateway)
         yield Federation(home, partner, gateways[0])
     finally:
         home.stop()

@@ -22,11 +22,11 @@ import yaml
 
 from devstack.matrix import MatrixUser
 from devstack.ports import free_port
-from devstack.process import http_json
+from devstack.process import http_json, start_side_by_side
 from devstack.synapse import Synapse, make_self_signed_cert
 
 from .conftest import AUTHZ_SECRET, Gateway, gateway_config
-from .test_federation import join_when_invited, start_all
+from .test_federation import join_when_invited
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,7 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
     config["server"] = {"port": admin_port}
     gateway = Gateway(tmp_path / "gateway", config, name="dmz_api-gateway")
     try:
-        start_all(home.start, partner.start, gateway.start)
+        start_side_by_side(home.start, partner.start, gateway.start)
         yield Ledger(home, partner, gateway)
     finally:
         gateway.stop()

@@ -21,11 +21,11 @@ import pytest
 
 from devstack.matrix import MatrixUser
 from devstack.ports import free_port
-from devstack.process import http_json
+from devstack.process import http_json, start_side_by_side
 from devstack.synapse import Synapse, make_self_signed_cert
 
 from .conftest import Gateway
-from .test_federation import Federation, join_when_invited, start_all
+from .test_federation import Federation, join_when_invited
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def start_federation(
         )
 
     try:
-        start_all(home.start, partner.start, gateway)
+        start_side_by_side(home.start, partner.start, gateway)
     except BaseException:
         home.stop()
         partner.stop()

@@ -39,12 +39,12 @@ import pytest
 from devstack.matrix import MatrixUser
 from devstack.maubot import Maubot
 from devstack.ports import free_port
-from devstack.process import http_json
+from devstack.process import http_json, start_side_by_side
 from devstack.stack import control_room, plugin_config, start_bot
 from devstack.synapse import Synapse, make_self_signed_cert
 
 from .conftest import Gateway
-from .test_federation import join_when_invited, start_all
+from .test_federation import join_when_invited
 from .test_policy_server import policy_key, wait_consulted
 
 pytestmark = pytest.mark.slow
@@ -159,7 +159,7 @@ def start_ledger(
 
     maubot: Maubot | None = None
     try:
-        start_all(home.start, partner.start, gateway)
+        start_side_by_side(home.start, partner.start, gateway)
         password = "protected-rooms-pw"
         bot, sec, dave, alice = (
             MatrixUser.register(home, name, password) for name in ("bot", "sec", "dave", "alice")
