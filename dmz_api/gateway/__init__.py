@@ -36,6 +36,7 @@ from .config import GatewayConfig
 from .decisions import GatewayMetrics
 from .enforce import antispam, authz, policy_server
 from .enforce.proxy import GATEWAY_PROXY, proxy_ctx
+from .enforce.users import user_lookup_ctx
 from .migrations import upgrade_table
 from .service import GATEWAY, GatewayService
 from .store import RuleStore
@@ -60,6 +61,7 @@ def setup(app: web.Application, config: GatewayConfig) -> None:
 
     app.cleanup_ctx.append(service_ctx)
     app.cleanup_ctx.append(policy_server.policy_server_ctx)
+    app.cleanup_ctx.append(user_lookup_ctx(config))
     app.cleanup_ctx.append(proxy_ctx)
 
 

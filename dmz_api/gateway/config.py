@@ -241,17 +241,22 @@ def parse_gateway_config(section: Section) -> GatewayConfig:
             if section.has("homeserver_config")
             else None
         ),
-        user_lookup=_user_lookup(section),
+        user_lookup=_user_lookup(section, upstream),
     )
 
 
-def _user_lookup(section: Section) -> UserLookupConfig:
+def _user_lookup(section: Section, upstream: str | None) -> UserLookupConfig:
     lookup = _optional(section, "user_lookup")
     on_failure = lookup.str("on_failure", "decide")
     if on_failure not in ("decide", "refuse"):
         raise lookup.error("on_failure", "must be decide (without a user) or refuse")
+    enabled = lookup.bool("enabled", False)
+    if enabled and upstream is None:
+        raise lookup.error(
+            "enabled", "needs gateway.upstream: the homeserver that is asked whose token it is"
+        )
     return UserLookupConfig(
-        enabled=lookup.bool("enabled", False),
+        enabled=enabled,
         cache_size=lookup.int("cache_size", 10_000, low=1, high=10_000_000),
         cache_ttl=lookup.float("cache_ttl", 300.0),
         timeout=lookup.float("timeout", 5.0),

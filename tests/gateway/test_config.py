@@ -85,6 +85,14 @@ def test_upstream_ca_file_is_relative_to_the_config(tmp_path: Path) -> None:
             {"upstream": "https://hs.example", "upstream_ca_file": "/nonexistent/ca.pem"},
             "gateway.upstream_ca_file: /nonexistent/ca.pem is not a readable file",
         ),
+        (
+            {"user_lookup": {"enabled": True}},
+            "gateway.user_lookup.enabled: needs gateway.upstream: the homeserver that is asked",
+        ),
+        (
+            {"upstream": "http://h", "user_lookup": {"on_failure": "ignore"}},
+            "gateway.user_lookup.on_failure: must be decide (without a user) or refuse",
+        ),
     ],
 )
 def test_errors(data: dict[str, Any], message: str) -> None:

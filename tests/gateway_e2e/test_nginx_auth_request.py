@@ -190,3 +190,53 @@ def test_auth_request_in_front_of_synapse(
             )[1]["chunk"]
         ]
         assert "heard again" in bodies and "muted" not in bodies and "nobody to ask" not in bodies
+
+
+def test_rules_that_name_users_hold_behind_nginx(
+    dmz_synapse: Synapse, start_gateway: Callable[..., Gateway], tmp_path: Path
+) -> None:
+    """With ``user_lookup`` on, the gateway asks the homeserver (``upstream``, which nginx
+    fronts) whose token each forwarded client request carries, as the built-in proxy does."""
+    hs = dmz_synapse
+    gateway = start_gateway(
+        hs.server_name,
+        trusted_proxies=["127.0.0.1/32"],
+        upstream=hs.base_url,
+        user_lookup={"enabled": True},
+    )
+    port = free_port()
+    shipped, cert = render(
+        tmp_path / "nginx", port=port, gateway_port=gateway.port, homeserver_port=hs.port
+    )
+    with Nginx(tmp_path / "nginx", "return 404;", http_extra=shipped):
+        alice_local, bob_local = f"alice{secrets.token_hex(3)}", f"bob{secrets.token_hex(3)}"
+        alice = Edge(f"https://127.0.0.1:{port}", cert, hs.register_user(alice_local, "pw-a" * 4))
+        bob = Edge(f"https://127.0.0.1:{port}", cert, hs.register_user(bob_local, "pw-b" * 4))
+        status, body = alice.call(
+            "POST", "/_matrix/client/v3/createRoom", {"preset": "public_chat"}
+        )
+        assert status == 200, body
+        alice.room = bob.room = body["room_id"]
+        assert bob.call("POST", f"/_matrix/client/v3/join/{quote(bob.room)}", {})[0] == 200
+
+        alice_id = hs.user_id(alice_local)
+        gateway.add_rule(
+            {
+                "id": "mute-alice",
+                "kind": "expr",
+                "params": {
+                    "expression": f'request.user == "{alice_id}" '
+                    '&& "m.room.message" in request.event_types'
+                },
+            }
+        )
+        assert refused_by(alice.message("from alice"), "mute-alice")
+        assert bob.message("from bob")[0] == 200
+        rows = gateway.wait_decisions(bool, source="authz", rule="mute-alice")
+        assert {row["user"] for row in rows} == {alice_id}
+        allowed = gateway.wait_decisions(
+            lambda rows: any(row["user"] == hs.user_id(bob_local) for row in rows),
+            source="authz",
+            decision="allow",
+        )
+        assert allowed

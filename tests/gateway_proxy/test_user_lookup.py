@@ -1,4 +1,8 @@
-"""Every client request tied to its user: the proxy asks a real Synapse whose token it is.
+"""Every client request tied to its user: the gateway asks a real Synapse whose token it is.
+
+Both enforcement points that see client requests do it: the built-in proxy and the
+forward-auth endpoint (``/v1/authz``, for nginx ``auth_request``), with one lookup and one
+cache between them.
 
 An expression rule that names one user refuses that user's requests and nobody else's; the
 decision log records the user; a second request with the same token is answered from the
@@ -109,6 +113,60 @@ async def test_homeserver_cannot_say(
     async with http.get(refuse.url + "/_matrix/client/versions") as resp:
         assert resp.status == 403 and "nobody" in (await resp.json())["error"]
     assert lookups(refuse, "failed") == 1
+
+
+async def test_forward_auth_sees_the_user_too(
+    make_gateway: MakeGateway, dmz_synapse: Synapse, http: aiohttp.ClientSession
+) -> None:
+    alice_local, bob_local = f"alice{secrets.token_hex(3)}", f"bob{secrets.token_hex(3)}"
+    alice = dmz_synapse.register_user(alice_local, secrets.token_urlsafe(12))
+    bob = dmz_synapse.register_user(bob_local, secrets.token_urlsafe(12))
+    alice_id = dmz_synapse.user_id(alice_local)
+    gateway = await make_gateway(dmz_synapse.base_url, user_lookup={"enabled": True})
+    await gateway.add_rule(
+        {
+            "id": "no-alice",
+            "kind": "expr",
+            "params": {"expression": f'request.user == "{alice_id}"'},
+        }
+    )
+    path = PROFILE.format(user=alice_id)
+
+    async def ask(headers: dict[str, str], uri: str = path) -> tuple[int, Any]:
+        headers = {"X-Original-Method": "GET", "X-Original-URI": uri, **headers}
+        resp = await gateway.admin.get("/v1/authz", headers=headers)
+        return resp.status, await resp.json()
+
+    status, body = await ask({"Authorization": f"Bearer {alice}"})
+    assert status == 403 and "no-alice" in body["error"], body
+    # The token in the original URI, as Synapse accepts it, is looked up just the same.
+    assert (await ask({}, f"{path}?access_token={alice}"))[0] == 403
+    assert (await ask({"Authorization": f"Bearer {bob}"}))[0] == 200
+    assert (await ask({}))[0] == 200  # no token: judged without a user
+    asked = lookups(gateway, "asked")
+    # The proxy shares the lookup and its cache: alice's token is not asked about again.
+    async with http.get(gateway.url + path, headers={"Authorization": f"Bearer {alice}"}) as r:
+        assert r.status == 403
+    assert lookups(gateway, "asked") == asked == 2
+    rows = await gateway.decisions(5)
+    authz = {(row["rule"], row["user"]) for row in rows if row["source"] == "authz"}
+    assert authz == {
+        ("no-alice", alice_id),
+        (None, dmz_synapse.user_id(bob_local)),
+        (None, None),
+    }
+
+    refuse = await make_gateway(
+        "http://127.0.0.1:9", user_lookup={"enabled": True, "on_failure": "refuse"}
+    )
+    headers = {
+        "X-Original-Method": "GET",
+        "X-Original-URI": "/_matrix/client/v3/sync",
+        "Authorization": "Bearer whatever",
+    }
+    resp = await refuse.admin.get("/v1/authz", headers=headers)
+    assert resp.status == 503 and (await resp.json())["errcode"] == "M_UNKNOWN"
+    assert "cannot tell whose access token" in resp.headers["X-Authz-Reason"]
 
 
 def test_access_token_sources() -> None:

@@ -13,6 +13,10 @@ pasted into a JSON string as is.
 Callers are authenticated by address (``gateway.authz.allowed_peers``) and, when
 ``gateway.authz.secret`` is set, by an ``X-Authz-Secret`` header (the ``Authorization``
 header belongs to the original request).
+
+With ``gateway.user_lookup`` on, a client request's access token (the original
+``Authorization`` header, or ``access_token`` in the original URI) is looked up as the
+built-in proxy does (``users.identify``), so rules that name users hold behind nginx too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..config import AuthzConfig, IPNetwork
 from ..policy.matrix_paths import request_info
 from ..policy.model import Decision, Source
 from ..service import GATEWAY
+from .users import CANNOT_TELL_USER, USER_LOOKUP, identify
 
 PREFIX = "/v1/authz"
 
@@ -115,10 +120,11 @@ async def authz(request: web.Request) -> web.Response:
         return _deny(
             403, "Refused by the gateway: the forward-auth request lacks the original method or URI"
         )
+    authorization = headers.getall("Authorization", ())
     info = request_info(
         method,
         uri,
-        headers.getall("Authorization", ()),
+        authorization,
         user_agent=headers.get("User-Agent", ""),
         ip=client_ip(
             request.remote,
@@ -128,6 +134,11 @@ async def authz(request: web.Request) -> web.Response:
         ),
         source=Source.AUTHZ,
     )
+    if not await identify(request.app.get(USER_LOOKUP), info, authorization, uri):
+        # Fails closed: nginx answers its own 500 for any status but 2xx, 401 and 403.
+        return json_error(
+            503, "M_UNKNOWN", CANNOT_TELL_USER, headers={"X-Authz-Reason": CANNOT_TELL_USER}
+        )
     decision = gateway.decide(info)
     if decision.allowed:
         return web.json_response(

@@ -58,12 +58,11 @@ from ..service import GATEWAY, GatewayService
 from . import federation
 from .authz import client_ip, in_networks
 from .policy_server import POLICY_SERVER, PolicyServer, handle_proxied, handles
-from .users import LookupFailed, UserLookup, access_token
+from .users import CANNOT_TELL_USER, USER_LOOKUP, UserLookup, identify
 
 log = logging.getLogger("dmz_api.gateway.enforce.proxy")
 
 PREFIXES = ("/_matrix/", "/.well-known/matrix/")
-CANNOT_TELL_USER = "The gateway cannot tell whose access token this is; try again later"
 
 # RFC 9110 §7.6.1: meaningful for one connection only, never forwarded.
 _HOP_BY_HOP = (
@@ -160,7 +159,11 @@ class GatewayProxy:
     """The proxy listener and its upstream connection pool."""
 
     def __init__(
-        self, gateway: GatewayService, metrics: Metrics, policy: PolicyServer | None = None
+        self,
+        gateway: GatewayService,
+        metrics: Metrics,
+        policy: PolicyServer | None = None,
+        users: UserLookup | None = None,
     ) -> None:
         config: GatewayConfig = gateway.config
         assert config.listen is not None and config.upstream is not None
@@ -184,16 +187,7 @@ class GatewayProxy:
         self._broken = errors.labels("broken")
         self._pool: UpstreamPool | None = None
         # Which user each client request's access token belongs to (enforce/users.py).
-        self.users = (
-            UserLookup(
-                self._base,
-                config.user_lookup,
-                metrics,
-                ca_file=str(config.upstream_ca_file) if config.upstream_ca_file else None,
-            )
-            if config.user_lookup.enabled
-            else None
-        )
+        self.users = users
         self._listener: HttpListener | None = None
         self.port: int | None = None
 
@@ -230,8 +224,6 @@ class GatewayProxy:
             keepalive_timeout=30.0,
             ca_file=str(ca) if (ca := self.config.upstream_ca_file) is not None else None,
         )
-        if self.users is not None:
-            await self.users.start()
         self._listener = HttpListener(
             self.handle,
             body_timeout=self._listen.body_timeout,
@@ -255,8 +247,6 @@ class GatewayProxy:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
-        if self.users is not None:
-            await self.users.stop()
 
     # ---- the hot path ----------------------------------------------------------------
 
@@ -304,17 +294,8 @@ class GatewayProxy:
         )
         if problem is not None and info.malformed is None:
             info.malformed = problem
-        if self.users is not None and info.request_class is RequestClass.CLIENT:
-            token = access_token(request.header_all(b"authorization"), raw_path)
-            if token is not None:
-                known, user = self.users.cached(token)
-                if not known:
-                    try:
-                        user = await self.users.user_for(token)
-                    except LookupFailed:
-                        if self.users.config.on_failure == "refuse":
-                            return _refuse(request, 503, "M_UNKNOWN", CANNOT_TELL_USER)
-                info.user = user
+        if not await identify(self.users, info, request.header_all(b"authorization"), raw_path):
+            return _refuse(request, 503, "M_UNKNOWN", CANNOT_TELL_USER)
         if guarded:
             refusal = self.gateway.rooms.judge(info, path_info, content, problem)
             if refusal is not None:
@@ -524,7 +505,7 @@ async def proxy_ctx(app: web.Application) -> AsyncIterator[None]:
     if gateway.config.listen is None:
         yield
         return
-    proxy = GatewayProxy(gateway, app[METRICS], app.get(POLICY_SERVER))
+    proxy = GatewayProxy(gateway, app[METRICS], app.get(POLICY_SERVER), app.get(USER_LOOKUP))
     try:
         await proxy.start()
     except BaseException:

@@ -15,7 +15,11 @@ proxy answers 503). Failures are not cached.
 
 ``access_token(auth_headers, raw_path)`` is the token a request carries: the
 ``Authorization: Bearer`` header or, as Synapse still accepts it, the ``access_token``
-query parameter.
+query parameter. ``identify(users, info, ...)`` is the one step both enforcement points
+that see client requests take (the built-in proxy and nginx forward-auth, ``authz``):
+it names ``info.user`` before the rules run. ``user_lookup_ctx`` runs the lookup, under
+``USER_LOOKUP``, while the app runs and ``gateway.user_lookup.enabled`` is set; it asks
+``gateway.upstream``.
 """
 
 from __future__ import annotations
@@ -26,18 +30,22 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import parse_qs
 
 import aiohttp
+from aiohttp import web
 
-from ...metrics import Metrics
-from ..config import UserLookupConfig
+from ...metrics import METRICS, Metrics
+from ..config import GatewayConfig, UserLookupConfig
+from ..policy.model import RequestClass, RequestInfo
 
 log = logging.getLogger("dmz_api.gateway.enforce.users")
 
 WHOAMI = "/_matrix/client/v3/account/whoami"
 _MAX_TOKEN = 4096
+# The answer (503 M_UNKNOWN) when the homeserver cannot say and ``on_failure`` is refuse.
+CANNOT_TELL_USER = "The gateway cannot tell whose access token this is; try again later"
 
 
 class LookupFailed(Exception):
@@ -80,7 +88,7 @@ class UserLookup:
         self._session: aiohttp.ClientSession | None = None
         lookups = metrics.counter(
             "dmz_api_gateway_user_lookups_total",
-            "Access-token lookups by the gateway proxy, by result",
+            "Access-token lookups by the gateway (proxy and forward-auth), by result",
             ["result"],
         )
         self._hits = lookups.labels("cached")
@@ -165,3 +173,53 @@ class UserLookup:
         if not isinstance(user, str) or not user.startswith("@") or ":" not in user:
             raise LookupFailed("whoami answered without a user_id")
         return user[:255]
+
+
+USER_LOOKUP = web.AppKey("user_lookup", UserLookup)
+
+
+async def identify(
+    users: UserLookup | None, info: RequestInfo, auth_headers: Sequence[str], raw_path: str
+) -> bool:
+    """Name ``info.user`` for a client request with an access token; False: refuse (503).
+
+    The cache answers without an await on the common path. A request without a token, or a
+    federation request, is judged as it is.
+    """
+    if users is None or info.request_class is not RequestClass.CLIENT:
+        return True
+    token = access_token(auth_headers, raw_path)
+    if token is None:
+        return True
+    known, user = users.cached(token)
+    if not known:
+        try:
+            user = await users.user_for(token)
+        except LookupFailed:
+            return users.config.on_failure != "refuse"
+    info.user = user
+    return True
+
+
+def user_lookup_ctx(config: GatewayConfig) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The cleanup context that runs the user lookup when it is enabled."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if not config.user_lookup.enabled:
+            yield
+            return
+        assert config.upstream is not None  # the config requires it (gateway/config.py)
+        users = UserLookup(
+            config.upstream,
+            config.user_lookup,
+            app[METRICS],
+            ca_file=str(config.upstream_ca_file) if config.upstream_ca_file else None,
+        )
+        await users.start()
+        app[USER_LOOKUP] = users
+        try:
+            yield
+        finally:
+            await users.stop()
+
+    return ctx
