@@ -19,6 +19,7 @@ and wait for it to join before sending commands.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -83,6 +84,11 @@ class Maubot:
              "-m", "maubot.yaml"],
             log_path=self.workdir / "maubot.out",
             cwd=self.plugin_dir,
+            # Measured here: maubot standalone, signalled while it starts up, may be
+            # interrupted again inside its own stop(); its database is then never closed and
+            # aiosqlite's worker thread (not a daemon) keeps the process alive for good. Our
+            # own stop() escalates to SIGKILL after 10 s; a dead parent cannot, so it kills.
+            parent_death_signal=signal.SIGKILL,
         )  # fmt: skip
 
     def config(self) -> dict[str, Any]:

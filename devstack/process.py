@@ -1,8 +1,9 @@
 """Subprocess helpers: start a server, wait until it answers, stop it cleanly.
 
 Every child is started with ``PR_SET_PDEATHSIG`` (Linux): when the process that started
-it dies, however it dies (``kill -9`` included), the kernel sends the child SIGTERM, so no
-Synapse, dmz_api or maubot outlives the test, benchmark or demo that owns it. The kernel
+it dies, however it dies (``kill -9`` included), the kernel sends the child SIGTERM (or
+the launcher's ``parent_death_signal``: maubot gets SIGKILL), so no Synapse, dmz_api or
+maubot outlives the test, benchmark or demo that owns it. The kernel
 ties that signal to the *thread* that forked, so every start goes through one long-lived
 spawner thread: a test that starts servers from short-lived threads keeps its children.
 """
@@ -100,14 +101,16 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn``: SIGTERM this child when its parent dies (Linux; elsewhere none)."""
+def _die_with_parent(
+    parent_pid: int, signum: signal.Signals = signal.SIGTERM
+) -> Callable[[], None] | None:
+    """A ``preexec_fn``: ``signum`` to this child when its parent dies (Linux; elsewhere none)."""
     prctl = _prctl
     if prctl is None:
         return None
 
     def preexec() -> None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
         # The parent may have died between fork and prctl: then no signal would ever come.
         if os.getppid() != parent_pid:
             os._exit(1)
@@ -131,13 +134,15 @@ class _Spawner:
             except BaseException as e:  # handed to the caller, raised there
                 answer.put((False, e))
 
-    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+    def popen(
+        self, *args: Any, parent_death_signal: signal.Signals = signal.SIGTERM, **kwargs: Any
+    ) -> subprocess.Popen[bytes]:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="spawner", daemon=True)
                 self._thread.start()
         answer: queue.Queue[Any] = queue.Queue(maxsize=1)
-        kwargs["preexec_fn"] = _die_with_parent(os.getpid())
+        kwargs["preexec_fn"] = _die_with_parent(os.getpid(), parent_death_signal)
         self._jobs.put((lambda: subprocess.Popen(*args, **kwargs), answer))
         ok, result = answer.get()
         if not ok:
@@ -164,8 +169,10 @@ class ManagedProcess:
         log_path: Path,
         cwd: Path | None = None,
         env: Mapping[str, str] | None = None,
+        parent_death_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.name = name
+        self.parent_death_signal = parent_death_signal
         self.argv = list(argv)
         self.log_path = log_path
         self.cwd = cwd
@@ -183,6 +190,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            parent_death_signal=self.parent_death_signal,
         )
         log.close()
         return self.proc

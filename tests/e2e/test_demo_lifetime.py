@@ -41,11 +41,17 @@ def listening(port: int) -> bool:
         return False
 
 
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    still: Callable[[], object] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still not so after {timeout:.0f} s")
+            detail = f" ({still()})" if still is not None else ""
+            raise AssertionError(f"{what}: still not so after {timeout:.0f} s{detail}")
         time.sleep(0.2)
 
 
@@ -77,9 +83,13 @@ def kill_leftovers(workdir: Path) -> None:
 
 def assert_all_gone(stack: dict[str, Any]) -> None:
     processes = stack["processes"]
-    pids = [entry["pid"] for entry in processes.values()]
     ports = [port for entry in processes.values() for port in entry["ports"]]
-    wait_for(lambda: not any(alive(pid) for pid in pids), 60, "every stack process exited")
+    wait_for(
+        lambda: not [name for name, entry in processes.items() if alive(entry["pid"])],
+        60,
+        "every stack process exited",
+        still=lambda: [name for name, entry in processes.items() if alive(entry["pid"])],
+    )
     wait_for(lambda: not any(listening(port) for port in ports), 10, "every port closed")
 
 
