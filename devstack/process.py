@@ -3,9 +3,9 @@
 Every child is started with ``PR_SET_PDEATHSIG`` (Linux): when the process that started
 it dies, however it dies (``kill -9`` included), the kernel sends the child SIGTERM (or
 the launcher's ``parent_death_signal``: maubot gets SIGKILL), so no Synapse, dmz_api or
-maubot outlives the test, benchmark or demo that owns it. The kernel
-ties that signal to the *thread* that forked, so every start goes through one long-lived
-spawner thread: a test that starts servers from short-lived threads keeps its children.
+maubot outlives the test, benchmark or demo that owns it. The kernel ties that signal to
+the *thread* that forked, so every start goes through one long-lived spawner thread: a
+test that starts servers from short-lived threads keeps its children.
 """
 
 from __future__ import annotations

@@ -89,9 +89,14 @@ def caller_problem(peer: str | None, presented: str | None, config: AuthzConfig)
     return None
 
 
-def _deny(status: int, reason: str, extra: dict[str, str] | None = None) -> web.Response:
+def _deny(
+    status: int,
+    reason: str,
+    extra: dict[str, str] | None = None,
+    errcode: str = "M_FORBIDDEN",
+) -> web.Response:
     headers = {"X-Authz-Reason": reason, **(extra or {})}
-    return json_error(status, "M_FORBIDDEN", reason, headers=headers)
+    return json_error(status, errcode, reason, headers=headers)
 
 
 def decision_headers(decision: Decision) -> dict[str, str]:
@@ -136,9 +141,7 @@ async def authz(request: web.Request) -> web.Response:
     )
     if not await identify(request.app.get(USER_LOOKUP), info, authorization, uri):
         # Fails closed: nginx answers its own 500 for any status but 2xx, 401 and 403.
-        return json_error(
-            503, "M_UNKNOWN", CANNOT_TELL_USER, headers={"X-Authz-Reason": CANNOT_TELL_USER}
-        )
+        return _deny(503, CANNOT_TELL_USER, errcode="M_UNKNOWN")
     decision = gateway.decide(info)
     if decision.allowed:
         return web.json_response(

@@ -294,7 +294,10 @@ class GatewayProxy:
         )
         if problem is not None and info.malformed is None:
             info.malformed = problem
-        if not await identify(self.users, info, request.header_all(b"authorization"), raw_path):
+        # Guarded here so the default (no lookup) costs no coroutine on the hot path.
+        if self.users is not None and not await identify(
+            self.users, info, request.header_all(b"authorization"), raw_path
+        ):
             return _refuse(request, 503, "M_UNKNOWN", CANNOT_TELL_USER)
         if guarded:
             refusal = self.gateway.rooms.judge(info, path_info, content, problem)

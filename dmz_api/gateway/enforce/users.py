@@ -183,7 +183,7 @@ async def identify(
 ) -> bool:
     """Name ``info.user`` for a client request with an access token; False: refuse (503).
 
-    The cache answers without an await on the common path. A request without a token, or a
+    A cached token is answered without suspending. A request without a token, or a
     federation request, is judged as it is.
     """
     if users is None or info.request_class is not RequestClass.CLIENT:
