@@ -84,10 +84,10 @@ class Maubot:
              "-m", "maubot.yaml"],
             log_path=self.workdir / "maubot.out",
             cwd=self.plugin_dir,
-            # Measured here: maubot standalone, signalled while it starts up, may be
-            # interrupted again inside its own stop(); its database is then never closed and
-            # aiosqlite's worker thread (not a daemon) keeps the process alive for good. Our
-            # own stop() escalates to SIGKILL after 10 s; a dead parent cannot, so it kills.
+            # The parent-death signal can come more than once (devstack.process), and maubot
+            # standalone, signalled again inside its own stop(), never closes its database:
+            # aiosqlite's worker thread (not a daemon) then keeps it alive for good. Our own
+            # stop() escalates to SIGKILL after 10 s; a dead parent cannot, so it kills.
             parent_death_signal=signal.SIGKILL,
         )  # fmt: skip
 

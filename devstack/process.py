@@ -5,7 +5,10 @@ it dies, however it dies (``kill -9`` included), the kernel sends the child SIGT
 the launcher's ``parent_death_signal``: maubot gets SIGKILL), so no Synapse, dmz_api or
 maubot outlives the test, benchmark or demo that owns it. The kernel ties that signal to
 the *thread* that forked, so every start goes through one long-lived spawner thread: a
-test that starts servers from short-lived threads keeps its children.
+test that starts servers from short-lived threads keeps its children. When a process with
+several threads dies, the kernel hands each child to another of its threads in turn and
+sends the signal again each time (measured with strace: two or three SIGTERMs from the
+dead demo's PID), so a child must not mind a second one (dmz_api waits for its clean-up).
 """
 
 from __future__ import annotations

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 
 from aiohttp import web
 
 from . import __version__
 from .app import init_app
-from .config import load_config
+from .config import ServerConfig, load_config
 from .config_reader import ConfigError
 from .logs import setup_logging
 
@@ -48,6 +49,47 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def stop_once_on_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGINT or SIGTERM stops the service; any further one waits for that stop to finish.
+
+    aiohttp's own handlers raise ``GracefulExit`` on every signal, so a second one cut the
+    cleanup short: databases stayed open and the interpreter then waited forever on their
+    worker threads. Second signals are common: Ctrl-C pressed twice, or a parent-death signal
+    (``PR_SET_PDEATHSIG``), which Linux sends again each time a thread of a dying
+    multi-threaded parent exits. A stop that hangs is still ended by SIGKILL.
+    """
+    log = logging.getLogger("dmz_api")
+
+    def already_stopping() -> None:
+        log.info("Already stopping; waiting for the clean-up to finish")
+
+    def stop() -> None:
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, already_stopping)
+        raise web.GracefulExit()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+
+
+def serve(app: web.Application, server: ServerConfig) -> None:
+    """Run ``app`` on ``server`` until SIGINT or SIGTERM, then clean up once."""
+    loop = new_event_loop(server.event_loop)
+    stop_once_on_signals(loop)
+    web.run_app(
+        app,
+        loop=loop,
+        host=server.host,
+        port=server.port,
+        access_log=None,
+        handle_signals=False,
+        print=lambda line: logging.getLogger("dmz_api").info(line.strip()),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -64,15 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"dmz_api: warning: if compliance-ledger is on: {problem}", file=sys.stderr)
         return 0
     setup_logging(config.log_level, config.log_format)
-    app = init_app(config)
-    web.run_app(
-        app,
-        loop=new_event_loop(config.server.event_loop),
-        host=config.server.host,
-        port=config.server.port,
-        access_log=None,
-        print=lambda line: logging.getLogger("dmz_api").info(line.strip()),
-    )
+    serve(init_app(config), config.server)
     return 0
 
 
