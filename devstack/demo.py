@@ -1,10 +1,13 @@
 """``make demo``: the whole of Bastion on one machine, on loopback, with throwaway data.
 
-Starts the internal Synapse (staff and the bot), the DMZ Synapse (guests), the gateway in
-front of the DMZ Synapse, the registrar, and maubot running the plugin in a control room
-with a staff user, a security user and an auditor. Runs a scripted scenario through the
-client-server API and prints the transcript, then leaves the stack up, printing URLs and
-passwords for any Matrix client, until Ctrl-C stops everything.
+Starts the internal Synapse (staff, the bot, a project room) behind the gateway, which is
+its federation border and the project room's policy server; the DMZ Synapse (guests), which
+federates with it through the gateway; the registrar; and maubot running the plugin in a
+control room with a staff user, a security user and an auditor. Runs a scripted scenario
+through the client-server API — a guest onboarded into the project room, the room protected
+on the guest's own server, a rule promoted, the guest offboarded, a leaver's links revoked,
+the trail verified — and prints the transcript, then leaves the stack up, printing URLs
+and passwords for any Matrix client, until Ctrl-C stops everything.
 
 Ctrl-C, SIGTERM and SIGHUP (its terminal closed) stop every process cleanly; if the demo
 itself is killed outright, the kernel stops its children (``devstack.process``). Once up it
@@ -28,11 +31,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
+from .border import GatewayedSynapse
 from .dmz import DmzApi
+from .guests import sign_in, wait_invited
 from .matrix import MatrixUser
-from .ports import free_port
 from .process import http_json
 from .stack import GuestBrowser, control_room, onboarding_url, plugin_config, start_bot, token_id
 from .synapse import Synapse
@@ -82,71 +86,53 @@ class DemoStack:
         self.password = secrets.token_urlsafe(9)
         self.api_key = secrets.token_urlsafe(32)
 
-    def _start(self, thing: Any) -> Any:
-        self.running.append(thing)
-        thing.start()
-        return thing
-
     def start(self, say: Callable[[str], None]) -> DemoStack:
-        say("starting the internal homeserver (corp.localhost) and the DMZ homeserver")
-        self.internal: Synapse = self._start(
-            Synapse(self.workdir / "internal", name="corp", server_name="corp.localhost")
+        say("starting the internal homeserver behind the gateway (its border, with a policy "
+            "server), and the DMZ homeserver")  # fmt: skip
+        # Loopback federation needs names of the form localhost:PORT (TESTING-NOTES): the
+        # internal server is named after the gateway's port, so the DMZ server reaches it
+        # only through the gateway.
+        self.border = GatewayedSynapse(
+            self.workdir,
+            name="internal",
+            gateway={"policy_server": {}},
+            api_key=self.api_key,
         )
-        self.dmz: Synapse = self._start(
-            Synapse(self.workdir / "dmz", name="dmz", server_name="partners.localhost")
-        )
-        shared = {"log_level": "WARNING"}
-        gateway_port = free_port()
-        say("starting dmz_api: the gateway (in front of the DMZ homeserver) and the registrar")
-        self.gateway: DmzApi = self._start(
-            DmzApi(
-                self.workdir / "gateway",
-                {
-                    **shared,
-                    "api_keys": [
-                        {
-                            "name": "chatops-bot",
-                            "key": self.api_key,
-                            "scopes": ["rules", "decisions"],
-                        }
-                    ],
-                    "gateway": {
+        # The bot's key may change rules and read decisions at the border, nothing else.
+        self.border.gateway.config["api_keys"] = [
+            {"name": "chatops-bot", "key": self.api_key, "scopes": ["rules", "decisions"]}
+        ]
+        self.dmz = Synapse(self.workdir / "dmz", name="dmz", federation=True)
+        self.running.append(self.dmz)
+        self.running.append(self.border)
+        self.border.start(also=(self.dmz.start,))
+        self.internal: Synapse = self.border.synapse
+        self.gateway: DmzApi = self.border.gateway
+        say("starting dmz_api's registrar (in front of the DMZ homeserver)")
+        self.registrar: DmzApi = DmzApi(
+            self.workdir / "registrar",
+            {
+                "log_level": "WARNING",
+                "api_keys": [
+                    {"name": "chatops-bot", "key": self.api_key, "scopes": ["tokens", "guests"]}
+                ],
+                "registrar": {
+                    "homeserver": {
+                        "kind": "synapse",
+                        "url": self.dmz.base_url,
                         "server_name": self.dmz.server_name,
-                        "upstream": self.dmz.base_url,
-                        "listen": {"host": "127.0.0.1", "port": gateway_port},
-                        "decision_log": {"flush_interval": 0.1},
+                        "admin_token": self.dmz.admin_token,
                     },
+                    "secret": secrets.token_urlsafe(32),
+                    "token_defaults": {"uses": 1, "expires_in": "24h"},
                 },
-                name="gateway",
-            )
+            },
+            name="registrar",
         )
-        self.gateway_port = gateway_port
-        self.gateway_url = f"http://127.0.0.1:{gateway_port}"
-        self.registrar: DmzApi = self._start(
-            DmzApi(
-                self.workdir / "registrar",
-                {
-                    **shared,
-                    "api_keys": [
-                        {"name": "chatops-bot", "key": self.api_key, "scopes": ["tokens", "guests"]}
-                    ],
-                    "registrar": {
-                        "homeserver": {
-                            "kind": "synapse",
-                            "url": self.dmz.base_url,
-                            # Guests reach their homeserver through the gateway.
-                            "client_url": self.gateway_url,
-                            "server_name": self.dmz.server_name,
-                            "admin_token": self.dmz.admin_token,
-                        },
-                        "secret": secrets.token_urlsafe(32),
-                        "token_defaults": {"uses": 1, "expires_in": "24h"},
-                    },
-                },
-                name="registrar",
-            )
-        )
-        say("creating the staff, security and auditor accounts and the control room")
+        self.running.append(self.registrar)
+        self.registrar.start()
+        say("creating the staff, security and auditor accounts, the control room and the "
+            "project room")  # fmt: skip
         self.bot = MatrixUser.register(self.internal, "bastion", self.password)
         self.staff = MatrixUser.register(self.internal, "alice", self.password)
         self.security = MatrixUser.register(self.internal, "sam", self.password)
@@ -164,12 +150,31 @@ class DemoStack:
             api_key=self.api_key,
             on_staff_deactivated={"revoke_tokens": True, "guests": "keep"},
             sweep_interval="1m",
+            registrations={"poll_interval": 1},
             audit={"export_key": secrets.token_urlsafe(24)},
         )
         self.maubot = start_bot(
             self.workdir, self.internal, self.bot, self.room, self.staff, config
         )
         self.running.append(self.maubot)
+        # The project room: alice's, the bot at the top level so that it may invite guests,
+        # protect the room and take guests out again.
+        self.project = str(
+            self.staff.call(
+                "POST",
+                "/_matrix/client/v3/createRoom",
+                {
+                    "preset": "private_chat",
+                    "name": "Contoso project",
+                    "room_alias_name": "contoso",
+                    "invite": [self.bot.user_id],
+                    # Room version 12: the creator's power is implied, not listed.
+                    "power_level_content_override": {"users": {self.bot.user_id: 100}},
+                },
+            )["room_id"]
+        )
+        self.project_alias = f"#contoso:{self.internal.server_name}"
+        self.staff.wait_membership(self.project, self.bot.user_id)  # maubot autojoins
         return self
 
     def stop(self) -> None:
@@ -179,84 +184,167 @@ class DemoStack:
     def describe(self) -> dict[str, Any]:
         """Every process: PID and the ports it listens on (for operators and tests)."""
         parts = {
-            "internal": (self.internal.process, [self.internal.port]),
-            "dmz": (self.dmz.process, [self.dmz.port]),
-            "gateway": (self.gateway.process, [self.gateway.port, self.gateway_port]),
+            "internal": (
+                self.internal.process,
+                [self.internal.port, self.internal.federation_port],
+            ),
+            "dmz": (self.dmz.process, [self.dmz.port, self.dmz.federation_port]),
+            "gateway": (self.gateway.process, [self.gateway.port, self.border.proxy_port]),
             "registrar": (self.registrar.process, [self.registrar.port]),
             "maubot": (self.maubot.process, [self.maubot.port]),
         }
         return {
             "demo_pid": os.getpid(),
             "processes": {
-                name: {"pid": process.proc.pid if process.proc else None, "ports": ports}
+                name: {
+                    "pid": process.proc.pid if process.proc else None,
+                    "ports": [port for port in ports if port is not None],
+                }
                 for name, (process, ports) in parts.items()
             },
         }
 
 
-def guest_call(stack: DemoStack, token: str, method: str, path: str, body: Any = None) -> Any:
-    """A guest's client-server request, through the gateway like a real guest client."""
-    return http_json(method, f"{stack.gateway_url}{path}", body, token=token)
+def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """``check()`` once it is truthy (federation is quick but not instant), else its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def state_of(user: MatrixUser, room: str, event_type: str) -> Any:
+    """The room's current ``event_type`` state as ``user``'s homeserver holds it, or None."""
+    status, content = http_json(
+        "GET",
+        f"{user.hs.base_url}/_matrix/client/v3/rooms/{quote(room)}/state/{event_type}/",
+        token=user.token,
+    )
+    return content if status == 200 else None
+
+
+def policy_consulted(stack: DemoStack, guest: MatrixUser, room: str) -> bool:
+    """Until the guest's homeserver asks our policy server before it sends.
+
+    Right after a join Synapse may not see the policy server's member in the room yet and
+    sends without asking; the window closes within seconds (TESTING-NOTES). The guest's
+    chatter probes it.
+    """
+    for n in range(60):
+        guest.send(room, "Hello from Contoso" if n == 0 else f"(still typing… {n})")
+        time.sleep(0.5)
+        status, body = stack.gateway.call(
+            "GET",
+            "/v1/decisions?"
+            + urlencode({"source": "policy_server", "origin": guest.hs.server_name, "limit": "1"}),
+            acting_user=stack.security.user_id,
+        )
+        if status == 200 and body["decisions"]:
+            return True
+    return False
+
+
+def join_steps(stack: DemoStack, room: str) -> set[str]:
+    """The federation join endpoints the gateway let through from the DMZ server for ``room``."""
+    query = urlencode({"origin": stack.dmz.server_name, "decision": "allow", "limit": "200"})
+    status, body = stack.gateway.call(
+        "GET", f"/v1/decisions?{query}", acting_user=stack.security.user_id
+    )
+    rows = body.get("decisions", []) if status == 200 else []
+    # "/_matrix/federation/v1/make_join/{roomId}/{userId}" → "make_join"
+    return {str(r["path"]).split("/")[4] for r in rows if r.get("room") == room}
 
 
 def run_scenario(stack: DemoStack, t: Transcript) -> None:
     staff, security, auditor, room = stack.staff, stack.security, stack.auditor, stack.room
+    project, dmz = stack.project, stack.dmz
 
     def ask(user: MatrixUser, text: str) -> str:
         reply = user.ask(room, text, timeout=30)
         t.command(user.user_id, text, reply)
         return reply
 
-    t.step("1. A staff member mints an onboarding link")
+    t.step("1. Security staff set the border: the compliance-ledger preset")
+    reply = ask(security, "!sbg preset compliance-ledger --yes")
+    t.check("version" in reply, "the preset's rules are enforced at the gateway")
+
+    t.step("2. A staff member mints a link that brings the guest into the project room")
     listing = ask(staff, "!bastion help")
     t.check("`!token generate" in listing, "!bastion help lists what the staff member may run")
     ask(staff, "!bastion whoami")
-    reply = ask(staff, '!token generate --note "Partner onboarding: Bob from Contoso"')
+    reply = ask(
+        staff,
+        f'!token generate --invite {stack.project_alias} --note "Partner onboarding: Bob from '
+        'Contoso"',
+    )
     url = onboarding_url(reply)
     t.check("/register?token=" in url, "the bot answered with a single-use onboarding URL")
+    t.check(f"`{project}`" in reply, "its guest will be invited to the project room")
 
-    t.step("2. The guest opens the link and creates an account on the DMZ homeserver")
-    guest = GuestBrowser()
+    t.step("3. The guest registers on the DMZ homeserver and lands in the project room")
+    guest_page = GuestBrowser()
     guest_password = secrets.token_urlsafe(12)
-    status, page = guest.register(url, "bob", guest_password)
-    t.check(
-        status == 200 and "@bob:partners.localhost" in page,
-        "account @bob:partners.localhost created",
-    )
-    status, login = http_json(
-        "POST",
-        f"{stack.gateway_url}/_matrix/client/v3/login",
-        {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"},
-         "password": guest_password},
-    )  # fmt: skip
-    t.check(status == 200, "the guest signs in through the gateway")
-    guest_token = login["access_token"] if status == 200 else ""
-    status, _ = guest.open(url)
+    bob_id = dmz.user_id("bob")
+    status, page = guest_page.register(url, "bob", guest_password)
+    t.check(status == 200 and bob_id in page, f"account {bob_id} created on the page")
+    status, _ = guest_page.open(url)
     t.check(status == 410, f"the used link now answers {status} (used)")
-
-    t.step("3. Security staff switch on the compliance-ledger preset")
-    ask(security, "!sbg preset compliance-ledger --yes")
-    status, created = guest_call(stack, guest_token, "POST", "/_matrix/client/v3/createRoom",
-                                 {"name": "Contoso project"})  # fmt: skip
-    t.check(status == 200, "the guest creates an ordinary room")
-    guest_room = created.get("room_id", "") if isinstance(created, dict) else ""
-    path = f"/_matrix/client/v3/rooms/{quote(guest_room)}/state/m.room.encryption/"
-    status, refused = guest_call(
-        stack, guest_token, "PUT", path, {"algorithm": "m.megolm.v1.aes-sha2"}
+    bob = sign_in(dmz, "bob", guest_password)
+    t.say(f"  (the guest signs in to {dmz.base_url} with any Matrix client)")
+    wait_invited(bob, project, timeout=30)
+    t.check(True, f"the bot invited {bob_id} into {stack.project_alias}")
+    bob.join(project)
+    joined = eventually(lambda: staff.membership(project, bob_id) == "join")
+    t.check(joined, "the guest joined over federation")
+    through = eventually(lambda: {"make_join", "send_join"} <= join_steps(stack, project))
+    t.check(through, "the DMZ server's make_join and send_join passed the gateway (its log)")
+    notice = staff.wait_event(
+        room, lambda e: f"guest {bob_id} registered" in e["content"].get("body", ""), timeout=30
     )
+    t.command("bastion", "(notice)", notice["content"]["body"])
+
+    t.step("4. Security staff protect the project room: its rules hold on the guest's server too")
+    reply = ask(security, f"!sbg room protect {stack.project_alias}")
+    t.check("policy server" in reply, "power levels, server ACL and our policy server are set")
+    has_policy = eventually(lambda: state_of(bob, project, "m.room.policy"))
+    t.check(bool(has_policy), "the guest's homeserver names our policy server for the room")
+    t.check(
+        policy_consulted(stack, bob, project),
+        "the guest's homeserver asks our policy server before it sends",
+    )
+    mine = staff.send(project, "Minutes of the kick-off, for the record")
+    eventually(lambda: any(e["event_id"] == mine for e in bob.messages(project)))
+    status, refused = bob_call(
+        bob, "PUT", f"/rooms/{quote(project)}/state/m.room.encryption/",
+        {"algorithm": "m.megolm.v1.aes-sha2"},
+    )  # fmt: skip
     t.say(f"  guest > PUT …/state/m.room.encryption → {status} {refused}")
     t.check(
-        status == 403 and refused.get("errcode") == "M_FORBIDDEN",
-        "turning on encryption is refused at the gateway (immutable, auditable history)",
+        status in (400, 403) and "gateway rule" in str(refused.get("error")),
+        "turning on encryption is refused by the guest's own homeserver, on our policy "
+        "server's answer (the room's history stays readable)",
     )
-    status, _ = guest_call(
-        stack, guest_token, "PUT",
-        f"/_matrix/client/v3/rooms/{quote(guest_room)}/send/m.room.message/demo1",
-        {"msgtype": "m.text", "body": "Hello from Contoso"},
-    )  # fmt: skip
-    t.check(status == 200, "ordinary messages still pass")
+    status, refused = bob_call(
+        bob, "PUT", f"/rooms/{quote(project)}/redact/{quote(mine)}/demo1", {"reason": "oops"}
+    )
+    t.say(f"  guest > PUT …/redact/<the minutes> → {status} {refused}")
+    t.check(
+        status in (400, 403) and "gateway rule" in str(refused.get("error")),
+        "redacting our record is refused too",
+    )
+    bob.send(project, "Understood, plain text it is")
+    heard = eventually(
+        lambda: any(
+            e["content"].get("body") == "Understood, plain text it is"
+            for e in staff.messages(project)
+        )
+    )
+    t.check(heard, "ordinary messages still flow both ways")
+    ask(security, "!sbg decisions --blocked --limit 3")
 
-    t.step("4. A rule in audit mode first, then promoted to enforce")
+    t.step("5. A rule in audit mode first, then promoted to enforce; the room's ACL follows")
     reply = ask(
         security, '!sbg rule add server_block evil.example --audit --note "known bad actor"'
     )
@@ -266,9 +354,23 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
         ask(security, "!sbg test federation evil.example --type m.room.message")
         ask(security, f"!sbg rule promote {match.group(1)} --yes")
         ask(security, "!sbg test federation evil.example --type m.room.message")
+    acl = eventually(
+        lambda: (
+            "evil.example" in (state_of(bob, project, "m.room.server_acl") or {}).get("deny", [])
+        )
+    )
+    t.check(acl, "the project room's server ACL denies evil.example, on the guest's server too")
     ask(auditor, "!sbg rule list")
 
-    t.step("5. A staff member leaves: their open links are revoked at once")
+    t.step("6. The project ends: one command offboards the guest")
+    reply = ask(staff, f"!guest offboard {bob_id} --yes")
+    left = eventually(lambda: staff.membership(project, bob_id) in ("leave", None))
+    t.check(left, "the guest is out of the project room")
+    status, account = dmz.admin("GET", f"/_synapse/admin/v2/users/{quote(bob_id)}")
+    t.check(status == 200 and account.get("deactivated") is True,
+            "the guest's DMZ account is deactivated")  # fmt: skip
+
+    t.step("7. A staff member leaves: their open links are revoked at once")
     reply = ask(staff, '!token generate --note "never used"')
     open_url = onboarding_url(reply)
     open_id = token_id(reply)
@@ -279,17 +381,28 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
     bot_id = stack.bot.user_id
     notice = auditor.wait_event(
         room,
-        lambda e: e["sender"] == bot_id and "deactivated" in e["content"].get("body", ""),
+        lambda e: (
+            e["sender"] == bot_id
+            and e["content"].get("body", "").startswith(f"{staff.user_id} is deactivated")
+        ),
         timeout=30,
     )
     t.command("bastion", "(notice)", notice["content"]["body"])
     status, page = GuestBrowser().open(open_url)
     t.check(status == 410, f"token {open_id}: the onboarding page now answers {status} (revoked)")
 
-    t.step("6. The auditor checks the trail")
+    t.step("8. The auditor checks the trail")
     reply = ask(auditor, "!audit --limit 5")
     reply = ask(auditor, "!audit verify")
     t.check("is intact" in reply, "the hash chain verifies")
+
+
+def bob_call(guest: MatrixUser, method: str, path: str, body: Any) -> tuple[int, Any]:
+    """One client-server request of the guest's, answered by the guest's own homeserver."""
+    status, answer = http_json(
+        method, f"{guest.hs.base_url}/_matrix/client/v3{path}", body, token=guest.token
+    )
+    return status, answer if isinstance(answer, dict) else {}
 
 
 def print_access(stack: DemoStack, say: Callable[[str], None]) -> None:
@@ -299,14 +412,16 @@ def print_access(stack: DemoStack, say: Callable[[str], None]) -> None:
         f"users: {stack.staff.user_id} (deactivated by the scenario), {stack.security.user_id}, "
         f"{stack.auditor.user_id}")  # fmt: skip
     say(f"  control room         {stack.room}")
-    say(f"  DMZ homeserver       {stack.gateway_url}  (through the gateway; Synapse itself at "
-        f"{stack.dmz.base_url})")  # fmt: skip
+    say(f"  project room         {stack.project_alias}  (protected)")
+    say(f"  DMZ homeserver       {stack.dmz.base_url}  ({stack.dmz.server_name})")
     say(f"  registrar            {stack.registrar.base_url}  (onboarding page /register, API /v1)")
-    say(f"  gateway admin API    {stack.gateway.base_url}")
+    say(f"  gateway              https://localhost:{stack.border.proxy_port} (the internal "
+        f"server's federation), admin API {stack.gateway.base_url}")  # fmt: skip
     say(f"  dmz_api API key      {stack.api_key}")
     say(f"  synapse admins       {stack.internal.admin_user_id} / {stack.dmz.admin_user_id}, "
         f"passwords {stack.internal.admin_password} / {stack.dmz.admin_password}")  # fmt: skip
-    say("Try `!bastion help` in the control room as @sam or @ada. Press Ctrl-C to stop.")
+    say("Try `!bastion help` in the control room as @sam or @ada, or `!sbg room check "
+        f"{stack.project_alias}` as @sam. Press Ctrl-C to stop.")  # fmt: skip
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
