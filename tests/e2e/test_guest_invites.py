@@ -16,11 +16,11 @@ import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import pytest
 
-from devstack.border import GatewayedSynapse
+from devstack.border import Gateway, GatewayedSynapse, endpoint
 from devstack.browser import ChromiumGuests
 from devstack.guests import invited_rooms, invites_of, project_room, sign_in, wait_invited
 from devstack.stack import BotStack, onboarding_url, token_id, wait_answering
@@ -92,21 +92,6 @@ def register(browser: ChromiumGuests, stack: BotStack, url: str) -> tuple[str, s
     return localpart, password
 
 
-def endpoint(decision: dict[str, Any]) -> str:
-    """``make_join`` for ``/_matrix/federation/v1/make_join/{roomId}/{userId}``."""
-    return str(decision["path"]).split("/")[4]
-
-
-def gateway_decisions(stack: BotStack, **query: str) -> list[dict[str, Any]]:
-    assert stack.gateway is not None
-    status, body = stack.gateway.call(
-        "GET", f"/v1/decisions?{urlencode({'limit': '500', **query})}",
-        acting_user=stack.staff.user_id,
-    )  # fmt: skip
-    assert status == 200, body
-    return list(body["decisions"])
-
-
 def notices_about(stack: BotStack, guest: str) -> list[str]:
     bodies = [
         e["content"]["body"]
@@ -131,8 +116,11 @@ def test_a_guest_registers_and_lands_in_the_project_room(
 
     # The DMZ server asked the gateway to join this room (make_join, then send_join of the
     # guest's membership event), each let through by the zero-trust rule.
+    gateway = stack.gateway
+    assert isinstance(gateway, Gateway)  # devstack.border's, with the admin-API helpers
+
     def join_decisions() -> list[dict[str, Any]]:
-        rows = gateway_decisions(stack, origin=stack.dmz.server_name, decision="allow")
+        rows = gateway.decisions(origin=stack.dmz.server_name, decision="allow")
         return [row for row in rows if row["room"] == room and endpoint(row).endswith("_join")]
 
     stack.internal.wait_for(

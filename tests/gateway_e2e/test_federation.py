@@ -14,62 +14,62 @@ are joins (``make_join``), which do not start a back-off.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from devstack.border import Gateway, GatewayedSynapse, endpoint
 from devstack.matrix import MatrixUser
-from devstack.ports import free_port
-from devstack.process import http_json, start_side_by_side
-from devstack.synapse import Synapse, make_self_signed_cert
+from devstack.process import http_json
+from devstack.synapse import Synapse
 
-from .conftest import Gateway
+from .conftest import AUTHZ, LOG_LEVEL
 
 pytestmark = pytest.mark.slow
 
 
 @dataclass
 class Federation:
-    home: Synapse
+    border: GatewayedSynapse
     partner: Synapse
-    gateway: Gateway
+
+    @property
+    def home(self) -> Synapse:
+        return self.border.synapse
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.border.gateway
+
+
+@contextlib.contextmanager
+def federated(
+    tmp_path: Path, *, gateway: Mapping[str, Any] | None = None, **home: Any
+) -> Iterator[Federation]:
+    """``home`` behind a gateway (set up as ``gateway_config`` does, plus ``gateway``) and
+    ``partner``, started side by side and all stopped on leaving; ``home`` holds further
+    ``GatewayedSynapse`` options."""
+    border = GatewayedSynapse(
+        tmp_path, name="home", gateway={**AUTHZ, **(gateway or {})}, log_level=LOG_LEVEL, **home
+    )
+    partner = Synapse(tmp_path / "partner", name="partner", federation=True)
+    try:
+        with border.started(also=(partner.start,)):
+            yield Federation(border, partner)
+    finally:
+        partner.stop()
 
 
 @pytest.fixture
-def federation(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Federation]:
-    proxy_port = free_port()
-    home = Synapse(
-        tmp_path / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
-    )
-    partner = Synapse(tmp_path / "partner", name="partner", federation=True)
-    home.workdir.mkdir(parents=True)
-    cert, key = make_self_signed_cert(home.workdir)  # Synapse finds and reuses it
-    gateways: list[Gateway] = []
-
-    def gateway() -> None:
-        gateways.append(
-            start_gateway(
-                home.server_name,
-                listen={
-                    "port": proxy_port,
-                    "tls_certificate": str(cert),
-                    "tls_private_key": str(key),
-                },
-                upstream=home.federation_url,
-                upstream_ca_file=str(cert),
-            )
-        )
-
-    try:
-        start_side_by_side(home.start, partner.start, gateway)
-        yield Federation(home, partner, gateways[0])
-    finally:
-        home.stop()
-        partner.stop()
+def federation(tmp_path: Path) -> Iterator[Federation]:
+    with federated(tmp_path) as federation:
+        yield federation
 
 
 def join(user: MatrixUser, room: str) -> tuple[int, object]:
@@ -170,8 +170,3 @@ def test_partner_federates_only_through_the_gateway(federation: Federation) -> N
     }
     bodies = [e["content"].get("body") for e in alice.messages(room)]
     assert "hello home" in bodies and "after the rule is gone" not in bodies
-
-
-def endpoint(row: dict[str, object]) -> str:
-    """``make_join`` for ``/_matrix/federation/v1/make_join/{roomId}/{}``."""
-    return str(row["path"]).split("/")[4]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -22,23 +21,15 @@ import yaml
 
 from devstack.matrix import MatrixUser
 from devstack.ports import free_port
-from devstack.process import http_json, start_side_by_side
-from devstack.synapse import Synapse, make_self_signed_cert
+from devstack.process import http_json
 
-from .conftest import AUTHZ_SECRET, Gateway, gateway_config
-from .test_federation import join_when_invited
+from .conftest import AUTHZ_SECRET
+from .test_federation import Federation, federated, join_when_invited
 
 pytestmark = pytest.mark.slow
 
 ANTISPAM = Path(__file__).parents[2] / "deploy" / "synapse" / "antispam.yaml"
 ROOM_STATE_PATH = "/_matrix/client/v3/rooms/{}/state"
-
-
-@dataclass
-class Ledger:
-    home: Synapse
-    partner: Synapse
-    gateway: Gateway
 
 
 def antispam_module(port: int, secret_file: Path) -> dict[str, Any]:
@@ -50,40 +41,18 @@ def antispam_module(port: int, secret_file: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    proxy_port, admin_port = free_port(), free_port()
+def ledger(tmp_path: Path) -> Iterator[Federation]:
+    admin_port = free_port()
     secret = tmp_path / "antispam.secret"
     secret.write_text(AUTHZ_SECRET)
-    home = Synapse(
-        tmp_path / "home",
-        name="home",
-        federation=True,
-        server_name=f"localhost:{proxy_port}",
-        extra_config={
-            "modules": [antispam_module(admin_port, secret)],
-            # What the ledger needs on the homeserver side (deploy/synapse/ledger.yaml).
-            "encryption_enabled_by_default_for_room_type": "off",
-            "redaction_retention_period": None,
-        },
-    )
-    partner = Synapse(tmp_path / "partner", name="partner", federation=True)
-    home.workdir.mkdir(parents=True)
-    cert, key = make_self_signed_cert(home.workdir)
-    config = gateway_config(
-        home.server_name,
-        listen={"port": proxy_port, "tls_certificate": str(cert), "tls_private_key": str(key)},
-        upstream=home.federation_url,
-        upstream_ca_file=str(cert),
-    )
-    config["server"] = {"port": admin_port}
-    gateway = Gateway(tmp_path / "gateway", config, name="dmz_api-gateway")
-    try:
-        start_side_by_side(home.start, partner.start, gateway.start)
-        yield Ledger(home, partner, gateway)
-    finally:
-        gateway.stop()
-        home.stop()
-        partner.stop()
+    synapse_config = {
+        "modules": [antispam_module(admin_port, secret)],
+        # What the ledger needs on the homeserver side (deploy/synapse/ledger.yaml).
+        "encryption_enabled_by_default_for_room_type": "off",
+        "redaction_retention_period": None,
+    }
+    with federated(tmp_path, admin_port=admin_port, synapse_config=synapse_config) as ledger:
+        yield ledger
 
 
 def put(user: MatrixUser, room: str, what: str, event_type: str, content: Any) -> str:
@@ -101,7 +70,7 @@ def event(user: MatrixUser, room: str, event_id: str) -> tuple[int, Any]:
     return http_json("GET", f"{user.hs.base_url}{path}", token=user.token)
 
 
-def test_a_partner_cannot_encrypt_or_redact_our_copy_of_the_room(ledger: Ledger) -> None:
+def test_a_partner_cannot_encrypt_or_redact_our_copy_of_the_room(ledger: Federation) -> None:
     home, partner, gateway = ledger.home, ledger.partner, ledger.gateway
     gateway.rules_call("POST", "/v1/rules/preset/compliance-ledger", {})
     alice = MatrixUser.register(home, "alice", "alice-password")

@@ -12,68 +12,26 @@ never sees the event. His ordinary messages are signed and arrive.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from devstack.border import Gateway
 from devstack.matrix import MatrixUser
-from devstack.ports import free_port
-from devstack.process import http_json, start_side_by_side
-from devstack.synapse import Synapse, make_self_signed_cert
+from devstack.process import http_json
 
-from .conftest import Gateway
-from .test_federation import Federation, join_when_invited
+from .test_federation import Federation, federated, join_when_invited
 
 pytestmark = pytest.mark.slow
 
 
-def start_federation(
-    tmp_path: Path, start_gateway: Callable[..., Gateway], **gateway_extra: Any
-) -> Federation:
-    proxy_port = free_port()
-    home = Synapse(
-        tmp_path / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
-    )
-    partner = Synapse(tmp_path / "partner", name="partner", federation=True)
-    home.workdir.mkdir(parents=True)
-    cert, key = make_self_signed_cert(home.workdir)  # Synapse finds and reuses it
-    gateways: list[Gateway] = []
-
-    def gateway() -> None:
-        gateways.append(
-            start_gateway(
-                home.server_name,
-                listen={
-                    "port": proxy_port,
-                    "tls_certificate": str(cert),
-                    "tls_private_key": str(key),
-                },
-                upstream=home.federation_url,
-                upstream_ca_file=str(cert),
-                **gateway_extra,
-            )
-        )
-
-    try:
-        start_side_by_side(home.start, partner.start, gateway)
-    except BaseException:
-        home.stop()
-        partner.stop()
-        raise
-    return Federation(home, partner, gateways[0])
-
-
 @pytest.fixture
-def protected(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Federation]:
-    federation = start_federation(tmp_path, start_gateway, policy_server={})
-    try:
+def protected(tmp_path: Path) -> Iterator[Federation]:
+    with federated(tmp_path, gateway={"policy_server": {}}) as federation:
         yield federation
-    finally:
-        federation.home.stop()
-        federation.partner.stop()
 
 
 def policy_key(gateway: Gateway) -> str:

@@ -20,6 +20,7 @@ can remove it, and the bot puts it back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -36,15 +37,14 @@ from urllib.parse import quote
 
 import pytest
 
+from devstack.border import Gateway
 from devstack.matrix import MatrixUser
 from devstack.maubot import Maubot
-from devstack.ports import free_port
-from devstack.process import http_json, start_side_by_side
+from devstack.process import http_json
 from devstack.stack import control_room, plugin_config, start_bot
-from devstack.synapse import Synapse, make_self_signed_cert
+from devstack.synapse import Synapse
 
-from .conftest import Gateway
-from .test_federation import join_when_invited
+from .test_federation import federated, join_when_invited
 from .test_policy_server import policy_key, wait_consulted
 
 pytestmark = pytest.mark.slow
@@ -120,46 +120,19 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> An
 
 
 @pytest.fixture
-def ledger(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Ledger]:
-    yield from start_ledger(tmp_path, start_gateway)
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    yield from start_ledger(tmp_path)
 
 
 @pytest.fixture
-def policy_ledger(tmp_path: Path, start_gateway: Callable[..., Gateway]) -> Iterator[Ledger]:
+def policy_ledger(tmp_path: Path) -> Iterator[Ledger]:
     """The ledger room, the gateway also its policy server (``gateway.policy_server``)."""
-    yield from start_ledger(tmp_path, start_gateway, policy_server={})
+    yield from start_ledger(tmp_path, policy_server={})
 
 
-def start_ledger(
-    tmp_path: Path, start_gateway: Callable[..., Gateway], **gateway_extra: Any
-) -> Iterator[Ledger]:
-    proxy_port = free_port()
-    home = Synapse(
-        tmp_path / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
-    )
-    partner = Synapse(tmp_path / "partner", name="partner", federation=True)
-    home.workdir.mkdir(parents=True)
-    cert, key = make_self_signed_cert(home.workdir)
-    gateways: list[Gateway] = []
-
-    def gateway() -> None:
-        gateways.append(
-            start_gateway(
-                home.server_name,
-                listen={
-                    "port": proxy_port,
-                    "tls_certificate": str(cert),
-                    "tls_private_key": str(key),
-                },
-                upstream=home.federation_url,
-                upstream_ca_file=str(cert),
-                **gateway_extra,
-            )
-        )
-
-    maubot: Maubot | None = None
-    try:
-        start_side_by_side(home.start, partner.start, gateway)
+def start_ledger(tmp_path: Path, **gateway_extra: Any) -> Iterator[Ledger]:
+    with federated(tmp_path, gateway=gateway_extra) as federation, contextlib.ExitStack() as later:
+        home, partner, gateway = federation.home, federation.partner, federation.gateway
         password = "protected-rooms-pw"
         bot, sec, dave, alice = (
             MatrixUser.register(home, name, password) for name in ("bot", "sec", "dave", "alice")
@@ -170,12 +143,13 @@ def start_ledger(
             control,
             home,
             gateway_admins=[sec.user_id],
-            registrar_url=gateways[0].base_url,
-            gateway_url=gateways[0].base_url,
-            api_key=gateways[0].api_key,
+            registrar_url=gateway.base_url,
+            gateway_url=gateway.base_url,
+            api_key=gateway.api_key,
             sweep_interval=0,
         )
         maubot = start_bot(tmp_path, home, bot, control, sec, config)
+        later.callback(maubot.stop)  # before the servers stop
         # The ledger room: our staff and the bot at the top level, the partner at 0.
         room = sec.create_room(invite=(bot.user_id, dave.user_id, alice.user_id), name="ledger")
         for user in (dave, alice):
@@ -190,14 +164,9 @@ def start_ledger(
         join_when_invited(bob, room)
         sec.wait_membership(room, bob.user_id)
         yield Ledger(
-            home, partner, gateways[0], maubot, bot, sec, dave, alice, bob, control, room,
-            proxy_port, cert,
+            home, partner, gateway, maubot, bot, sec, dave, alice, bob, control, room,
+            federation.border.proxy_port, federation.border.cert,
         )  # fmt: skip
-    finally:
-        if maubot is not None:
-            maubot.stop()
-        home.stop()
-        partner.stop()
 
 
 def audit(maubot: Maubot) -> list[tuple[str, str, str, str]]:
