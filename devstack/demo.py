@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
-from .border import GatewayedSynapse
+from .border import Gateway, GatewayedSynapse, endpoint
 from .dmz import DmzApi
 from .guests import sign_in, wait_invited
 from .matrix import MatrixUser
@@ -107,7 +107,7 @@ class DemoStack:
         self.running.append(self.border)
         self.border.start(also=(self.dmz.start,))
         self.internal: Synapse = self.border.synapse
-        self.gateway: DmzApi = self.border.gateway
+        self.gateway: Gateway = self.border.gateway
         say("starting dmz_api's registrar (in front of the DMZ homeserver)")
         self.registrar: DmzApi = DmzApi(
             self.workdir / "registrar",
@@ -229,32 +229,21 @@ def policy_consulted(stack: DemoStack, guest: MatrixUser, room: str) -> bool:
     """Until the guest's homeserver asks our policy server before it sends.
 
     Right after a join Synapse may not see the policy server's member in the room yet and
-    sends without asking; the window closes within seconds (TESTING-NOTES). The guest's
-    chatter probes it.
+    sends without asking; the window closes within seconds (as measured in
+    tests/gateway_e2e/test_policy_server.py). The guest's chatter probes it.
     """
     for n in range(60):
         guest.send(room, "Hello from Contoso" if n == 0 else f"(still typing… {n})")
         time.sleep(0.5)
-        status, body = stack.gateway.call(
-            "GET",
-            "/v1/decisions?"
-            + urlencode({"source": "policy_server", "origin": guest.hs.server_name, "limit": "1"}),
-            acting_user=stack.security.user_id,
-        )
-        if status == 200 and body["decisions"]:
+        if stack.gateway.decisions(source="policy_server", origin=guest.hs.server_name, limit="1"):
             return True
     return False
 
 
 def join_steps(stack: DemoStack, room: str) -> set[str]:
     """The federation join endpoints the gateway let through from the DMZ server for ``room``."""
-    query = urlencode({"origin": stack.dmz.server_name, "decision": "allow", "limit": "200"})
-    status, body = stack.gateway.call(
-        "GET", f"/v1/decisions?{query}", acting_user=stack.security.user_id
-    )
-    rows = body.get("decisions", []) if status == 200 else []
-    # "/_matrix/federation/v1/make_join/{roomId}/{userId}" → "make_join"
-    return {str(r["path"]).split("/")[4] for r in rows if r.get("room") == room}
+    rows = stack.gateway.decisions(origin=stack.dmz.server_name, decision="allow")
+    return {endpoint(row) for row in rows if row.get("room") == room}
 
 
 def run_scenario(stack: DemoStack, t: Transcript) -> None:
