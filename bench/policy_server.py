@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.stats import percentile, summary, write_results  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
+from devstack.guests import join_when_invited  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.ports import free_port  # noqa: E402
 from devstack.process import http_json, start_side_by_side  # noqa: E402
@@ -47,19 +48,6 @@ RESULTS = ROOT / "bench" / "results" / "policy_server.json"
 ACTOR = "@bench:corp.example"
 # Synapse: "... Completed request: 200 OK in 0.01 secs, got 120 bytes - POST .../sign"
 SIGN_LINE = re.compile(r"Completed request: 200 OK in ([0-9.]+) secs.*/_matrix/policy/v1/sign")
-
-
-def join_when_invited(user: MatrixUser, room: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = http_json(
-            "POST", f"{user.hs.base_url}/_matrix/client/v3/join/{quote(room)}", {}, token=user.token
-        )
-        if status == 200:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"cannot join {room}: {status} {body}")
-        time.sleep(0.1)
 
 
 def decisions(gateway: DmzApi, **query: str) -> list[dict[str, Any]]:

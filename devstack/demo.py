@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from .border import Gateway, GatewayedSynapse, endpoint
 from .dmz import DmzApi
-from .guests import sign_in, wait_invited
+from .guests import join_when_invited, sign_in, wait_invited
 from .matrix import MatrixUser
 from .process import http_json
 from .stack import GuestBrowser, control_room, onboarding_url, plugin_config, start_bot, token_id
@@ -284,7 +284,7 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
     t.say(f"  (the guest signs in to {dmz.base_url} with any Matrix client)")
     wait_invited(bob, project, timeout=30)
     t.check(True, f"the bot invited {bob_id} into {stack.project_alias}")
-    bob.join(project)
+    join_when_invited(bob, project)
     joined = eventually(lambda: staff.membership(project, bob_id) == "join")
     t.check(joined, "the guest joined over federation")
     through = eventually(lambda: {"make_join", "send_join"} <= join_steps(stack, project))

@@ -2,6 +2,7 @@
 
 guest = sign_in(dmz, localpart, password)
 wait_invited(guest, room_id)                 # the invite reached the guest's client
+join_when_invited(guest, room_id)            # joined over federation
 invites_of(staff, room_id, guest.user_id)    # how many invite events the room holds
 """
 
@@ -13,6 +14,7 @@ from typing import Any
 from urllib.parse import quote
 
 from devstack.matrix import MatrixUser
+from devstack.process import http_json
 from devstack.synapse import Synapse
 
 
@@ -43,6 +45,24 @@ def wait_invited(user: MatrixUser, room_id: str, timeout: float = 20.0) -> float
         if room_id in rooms:
             return time.monotonic()
     raise TimeoutError(f"{user.user_id} was not invited to {room_id} within {timeout} s")
+
+
+def join_when_invited(user: MatrixUser, room_id: str, timeout: float = 15.0) -> None:
+    """Join ``room_id`` (on another server) once its invite has arrived there.
+
+    A remote join needs the invite on the joining server and the room's server reachable;
+    right after an invite, or on a loaded machine, the first try can fail where a person
+    would simply try again, so this does, and names the last answer if it never works.
+    """
+    path = f"{user.hs.base_url}/_matrix/client/v3/join/{quote(room_id)}"
+    deadline = time.monotonic() + timeout
+    while True:
+        status, body = http_json("POST", path, {}, token=user.token)
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{user.user_id} cannot join {room_id}: {status} {body}")
+        time.sleep(0.1)
 
 
 def invites_of(member: MatrixUser, room_id: str, target: str, limit: int = 500) -> int:

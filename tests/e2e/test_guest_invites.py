@@ -22,7 +22,14 @@ import pytest
 
 from devstack.border import Gateway, GatewayedSynapse, endpoint
 from devstack.browser import ChromiumGuests
-from devstack.guests import invited_rooms, invites_of, project_room, sign_in, wait_invited
+from devstack.guests import (
+    invited_rooms,
+    invites_of,
+    join_when_invited,
+    project_room,
+    sign_in,
+    wait_invited,
+)
 from devstack.stack import BotStack, onboarding_url, token_id, wait_answering
 from devstack.synapse import Synapse
 
@@ -111,7 +118,7 @@ def test_a_guest_registers_and_lands_in_the_project_room(
     guest = sign_in(stack.dmz, localpart, password)
 
     wait_invited(guest, room)
-    guest.join(room)  # over federation, through the gateway, into the internal room
+    join_when_invited(guest, room)  # over federation, through the gateway, into our room
     stack.staff.wait_membership(room, guest.user_id, "join")
 
     # The DMZ server asked the gateway to join this room (make_join, then send_join of the
@@ -221,7 +228,7 @@ def test_a_guest_is_warned_of_extended_and_removed_when_their_time_is_up(
     assert "guests keep their account for 10s" in reply
     guest = sign_in(stack.dmz, *register(browser, stack, onboarding_url(reply)))
     wait_invited(guest, room)
-    guest.join(room)
+    join_when_invited(guest, room)
     stack.staff.wait_membership(room, guest.user_id, "join")
 
     def warnings() -> list[str]:
@@ -267,7 +274,7 @@ def test_one_command_offboards_a_guest_and_a_whole_project(
     for guest in guests:
         for target in (room, second_room):
             wait_invited(guest, target)
-        guest.join(room)  # the second room's invite stays pending
+        join_when_invited(guest, room)  # the second room's invite stays pending
         stack.staff.wait_membership(room, guest.user_id, "join")
     alone, *project = guests
 

@@ -25,6 +25,7 @@ from urllib.parse import quote
 import pytest
 
 from devstack.border import Gateway, GatewayedSynapse, endpoint
+from devstack.guests import join_when_invited
 from devstack.matrix import MatrixUser
 from devstack.process import http_json
 from devstack.synapse import Synapse
@@ -76,18 +77,6 @@ def join(user: MatrixUser, room: str) -> tuple[int, object]:
     return http_json(
         "POST", f"{user.hs.base_url}/_matrix/client/v3/join/{quote(room)}", {}, token=user.token
     )
-
-
-def join_when_invited(user: MatrixUser, room: str, timeout: float = 10.0) -> None:
-    """Join once the invite (sent home → partner) has arrived."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, body = join(user, room)
-        if status == 200:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{user.user_id} cannot join {room}: {status} {body}")
-        time.sleep(0.1)
 
 
 def wait_invited(user: MatrixUser, room: str, timeout: float = 10.0) -> None:

@@ -19,12 +19,13 @@ from urllib.parse import quote
 import pytest
 import yaml
 
+from devstack.guests import join_when_invited
 from devstack.matrix import MatrixUser
 from devstack.ports import free_port
 from devstack.process import http_json
 
 from .conftest import AUTHZ_SECRET
-from .test_federation import Federation, federated, join_when_invited
+from .test_federation import Federation, federated
 
 pytestmark = pytest.mark.slow
 

@@ -20,10 +20,11 @@ from urllib.parse import quote
 import pytest
 
 from devstack.border import Gateway
+from devstack.guests import join_when_invited
 from devstack.matrix import MatrixUser
 from devstack.process import http_json
 
-from .test_federation import Federation, federated, join_when_invited
+from .test_federation import Federation, federated
 
 pytestmark = pytest.mark.slow
 

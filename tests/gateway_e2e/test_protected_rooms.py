@@ -38,13 +38,14 @@ from urllib.parse import quote
 import pytest
 
 from devstack.border import Gateway
+from devstack.guests import join_when_invited
 from devstack.matrix import MatrixUser
 from devstack.maubot import Maubot
 from devstack.process import http_json
 from devstack.stack import control_room, plugin_config, start_bot
 from devstack.synapse import Synapse
 
-from .test_federation import federated, join_when_invited
+from .test_federation import federated
 from .test_policy_server import policy_key, wait_consulted
 
 pytestmark = pytest.mark.slow
