@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stats import percentile, summary, write_results  # noqa: E402
+from devstack.border import GatewayedSynapse  # noqa: E402
 from devstack.dmz import DmzApi  # noqa: E402
 from devstack.guests import join_when_invited  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
-from devstack.ports import free_port  # noqa: E402
 from devstack.process import http_json, start_side_by_side  # noqa: E402
-from devstack.synapse import Synapse, make_self_signed_cert  # noqa: E402
+from devstack.synapse import Synapse  # noqa: E402
 from dmz_api.gateway.signing.events import event_id, redact  # noqa: E402
 from dmz_api.gateway.signing.keys import PolicyKey  # noqa: E402
 
@@ -112,43 +112,28 @@ def signing_work(iterations: int = 2000) -> dict[str, float]:
     return {"p50_us": round(percentile(us, 50), 1), "p99_us": round(percentile(us, 99), 1)}
 
 
-def gated_pair(workdir: Path, name: str) -> tuple[Synapse, Synapse, DmzApi]:
+def gated_pair(workdir: Path) -> tuple[Synapse, Synapse, DmzApi]:
     """Our Synapse behind the gateway's TLS proxy (policy server on) and a partner Synapse,
     not yet started: the set-up this benchmark and ``bench/protected_rooms.py`` share."""
-    proxy_port = free_port()
-    home = Synapse(
-        workdir / "home", name="home", federation=True, server_name=f"localhost:{proxy_port}"
+    border = GatewayedSynapse(
+        workdir,
+        name="home",
+        gateway={
+            "policy_server": {},
+            # The production defaults, but each sign decision is recorded in full so the
+            # benchmarks can read it back (allows are counted otherwise).
+            "reload_interval": 1.0,
+            "decision_log": {"allow": "full"},
+        },
     )
     partner = Synapse(workdir / "partner", name="partner", federation=True)
-    home.workdir.mkdir(parents=True)
-    cert, key = make_self_signed_cert(home.workdir)
-    gateway = DmzApi(
-        workdir / "dmz_api",
-        {
-            "log_level": "WARNING",
-            "gateway": {
-                "server_name": home.server_name,
-                "listen": {
-                    "port": proxy_port,
-                    "tls_certificate": str(cert),
-                    "tls_private_key": str(key),
-                },
-                "upstream": home.federation_url,
-                "upstream_ca_file": str(cert),
-                "policy_server": {},
-                # The benchmarks read each sign decision back (allows are counted otherwise).
-                "decision_log": {"allow": "full"},
-            },
-        },
-        name=name,
-    )
-    return home, partner, gateway
+    return border.synapse, partner, border.gateway
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    home, partner, gateway = gated_pair(workdir, "dmz_api-bench-policy")
+    home, partner, gateway = gated_pair(workdir)
     try:
         start_side_by_side(home.start, partner.start, gateway.start)
         status, body = gateway.call(

@@ -72,7 +72,7 @@ def denies(user: MatrixUser, room: str, host: str) -> bool:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     started = time.monotonic()
-    home, partner, gateway = gated_pair(workdir, "dmz_api-bench-rooms")
+    home, partner, gateway = gated_pair(workdir)
     maubot: Maubot | None = None
     try:
         start_side_by_side(home.start, partner.start, gateway.start)
