@@ -53,6 +53,7 @@ plugin: $(STAMP)
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/registrar.py
 	$(BIN)/python bench/registrar.py --database postgres
+	$(BIN)/python bench/registrar_page.py
 	$(BIN)/python bench/bot.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/custom_rules.py

@@ -3,11 +3,11 @@
 HTML only, no JavaScript. Every response carries a strict CSP and ``no-store``; the form is
 protected by a signed double-submit CSRF token bound to the invitation token, and every
 address is rate-limited. Guests never see exception or homeserver text. Every text is a
-gettext msgid (English), translated at render time into the request's language
-(``i18n.choose``: ``lang`` from the switch or the form, else ``Accept-Language``). A
-submission looks
-its token up once (``page_token``, before the form is read) and hands that row to
-``RegistrarService.register_found``.
+gettext msgid (English), shown in the request's language (``i18n.choose``: ``lang`` from the
+switch or the form, else ``Accept-Language``): the templates' messages are translated when
+each language's templates compile (``templating``), messages from Python when rendered. A
+submission looks its token up once (``page_token``, before the form is read) and hands that
+row to ``RegistrarService.register_found``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from .service import (
     validate_localpart,
 )
 from .store import TokenRow
+from .templating import TranslatedEnvironment
 
 log = logging.getLogger("dmz_api.registrar.page")
 
@@ -181,25 +182,16 @@ class OnboardingPage:
         self.limiter: Limiter = RateLimiter(
             registrar.rate_limit.per_minute, registrar.rate_limit.burst
         )
-        # One environment per language: gettext is installed on the environment.
+        # One environment per language: its templates are compiled with its translations.
         self.envs = {lang: self._environment(lang) for lang in i18n.LANGUAGES}
         self.css = resources.files(__package__).joinpath("static/registrar.css").read_bytes()
         self.css_url = f"{CSS_PATH}?v={hashlib.sha256(self.css).hexdigest()[:12]}"
 
     @staticmethod
     def _environment(lang: str) -> jinja2.Environment:
-        env = jinja2.Environment(
-            loader=jinja2.PackageLoader("dmz_api.registrar", "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            extensions=["jinja2.ext.i18n"],
+        return TranslatedEnvironment(
+            i18n.translations(lang), jinja2.PackageLoader("dmz_api.registrar", "templates")
         )
-        # Line breaks inside {% trans %} are layout, not part of the message.
-        env.policies["ext.i18n.trimmed"] = True
-        env.install_gettext_translations(  # type: ignore[attr-defined]
-            i18n.translations(lang), newstyle=True
-        )
-        return env
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/register", self.get_register, name="register_page")
