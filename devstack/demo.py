@@ -142,7 +142,9 @@ class DemoStack:
         config = plugin_config(
             self.room,
             self.internal,
-            operators=[self.staff.user_id],
+            # sam too, so that someone can still mint links once the scenario has
+            # deactivated alice.
+            operators=[self.staff.user_id, self.security.user_id],
             gateway_admins=[self.security.user_id],
             auditors=[self.auditor.user_id],
             registrar_url=self.registrar.base_url,
@@ -409,8 +411,10 @@ def print_access(stack: DemoStack, say: Callable[[str], None]) -> None:
     say(f"  dmz_api API key      {stack.api_key}")
     say(f"  synapse admins       {stack.internal.admin_user_id} / {stack.dmz.admin_user_id}, "
         f"passwords {stack.internal.admin_password} / {stack.dmz.admin_password}")  # fmt: skip
-    say("Try `!bastion help` in the control room as @sam or @ada, or `!sbg room check "
-        f"{stack.project_alias}` as @sam. Press Ctrl-C to stop.")  # fmt: skip
+    alias = stack.project_alias
+    say("Try `!bastion help` in the control room as @sam (operator and security) or @ada; as "
+        f"@sam, `!token generate --invite {alias}` onboards another guest and "
+        f"`!sbg room check {alias}` checks the room. Press Ctrl-C to stop.")  # fmt: skip
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
