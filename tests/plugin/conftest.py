@@ -41,6 +41,7 @@ from plugin.audit import AuditEntry
 from plugin.config import Config
 from plugin.migrations import upgrade_table
 
+from .fake_gateway import GatewayDouble
 from .fakes import ADMIN_TOKEN, REGISTRAR_KEY, FakeHomeserver, FakeRegistrar, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +50,8 @@ OTHER_ROOM = RoomID("!elsewhere:corp.example")
 BOT = UserID("@bastion:corp.example")
 STAFF = UserID("@alice:corp.example")
 AUDITOR = UserID("@carol:corp.example")
+# The gateway admin of the ``!sbg`` tests (``gateway_admin_config``).
+SECURITY = UserID("@sec:corp.example")
 NOBODY = UserID("@mallory:corp.example")
 WEBAPP_URL = "https://bot.corp.example/_matrix/maubot/plugin/bastion"
 EXPORT_KEY = "export-key-0123456789abcdef"
@@ -257,3 +260,24 @@ class Chat:
 @pytest.fixture
 def chat(maubot_test_bot: RecordingBot, bot: BastionBot) -> Chat:
     return Chat(maubot_test_bot, bot)
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[GatewayDouble]:
+    """dmz_api's gateway role in-process (``fake_gateway``), served on a local port."""
+    double = GatewayDouble.create(tmp_path)
+    async with serve(double.app) as server:
+        double.url = str(server.make_url("")).rstrip("/")
+        yield double
+
+
+def gateway_admin_config(
+    config: dict[str, Any], gateway: GatewayDouble, homeserver: FakeHomeserver
+) -> dict[str, Any]:
+    """``config`` with ``SECURITY`` a gateway admin in the control room, on ``gateway``."""
+    homeserver.add_user(SECURITY)
+    homeserver.members[(CONTROL, SECURITY)] = "join"
+    config = dict(config)
+    config["roles"] = {**config["roles"], "gateway_admin": [SECURITY]}
+    config["dmz"] = {**config["dmz"], "gateway_url": gateway.url}
+    return config

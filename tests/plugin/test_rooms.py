@@ -7,8 +7,6 @@ role in-process, so what the bot writes is judged by the gateway's own check.
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +16,10 @@ from dmz_api.gateway import protection as twin
 from plugin.rooms import state as rooms_state
 from plugin.rooms.state import merge_power_levels, standing
 
-from .conftest import AUDITOR, BOT, CONTROL, STAFF, Chat
+from .conftest import AUDITOR, BOT, CONTROL, SECURITY, STAFF, Chat, gateway_admin_config
 from .fake_gateway import GatewayDouble
-from .fakes import FakeHomeserver, serve
+from .fakes import FakeHomeserver
 
-SECURITY = UserID("@sec:corp.example")
 SECOND_ADMIN = UserID("@dave:corp.example")
 PARTNER = "@bob:partner.example"
 LEDGER = RoomID("!ledger:corp.example")
@@ -137,25 +134,12 @@ def test_the_twins_read_power_levels_alike(content: dict[str, Any]) -> None:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[GatewayDouble]:
-    double = GatewayDouble.create(tmp_path)
-    async with serve(double.app) as server:
-        double.url = str(server.make_url("")).rstrip("/")
-        yield double
-
-
-@pytest.fixture
 def maubot_plugin_config_dict(
     maubot_plugin_config_dict: dict[str, Any], gateway: GatewayDouble, homeserver: FakeHomeserver
 ) -> dict[str, Any]:
-    homeserver.add_user(SECURITY)
-    homeserver.members[(CONTROL, SECURITY)] = "join"
     homeserver.state[(LEDGER, "m.room.power_levels")] = room_levels()
     homeserver.aliases["#ledger:corp.example"] = LEDGER
-    config = dict(maubot_plugin_config_dict)
-    config["roles"] = {**config["roles"], "gateway_admin": [SECURITY]}
-    config["dmz"] = {**config["dmz"], "gateway_url": gateway.url}
-    return config
+    return gateway_admin_config(maubot_plugin_config_dict, gateway, homeserver)
 
 
 async def ask(chat: Chat, body: str, sender: UserID = SECURITY) -> str:

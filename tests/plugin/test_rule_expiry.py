@@ -10,9 +10,9 @@ from plugin.expiry import ExpiryNotices
 
 from .conftest import CONTROL, Chat
 from .fake_gateway import GatewayDouble
-from .test_sbg import gateway, maubot_plugin_config_dict
+from .test_sbg import maubot_plugin_config_dict
 
-__all__ = ["gateway", "maubot_plugin_config_dict"]  # the fixtures of test_sbg, reused
+__all__ = ["maubot_plugin_config_dict"]  # test_sbg's fixture, reused
 
 # 2027-03-24T00:00:00Z: a week before the end of March.
 MARCH_24 = 1805846400.0

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,32 +14,18 @@ from plugin.commands.sbg.render import broad_effects, describe_params, match_all
 from plugin.dmz import GatewayRule
 from plugin.syntax import ArgumentSyntaxError
 
-from .conftest import AUDITOR, CONTROL, NOBODY, STAFF, Chat
+from .conftest import AUDITOR, NOBODY, SECURITY, STAFF, Chat, gateway_admin_config
 from .fake_gateway import OTHER_ADMIN, GatewayDouble
-from .fakes import FakeHomeserver, serve
+from .fakes import FakeHomeserver
 
-SECURITY = UserID("@sec:corp.example")
 ENCRYPTION_STATE = "/_matrix/client/v3/rooms/!r:corp.example/state/m.room.encryption/"
-
-
-@pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[GatewayDouble]:
-    double = GatewayDouble.create(tmp_path)
-    async with serve(double.app) as server:
-        double.url = str(server.make_url("")).rstrip("/")
-        yield double
 
 
 @pytest.fixture
 def maubot_plugin_config_dict(
     maubot_plugin_config_dict: dict[str, Any], gateway: GatewayDouble, homeserver: FakeHomeserver
 ) -> dict[str, Any]:
-    homeserver.add_user(SECURITY)
-    homeserver.members[(CONTROL, SECURITY)] = "join"
-    config = dict(maubot_plugin_config_dict)
-    config["roles"] = {**config["roles"], "gateway_admin": [SECURITY]}
-    config["dmz"] = {**config["dmz"], "gateway_url": gateway.url}
-    return config
+    return gateway_admin_config(maubot_plugin_config_dict, gateway, homeserver)
 
 
 async def ask(chat: Chat, body: str, sender: UserID = SECURITY) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import yaml
 
-from .conftest import AUDITOR, Chat
+from .conftest import AUDITOR, SECURITY, Chat
 from .fake_gateway import GatewayDouble
-from .test_sbg import SECURITY, added_id, ask, gateway, maubot_plugin_config_dict
+from .test_sbg import added_id, ask, maubot_plugin_config_dict
 
-__all__ = ["gateway", "maubot_plugin_config_dict"]  # the fixtures of test_sbg, reused
+__all__ = ["maubot_plugin_config_dict"]  # test_sbg's fixture, reused
 
 WEEKEND = 'request.origin == "partner.example" && request.weekday >= 6'
 
