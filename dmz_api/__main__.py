@@ -86,6 +86,7 @@ def serve(app: web.Application, server: ServerConfig) -> None:
         port=server.port,
         access_log=None,
         handle_signals=False,
+        shutdown_timeout=server.shutdown_timeout,
         print=lambda line: logging.getLogger("dmz_api").info(line.strip()),
     )
 

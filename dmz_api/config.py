@@ -37,6 +37,10 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()
     # "uvloop" (libuv: about 1.3x the proxy's throughput) or Python's own "asyncio" loop.
     event_loop: str = "uvloop"
+    # Seconds a stop gives the API's requests in flight before it ends them; kept well
+    # under the shipped systemd units' TimeoutStopSec (20 s), so a stop always gets to
+    # write the decision log and close the database.
+    shutdown_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ def parse_config(data: Any, base_dir: Path | None = None) -> Config:
         public_url=server.url("public_url"),
         trusted_proxies=tuple(str(p) for p in server.list("trusted_proxies", [])),
         event_loop=server.choice("event_loop", ("uvloop", "asyncio"), "uvloop"),
+        shutdown_timeout=server.float("shutdown_timeout", 10.0),
     )
     database = root.str("database", "sqlite:dmz_api.db")
     if not database.startswith(("sqlite:", "sqlite3:", "postgres://", "postgresql://")):

@@ -78,6 +78,10 @@ def test_valid_config_parses_and_hashes_keys() -> None:
             {"server": {"public_url": "https://a", "event_loop": "tokio"}},
             "server.event_loop: must be one of uvloop, asyncio",
         ),
+        (
+            {"server": {"public_url": "https://a", "shutdown_timeout": 0}},
+            "server.shutdown_timeout: must be a number above 0",
+        ),
     ],
 )
 def test_invalid_config_names_the_key(change: dict[str, Any], expected: str) -> None:
@@ -95,6 +99,12 @@ def test_event_loop_defaults_to_uvloop_and_asyncio_can_be_chosen() -> None:
             assert isinstance(loop, uvloop.Loop) == (kind == "uvloop")
         finally:
             loop.close()
+
+
+def test_a_stop_gives_requests_ten_seconds_unless_told() -> None:
+    assert parse_config(base()).server.shutdown_timeout == 10.0
+    quick = base(server={"public_url": "https://a", "shutdown_timeout": 2.5})
+    assert parse_config(quick).server.shutdown_timeout == 2.5
 
 
 def test_not_a_mapping() -> None:
