@@ -35,8 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stats import percentile, summary, write_results  # noqa: E402
-from devstack.border import GatewayedSynapse  # noqa: E402
-from devstack.dmz import DmzApi  # noqa: E402
+from devstack.border import Gateway, GatewayedSynapse  # noqa: E402
 from devstack.guests import join_when_invited  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.process import http_json, start_side_by_side  # noqa: E402
@@ -50,14 +49,7 @@ ACTOR = "@bench:corp.example"
 SIGN_LINE = re.compile(r"Completed request: 200 OK in ([0-9.]+) secs.*/_matrix/policy/v1/sign")
 
 
-def decisions(gateway: DmzApi, **query: str) -> list[dict[str, Any]]:
-    params = "&".join(f"{k}={quote(v)}" for k, v in query.items())
-    status, body = gateway.call("GET", f"/v1/decisions?limit=500&{params}")
-    assert status == 200, body
-    return list(body["decisions"])
-
-
-def wait_consulted(gateway: DmzApi, bob: MatrixUser, room: str, timeout: float = 30.0) -> int:
+def wait_consulted(gateway: Gateway, bob: MatrixUser, room: str, timeout: float = 30.0) -> int:
     """Probe until Bob's Synapse asks the policy server (it does not right after joining)."""
     deadline = time.monotonic() + timeout
     probes = 0
@@ -66,7 +58,7 @@ def wait_consulted(gateway: DmzApi, bob: MatrixUser, room: str, timeout: float =
         probes += 1
         until = time.monotonic() + 0.5
         while time.monotonic() < until:
-            if decisions(gateway, source="policy_server", origin=bob.hs.server_name):
+            if gateway.decisions(source="policy_server", origin=bob.hs.server_name):
                 return probes
             time.sleep(0.05)
     raise RuntimeError("the partner never asked the policy server")
@@ -112,7 +104,7 @@ def signing_work(iterations: int = 2000) -> dict[str, float]:
     return {"p50_us": round(percentile(us, 50), 1), "p99_us": round(percentile(us, 99), 1)}
 
 
-def gated_pair(workdir: Path) -> tuple[Synapse, Synapse, DmzApi]:
+def gated_pair(workdir: Path) -> tuple[Synapse, Synapse, Gateway]:
     """Our Synapse behind the gateway's TLS proxy (policy server on) and a partner Synapse,
     not yet started: the set-up this benchmark and ``bench/protected_rooms.py`` share."""
     border = GatewayedSynapse(
@@ -174,7 +166,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             for line in (partner.workdir / "homeserver.log").read_text().splitlines()
             if (m := SIGN_LINE.search(line))
         ]
-        allowed = decisions(gateway, source="policy_server", decision="allow")
+        allowed = gateway.decisions(source="policy_server", decision="allow")
     finally:
         gateway.stop()
         home.stop()

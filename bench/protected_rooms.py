@@ -36,22 +36,16 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.policy_server import decisions, gated_pair, wait_consulted  # noqa: E402
+from bench.policy_server import gated_pair, wait_consulted  # noqa: E402
 from bench.stats import summary, write_results  # noqa: E402
 from devstack.guests import join_when_invited  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.maubot import Maubot  # noqa: E402
-from devstack.process import http_json, start_side_by_side  # noqa: E402
+from devstack.process import start_side_by_side  # noqa: E402
 from devstack.stack import control_room, plugin_config, start_bot  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "protected_rooms.json"
 POLL = 0.01
-
-
-def state(user: MatrixUser, room: str, event_type: str) -> dict[str, Any] | None:
-    path = f"/_matrix/client/v3/rooms/{quote(room)}/state/{event_type}/"
-    status, body = http_json("GET", f"{user.hs.base_url}{path}", token=user.token)
-    return body if status == 200 and isinstance(body, dict) else None
 
 
 def wait_for(check: Any, what: str, timeout: float) -> float:
@@ -66,7 +60,7 @@ def wait_for(check: Any, what: str, timeout: float) -> float:
 
 
 def denies(user: MatrixUser, room: str, host: str) -> bool:
-    return host in ((state(user, room, "m.room.server_acl") or {}).get("deny") or [])
+    return host in ((user.state(room, "m.room.server_acl") or {}).get("deny") or [])
 
 
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -93,7 +87,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # Alice creates the room (room version 12: the creator is above every level).
         room = alice.create_room(invite=(bot.user_id,), name="protected")
         alice.wait_membership(room, bot.user_id)  # maubot autojoins
-        levels = state(alice, room, "m.room.power_levels")
+        levels = alice.state(room, "m.room.power_levels")
         assert levels is not None
         levels["users"] = {bot.user_id: 100}
         alice.call(
@@ -105,7 +99,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         reply = sec.ask(control, f"!sbg room protect {room}")
         if "(ledger, ACL, policy server)" not in reply:
             raise RuntimeError(f"cannot protect the room: {reply}")
-        wait_for(lambda: state(bob, room, "m.room.policy"), "the partner sees the policy", 30)
+        wait_for(lambda: bob.state(room, "m.room.policy"), "the partner sees the policy", 30)
         probes = wait_consulted(gateway, bob, room)
 
         change: list[float] = []
@@ -126,7 +120,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 {"topic": topic},
             )
             t_topic = wait_for(
-                lambda t=topic: (state(bob, room, "m.room.topic") or {}).get("topic") == t,
+                lambda t=topic: (bob.state(room, "m.room.topic") or {}).get("topic") == t,
                 "the topic on the partner",
                 30,
             )
@@ -137,11 +131,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             time.sleep(0.3)  # let the bot's notices go out before the next change
             if time.monotonic() > deadline:
                 break
-        acl = state(bob, room, "m.room.server_acl") or {}
+        acl = bob.state(room, "m.room.server_acl") or {}
         # The partner's Synapse asked our policy server about each ACL event of the bot.
         signed_acl = [
             row
-            for row in decisions(gateway, source="policy_server", decision="allow")
+            for row in gateway.decisions(source="policy_server", decision="allow")
             if row["event_type"] == "m.room.server_acl"
         ]
     finally:

@@ -35,7 +35,7 @@ from urllib.parse import quote
 
 from .border import Gateway, GatewayedSynapse, endpoint
 from .dmz import DmzApi
-from .guests import join_when_invited, sign_in, wait_invited
+from .guests import join_when_invited, project_room, sign_in, wait_invited
 from .matrix import MatrixUser
 from .process import http_json
 from .stack import GuestBrowser, control_room, onboarding_url, plugin_config, start_bot, token_id
@@ -161,22 +161,11 @@ class DemoStack:
         self.running.append(self.maubot)
         # The project room: alice's, the bot at the top level so that it may invite guests,
         # protect the room and take guests out again.
-        self.project = str(
-            self.staff.call(
-                "POST",
-                "/_matrix/client/v3/createRoom",
-                {
-                    "preset": "private_chat",
-                    "name": "Contoso project",
-                    "room_alias_name": "contoso",
-                    "invite": [self.bot.user_id],
-                    # Room version 12: the creator's power is implied, not listed.
-                    "power_level_content_override": {"users": {self.bot.user_id: 100}},
-                },
-            )["room_id"]
-        )
+        self.project = project_room(
+            self.staff, self.bot, alias="contoso", name="Contoso project", moderators=(self.bot,),
+            moderator_level=100,
+        )  # fmt: skip
         self.project_alias = f"#contoso:{self.internal.server_name}"
-        self.staff.wait_membership(self.project, self.bot.user_id)  # maubot autojoins
         return self
 
     def stop(self) -> None:
@@ -215,16 +204,6 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
         if result or time.monotonic() > deadline:
             return result
         time.sleep(0.2)
-
-
-def state_of(user: MatrixUser, room: str, event_type: str) -> Any:
-    """The room's current ``event_type`` state as ``user``'s homeserver holds it, or None."""
-    status, content = http_json(
-        "GET",
-        f"{user.hs.base_url}/_matrix/client/v3/rooms/{quote(room)}/state/{event_type}/",
-        token=user.token,
-    )
-    return content if status == 200 else None
 
 
 def policy_consulted(stack: DemoStack, guest: MatrixUser, room: str) -> bool:
@@ -299,7 +278,7 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
     t.step("4. Security staff protect the project room: its rules hold on the guest's server too")
     reply = ask(security, f"!sbg room protect {stack.project_alias}")
     t.check("policy server" in reply, "power levels, server ACL and our policy server are set")
-    has_policy = eventually(lambda: state_of(bob, project, "m.room.policy"))
+    has_policy = eventually(lambda: bob.state(project, "m.room.policy"))
     t.check(bool(has_policy), "the guest's homeserver names our policy server for the room")
     t.check(
         policy_consulted(stack, bob, project),
@@ -346,9 +325,7 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
         ask(security, f"!sbg rule promote {match.group(1)} --yes")
         ask(security, "!sbg test federation evil.example --type m.room.message")
     acl = eventually(
-        lambda: (
-            "evil.example" in (state_of(bob, project, "m.room.server_acl") or {}).get("deny", [])
-        )
+        lambda: "evil.example" in (bob.state(project, "m.room.server_acl") or {}).get("deny", [])
     )
     t.check(acl, "the project room's server ACL denies evil.example, on the guest's server too")
     ask(auditor, "!sbg rule list")

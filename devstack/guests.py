@@ -83,17 +83,21 @@ def project_room(
     owner: MatrixUser,
     *members: MatrixUser,
     alias: str | None = None,
+    name: str = "Project",
     moderators: tuple[MatrixUser, ...] = (),
+    moderator_level: int = 50,
 ) -> str:
     """A private room ``owner`` creates (with ``alias`` if given), ``members`` joined,
-    ``moderators`` (members too) at power level 50, enough to kick."""
+    ``moderators`` (members too) at ``moderator_level`` (50 may kick; 100 may also
+    protect the room)."""
     body: dict[str, Any] = {
         "preset": "private_chat",
-        "name": "Project",
+        "name": name,
         "invite": [m.user_id for m in members],
     }
     if moderators:
-        levels = {m.user_id: 50 for m in moderators}  # room v12: the creator is implied
+        # Room version 12: the creator's power is implied, not listed.
+        levels = {m.user_id: moderator_level for m in moderators}
         body["power_level_content_override"] = {"users": levels}
     if alias:
         body["room_alias_name"] = alias

@@ -62,14 +62,19 @@ class MatrixUser:
         body = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}}
         return str(self.call("PUT", path, body)["event_id"])
 
-    def membership(self, room_id: str, user_id: str) -> str | None:
+    def state(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """The room's current state event content as this user's homeserver holds it."""
         status, result = http_json(
             "GET",
             f"{self.hs.base_url}/_matrix/client/v3/rooms/{quote(room_id)}/state/"
-            f"m.room.member/{quote(user_id)}",
+            f"{event_type}/{quote(state_key)}",
             token=self.token,
         )
-        return str(result["membership"]) if status == 200 else None
+        return result if status == 200 and isinstance(result, dict) else None
+
+    def membership(self, room_id: str, user_id: str) -> str | None:
+        content = self.state(room_id, "m.room.member", user_id)
+        return str(content["membership"]) if content is not None else None
 
     def wait_membership(
         self, room_id: str, user_id: str, membership: str = "join", timeout: float = 15.0

@@ -86,11 +86,6 @@ def raw_call(user: MatrixUser, method: str, path: str, body: Any = None) -> tupl
     return http_json(method, f"{user.hs.base_url}{path}", body, token=user.token)
 
 
-def state(user: MatrixUser, room: str, event_type: str) -> dict[str, Any] | None:
-    status, body = raw_call(user, "GET", state_path(room, event_type))
-    return body if status == 200 else None
-
-
 def state_ids(user: MatrixUser, room: str) -> set[tuple[str, str, str]]:
     events = user.call("GET", f"/_matrix/client/v3/rooms/{quote(room)}/state")
     return {(e["type"], e["state_key"], e["event_id"]) for e in events}
@@ -156,7 +151,7 @@ def start_ledger(tmp_path: Path, **gateway_extra: Any) -> Iterator[Ledger]:
         for user in (dave, alice):
             user.join(room)
         sec.wait_membership(room, bot.user_id)  # maubot autojoins
-        levels = state(sec, room, "m.room.power_levels")
+        levels = sec.state(room, "m.room.power_levels")
         assert levels is not None
         # Room version 12: the creator (sec) holds unlimited power outside ``users``.
         levels["users"] = {bot.user_id: 100, dave.user_id: 100}
@@ -224,7 +219,7 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     assert reply.startswith(f"Room `{room}` is protected (ledger, ACL): power levels "), reply
     assert "ACL set (allow *; deny none)" in reply
     assert "no policy server configured" in reply
-    ours = state(sec, room, "m.room.power_levels")
+    ours = sec.state(room, "m.room.power_levels")
     assert ours is not None
     # Synapse gives room version 12's tombstone 150 (creators only): above the top, it stays.
     assert {t: ours["events"][t] for t in SENSITIVE} == {
@@ -237,10 +232,10 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
 
     # The protection arrives on the partner's server.
     eventually(
-        lambda: (state(bob, room, "m.room.power_levels") or {}).get("redact") == 100,
+        lambda: (bob.state(room, "m.room.power_levels") or {}).get("redact") == 100,
         "the partner's server sees the new power levels",
     )
-    eventually(lambda: state(bob, room, "m.room.server_acl"), "the partner sees the ACL")
+    eventually(lambda: bob.state(room, "m.room.server_acl"), "the partner sees the ACL")
     mine = alice.send(room, "for the record")
     eventually(
         lambda: any(e["event_id"] == mine for e in bob.messages(room)), "bob sees the message"
@@ -272,7 +267,7 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     # Our state never changed, and both servers agree on it event for event.
     assert state_ids(sec, room) == before
     eventually(lambda: state_ids(bob, room) == state_ids(sec, room), "both views agree")
-    assert state(sec, room, "m.room.encryption") is None
+    assert sec.state(room, "m.room.encryption") is None
     assert not any(e.get("type") == "m.room.redaction" for e in sec.messages(room))
     assert sec.ask(ledger.control, f"!sbg room check {room}") == (
         f"Room `{room}` is in order: its state meets its protection under ruleset version 0."
@@ -285,7 +280,7 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     assert re.search(r"Rule `[^`]+` \(server_block blocked\.example:8448\) added", reply), reply
     acl = eventually(
         lambda: (
-            (content := state(bob, room, "m.room.server_acl")) is not None
+            (content := bob.state(room, "m.room.server_acl")) is not None
             and content.get("deny") == ["blocked.example"]
             and content
         ),
@@ -299,7 +294,7 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
 
     # Drift: a second admin of ours lowers the level for enabling encryption.
     dave = ledger.dave
-    lowered = state(dave, room, "m.room.power_levels")
+    lowered = dave.state(room, "m.room.power_levels")
     assert lowered is not None
     lowered["events"]["m.room.encryption"] = 0
     dave.call("PUT", state_path(room, "m.room.power_levels"), lowered)
@@ -310,13 +305,13 @@ def test_a_protected_ledger_room_holds_on_the_partner_server(ledger: Ledger) -> 
     assert "I put it back: power levels m.room.encryption 0 → 100" in notice["content"]["body"]
     eventually(
         lambda: (
-            (state(sec, room, "m.room.power_levels") or {})["events"]["m.room.encryption"] == 100
+            (sec.state(room, "m.room.power_levels") or {})["events"]["m.room.encryption"] == 100
         ),
         "the bot restored the level",
     )
     eventually(
         lambda: (
-            (state(bob, room, "m.room.power_levels") or {})["events"]["m.room.encryption"] == 100
+            (bob.state(room, "m.room.power_levels") or {})["events"]["m.room.encryption"] == 100
         ),
         "the partner's server has the restored level",
     )
@@ -374,7 +369,7 @@ def test_a_blocked_server_is_refused_by_the_partner_too(ledger: Ledger, outsider
     reply = sec.ask(ledger.control, f"!sbg rule add server_block {host}")
     assert f"(server_block {host}) added" in reply, reply
     eventually(
-        lambda: (state(bob, room, "m.room.server_acl") or {}).get("deny") == [host],
+        lambda: (bob.state(room, "m.room.server_acl") or {}).get("deny") == [host],
         "the partner's server holds the ACL that denies the outsider",
     )
     # The partner invites eve (partner -> outsider); her server then asks the partner's to
@@ -425,10 +420,10 @@ def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
     reply = sec.ask(ledger.control, f"!sbg room protect {room}")
     assert reply.startswith(f"Room `{room}` is protected (ledger, ACL, policy server)"), reply
     policy = {"via": ledger.home.server_name, "public_keys": {"ed25519": policy_key(gateway)}}
-    assert state(sec, room, "m.room.policy") == policy
-    eventually(lambda: state(bob, room, "m.room.policy") == policy, "bob's server names us")
+    assert sec.state(room, "m.room.policy") == policy
+    eventually(lambda: bob.state(room, "m.room.policy") == policy, "bob's server names us")
     eventually(
-        lambda: (state(bob, room, "m.room.power_levels") or {}).get("redact") == 100,
+        lambda: (bob.state(room, "m.room.power_levels") or {}).get("redact") == 100,
         "the partner's server sees the new power levels",
     )
     # Right after his (partial-state) join bob's server may send without asking us.
@@ -452,17 +447,17 @@ def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
         assert refused_by_our_policy_server(result, room), (name, result)
 
     # Someone of ours mistakenly raises bob to the top level; the auth rules now let him.
-    levels = state(sec, room, "m.room.power_levels")
+    levels = sec.state(room, "m.room.power_levels")
     assert levels is not None
     levels["users"][bob.user_id] = 100
     sec.call("PUT", state_path(room, "m.room.power_levels"), levels)
     eventually(
-        lambda: (state(bob, room, "m.room.power_levels") or {})["users"].get(bob.user_id) == 100,
+        lambda: (bob.state(room, "m.room.power_levels") or {})["users"].get(bob.user_id) == 100,
         "bob's server sees him at the top level",
     )
     attempts = attempt_everything("p")
     # Lowering the levels the protection raised is refused as well (the proxy guard's judge).
-    lowered = state(bob, room, "m.room.power_levels")
+    lowered = bob.state(room, "m.room.power_levels")
     assert lowered is not None
     lowered["events"]["m.room.encryption"] = 0
     attempts["power_levels"] = raw_call(
@@ -477,9 +472,9 @@ def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
     sec.wait_event(room, lambda e: e["content"].get("body") == "hello from the partner")
     sec.send(room, "hello partner")
     bob.wait_event(room, lambda e: e["content"].get("body") == "hello partner")
-    assert state(sec, room, "m.room.encryption") is None
-    assert state(bob, room, "m.room.encryption") is None
-    assert (state(sec, room, "m.room.server_acl") or {}).get("deny") == []
+    assert sec.state(room, "m.room.encryption") is None
+    assert bob.state(room, "m.room.encryption") is None
+    assert (sec.state(room, "m.room.server_acl") or {}).get("deny") == []
     assert not any(e.get("type") == "m.room.redaction" for e in sec.messages(room))
     assert any(e["event_id"] == mine for e in bob.messages(room)), "our message stays for bob"
     eventually(lambda: state_ids(bob, room) == state_ids(sec, room), "both views agree")
@@ -509,5 +504,5 @@ def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
         ledger.control,
         lambda e: e["content"]["body"].startswith(f"Room `{room}` was changed by {bob.user_id}"),
     )
-    eventually(lambda: state(bob, room, "m.room.policy") == policy, "the policy is back for bob")
-    assert state(sec, room, "m.room.policy") == policy
+    eventually(lambda: bob.state(room, "m.room.policy") == policy, "the policy is back for bob")
+    assert sec.state(room, "m.room.policy") == policy
