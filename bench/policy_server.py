@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.stats import percentile, summary, write_results  # noqa: E402
-from devstack.border import Gateway, GatewayedSynapse  # noqa: E402
+from devstack.border import Gateway, GatewayedSynapse, wait_consulted  # noqa: E402
 from devstack.guests import join_when_invited  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.process import http_json, start_side_by_side  # noqa: E402
@@ -47,21 +47,6 @@ RESULTS = ROOT / "bench" / "results" / "policy_server.json"
 ACTOR = "@bench:corp.example"
 # Synapse: "... Completed request: 200 OK in 0.01 secs, got 120 bytes - POST .../sign"
 SIGN_LINE = re.compile(r"Completed request: 200 OK in ([0-9.]+) secs.*/_matrix/policy/v1/sign")
-
-
-def wait_consulted(gateway: Gateway, bob: MatrixUser, room: str, timeout: float = 30.0) -> int:
-    """Probe until Bob's Synapse asks the policy server (it does not right after joining)."""
-    deadline = time.monotonic() + timeout
-    probes = 0
-    while time.monotonic() < deadline:
-        bob.send(room, f"probe {probes}")
-        probes += 1
-        until = time.monotonic() + 0.5
-        while time.monotonic() < until:
-            if gateway.decisions(source="policy_server", origin=bob.hs.server_name):
-                return probes
-            time.sleep(0.05)
-    raise RuntimeError("the partner never asked the policy server")
 
 
 def timed_send(user: MatrixUser, room: str, n: int) -> float:

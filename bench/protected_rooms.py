@@ -36,8 +36,9 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.policy_server import gated_pair, wait_consulted  # noqa: E402
+from bench.policy_server import gated_pair  # noqa: E402
 from bench.stats import summary, write_results  # noqa: E402
+from devstack.border import wait_consulted  # noqa: E402
 from devstack.guests import join_when_invited  # noqa: E402
 from devstack.matrix import MatrixUser  # noqa: E402
 from devstack.maubot import Maubot  # noqa: E402

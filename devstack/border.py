@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from .dmz import DmzApi
+from .matrix import MatrixUser
 from .ports import free_port
 from .process import start_side_by_side
 from .synapse import Synapse, make_self_signed_cert
@@ -77,6 +78,36 @@ class Gateway(DmzApi):
             if time.monotonic() > deadline:
                 raise AssertionError(f"decisions for {query} in {timeout} s: {rows}")
             time.sleep(0.05)
+
+
+def wait_consulted(
+    gateway: Gateway,
+    member: MatrixUser,
+    room: str,
+    *,
+    timeout: float = 30.0,
+    probe: str = "probe",
+) -> int:
+    """Send ``member``'s messages (``"{probe} {n}"``) into ``room`` until its homeserver asks
+    ``gateway``'s policy server before it sends; how many it took.
+
+    Right after a (partial-state, "faster") join, Synapse does not see the policy server's
+    member in the room yet and sends without asking; the window closes within seconds. Each
+    message is recorded by the gateway once the homeserver asks about it.
+    """
+    deadline = time.monotonic() + timeout
+    probes = 0
+    while time.monotonic() < deadline:
+        member.send(room, f"{probe} {probes}")
+        probes += 1
+        until = time.monotonic() + 0.5
+        while time.monotonic() < until:
+            if gateway.decisions(source="policy_server", origin=member.hs.server_name, limit="1"):
+                return probes
+            time.sleep(0.05)
+    raise AssertionError(
+        f"{member.hs.server_name} never asked the policy server in {timeout:.0f} s"
+    )
 
 
 def endpoint(decision: Mapping[str, Any]) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from .border import Gateway, GatewayedSynapse, endpoint
+from .border import Gateway, GatewayedSynapse, endpoint, wait_consulted
 from .dmz import DmzApi
 from .guests import join_when_invited, project_room, sign_in, wait_invited
 from .matrix import MatrixUser
@@ -206,21 +206,6 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
         time.sleep(0.2)
 
 
-def policy_consulted(stack: DemoStack, guest: MatrixUser, room: str) -> bool:
-    """Until the guest's homeserver asks our policy server before it sends.
-
-    Right after a join Synapse may not see the policy server's member in the room yet and
-    sends without asking; the window closes within seconds (as measured in
-    tests/gateway_e2e/test_policy_server.py). The guest's chatter probes it.
-    """
-    for n in range(60):
-        guest.send(room, "Hello from Contoso" if n == 0 else f"(still typing… {n})")
-        time.sleep(0.5)
-        if stack.gateway.decisions(source="policy_server", origin=guest.hs.server_name, limit="1"):
-            return True
-    return False
-
-
 def join_steps(stack: DemoStack, room: str) -> set[str]:
     """The federation join endpoints the gateway let through from the DMZ server for ``room``."""
     rows = stack.gateway.decisions(origin=stack.dmz.server_name, decision="allow")
@@ -280,10 +265,12 @@ def run_scenario(stack: DemoStack, t: Transcript) -> None:
     t.check("policy server" in reply, "power levels, server ACL and our policy server are set")
     has_policy = eventually(lambda: bob.state(project, "m.room.policy"))
     t.check(bool(has_policy), "the guest's homeserver names our policy server for the room")
-    t.check(
-        policy_consulted(stack, bob, project),
-        "the guest's homeserver asks our policy server before it sends",
-    )
+    try:
+        wait_consulted(stack.gateway, bob, project, probe="Hello from Contoso")
+        consulted = True
+    except AssertionError:
+        consulted = False
+    t.check(consulted, "the guest's homeserver asks our policy server before it sends")
     mine = staff.send(project, "Minutes of the kick-off, for the record")
     eventually(lambda: any(e["event_id"] == mine for e in bob.messages(project)))
     status, refused = bob_call(

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import pytest
 
-from devstack.border import Gateway
+from devstack.border import Gateway, wait_consulted
 from devstack.guests import join_when_invited
 from devstack.matrix import MatrixUser
 from devstack.process import http_json
@@ -75,26 +75,6 @@ def create_protected_room(alice: MatrixUser, bob: MatrixUser, key: str) -> str:
     return room
 
 
-def wait_consulted(gateway: Gateway, bob: MatrixUser, room: str, timeout: float = 20.0) -> None:
-    """Wait until Bob's homeserver asks our policy server before it sends.
-
-    Right after a (partial-state, "faster") join, Synapse does not see the policy server's
-    member in the room yet and sends without asking; the window closes within seconds.
-    Ordinary messages probe it: each is sent, and recorded by us once it is asked.
-    """
-    deadline = time.monotonic() + timeout
-    for n in range(1000):
-        bob.send(room, f"probe {n}")
-        probe_until = time.monotonic() + 0.5
-        while time.monotonic() < probe_until:
-            if gateway.decisions(source="policy_server", origin=bob.hs.server_name):
-                return
-            time.sleep(0.05)
-        if time.monotonic() > deadline:
-            break
-    raise AssertionError(f"{bob.hs.server_name} never asked the policy server in {timeout} s")
-
-
 def test_the_partners_homeserver_enforces_our_rules(protected: Federation) -> None:
     home, partner, gateway = protected.home, protected.partner, protected.gateway
     alice = MatrixUser.register(home, "alice", "alice-password")
@@ -113,7 +93,7 @@ def test_the_partners_homeserver_enforces_our_rules(protected: Federation) -> No
     join_when_invited(bob, room)
     alice.wait_membership(room, bob.user_id)
 
-    wait_consulted(gateway, bob, room)
+    wait_consulted(gateway, bob, room, timeout=20)
 
     # Bob's own homeserver asks our gateway and refuses his client.
     encryption = put_state(bob, room, "m.room.encryption", {"algorithm": "m.megolm.v1.aes-sha2"})

@@ -37,7 +37,7 @@ from urllib.parse import quote
 
 import pytest
 
-from devstack.border import Gateway
+from devstack.border import Gateway, wait_consulted
 from devstack.guests import join_when_invited
 from devstack.matrix import MatrixUser
 from devstack.maubot import Maubot
@@ -46,7 +46,7 @@ from devstack.stack import control_room, plugin_config, start_bot
 from devstack.synapse import Synapse
 
 from .test_federation import federated
-from .test_policy_server import policy_key, wait_consulted
+from .test_policy_server import policy_key
 
 pytestmark = pytest.mark.slow
 
@@ -427,7 +427,7 @@ def test_the_policy_server_holds_the_room_against_a_partner_at_the_top_level(
         "the partner's server sees the new power levels",
     )
     # Right after his (partial-state) join bob's server may send without asking us.
-    wait_consulted(gateway, bob, room)
+    wait_consulted(gateway, bob, room, timeout=20)
     mine = alice.send(room, "for the record")
     eventually(
         lambda: any(e["event_id"] == mine for e in bob.messages(room)), "bob sees the message"
